@@ -1,0 +1,550 @@
+//! The YAML config: raw serde structs (unknown fields rejected) validated into domain types.
+//!
+//! Every error names the field and, where YAML gives one, the line. Nothing downstream re-parses a
+//! string: addresses are `SocketAddr`, durations `Duration`, weights [`Weight`], versions [`Version`].
+
+mod duration;
+mod scalar;
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::snapshot::{EndpointSpec, EndpointState, Settings, Version, Weight};
+
+use duration::Dur;
+use scalar::{validated, Scalar};
+
+/// Why a config was refused. Its `Display` names the file, the field and the line where known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        path: PathBuf,
+        /// serde_yaml's message: `field.path: reason at line L column C`.
+        message: String,
+        line: Option<usize>,
+    },
+    #[error("invalid config {path}: {field}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: AdminConfig,
+    pub discovery: DiscoveryConfig,
+    pub canary: CanaryConfig,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    /// How often the config file is checked for changes.
+    pub reload_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, mutating admin calls need `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+}
+
+/// Where endpoints come from. An enum so that sources are added side by side.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DiscoveryConfig {
+    /// Endpoints listed in this file; the file is re-read when it changes.
+    Static { endpoints: Vec<EndpointSpec> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryConfig {
+    /// The version that is the canary in static mode.
+    pub version: Option<Version>,
+    pub weight: Weight,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From sending a request upstream to receiving its response head.
+    pub request: Duration,
+    /// For a client to send a complete request head (slow clients are cut off).
+    pub header_read: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retries {
+    pub connect_attempts: u32,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })?;
+        raw.validate(path)
+    }
+
+    /// A config with every documented default and the given discovery (for the embedded demo).
+    pub fn with_discovery(discovery: DiscoveryConfig) -> Self {
+        let mut config = Self::parse(
+            "discovery: { static: { endpoints: [] } }",
+            Path::new("<defaults>"),
+        )
+        .expect("the defaults are a valid config");
+        config.discovery = discovery;
+        config
+    }
+
+    /// The forwarding settings this config puts into every snapshot.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            connect_timeout: self.timeouts.connect,
+            request_timeout: self.timeouts.request,
+            connect_attempts: self.retries.connect_attempts,
+        }
+    }
+
+    /// One line for `tidegate validate`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "config OK: listen {}, admin {}",
+            self.listen, self.admin.listen
+        );
+        match &self.discovery {
+            DiscoveryConfig::Static { endpoints } => {
+                let ready = endpoints
+                    .iter()
+                    .filter(|e| e.state == EndpointState::Ready)
+                    .count();
+                let _ = write!(
+                    s,
+                    ", static discovery with {} endpoints ({ready} ready)",
+                    endpoints.len()
+                );
+            }
+        }
+        match &self.canary.version {
+            Some(v) => {
+                let _ = write!(s, ", canary {v} at {}%", self.canary.weight.percent());
+            }
+            None => s.push_str(", no canary"),
+        }
+        s
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    admin: RawAdmin,
+    // `discovery: { static: ... }` rather than YAML's `!static` tag syntax.
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
+    discovery: RawDiscovery,
+    #[serde(default)]
+    canary: RawCanary,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    retries: RawRetries,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: SocketAddr,
+    #[serde(default, deserialize_with = "token")]
+    token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawDiscovery {
+    Static(RawStatic),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    #[serde(deserialize_with = "unique_endpoints")]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: SocketAddr,
+    #[serde(deserialize_with = "version")]
+    version: Version,
+    #[serde(default = "yes")]
+    ready: bool,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    #[serde(default, deserialize_with = "optional_version")]
+    version: Option<Version>,
+    #[serde(default, deserialize_with = "weight")]
+    weight: Weight,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default = "secs::<1>")]
+    connect: Dur,
+    #[serde(default = "secs::<30>")]
+    request: Dur,
+    #[serde(default = "secs::<10>")]
+    header_read: Dur,
+    #[serde(default = "secs::<30>")]
+    drain: Dur,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: secs::<1>(),
+            request: secs::<30>(),
+            header_read: secs::<10>(),
+            drain: secs::<30>(),
+        }
+    }
+}
+
+fn secs<const N: u64>() -> Dur {
+    Dur(Duration::from_secs(N))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    #[serde(default = "two", deserialize_with = "attempts")]
+    connect_attempts: u32,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self {
+            connect_attempts: two(),
+        }
+    }
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default = "secs::<1>")]
+    interval: Dur,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            interval: secs::<1>(),
+        }
+    }
+}
+
+/// Longest retry chain accepted: each attempt costs a connect timeout.
+const MAX_CONNECT_ATTEMPTS: u32 = 10;
+
+fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a whole number of attempts", |s| match s {
+        Scalar::Number(n)
+            if n.fract() == 0.0 && (1.0..=f64::from(MAX_CONNECT_ATTEMPTS)).contains(&n) =>
+        {
+            Ok(n as u32)
+        }
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_CONNECT_ATTEMPTS}"
+        )),
+    })
+}
+
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Weight, D::Error> {
+    validated(d, "a percentage", |s| match s {
+        Scalar::Number(n) => {
+            Weight::new(n).ok_or_else(|| format!("must be a percentage from 0 to 100, got {n}"))
+        }
+        _ => Err("must be a percentage from 0 to 100".to_owned()),
+    })
+}
+
+fn version_of(s: Scalar<'_>) -> Result<Option<Version>, String> {
+    match s {
+        Scalar::Str(s) => Version::new(s).map(Some).map_err(|e| e.to_string()),
+        Scalar::Number(n) => Version::new(&n.to_string())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Scalar::Null => Ok(None),
+    }
+}
+
+fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Version, D::Error> {
+    validated(d, "a version label", |s| {
+        version_of(s)?.ok_or_else(|| "a version is required".to_owned())
+    })
+}
+
+fn optional_version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Version>, D::Error> {
+    validated(d, "a version label or null", version_of)
+}
+
+fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    validated(d, "a token string", |s| match s {
+        Scalar::Str(t) if !t.trim().is_empty() => Ok(Some(t.to_owned())),
+        Scalar::Null => Ok(None),
+        _ => Err("must be a non-empty string, or null to disable".to_owned()),
+    })
+}
+
+fn unique_endpoints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEndpoint>, D::Error> {
+    let endpoints = Vec::<RawEndpoint>::deserialize(d)?;
+    let mut seen = HashSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        if !seen.insert(e.address) {
+            return Err(serde::de::Error::custom(format!(
+                "endpoint {i} repeats address {}",
+                e.address
+            )));
+        }
+    }
+    Ok(endpoints)
+}
+
+impl RawConfig {
+    fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.admin.listen == self.listen {
+            return Err(invalid("admin.listen", "must differ from listen"));
+        }
+        if self.timeouts.connect.0.is_zero() {
+            return Err(invalid("timeouts.connect", "must be greater than 0"));
+        }
+        if self.timeouts.request.0.is_zero() {
+            return Err(invalid("timeouts.request", "must be greater than 0"));
+        }
+        if self.timeouts.header_read.0.is_zero() {
+            return Err(invalid("timeouts.header_read", "must be greater than 0"));
+        }
+        if self.reload.interval.0 < Duration::from_millis(10) {
+            return Err(invalid("reload.interval", "must be at least 10ms"));
+        }
+        let discovery = match self.discovery {
+            RawDiscovery::Static(s) => DiscoveryConfig::Static {
+                endpoints: s
+                    .endpoints
+                    .into_iter()
+                    .map(|e| EndpointSpec {
+                        address: e.address,
+                        version: e.version,
+                        state: if e.ready {
+                            EndpointState::Ready
+                        } else {
+                            EndpointState::NotReady
+                        },
+                        name: e.name.map(Arc::from),
+                    })
+                    .collect(),
+            },
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin: AdminConfig {
+                listen: self.admin.listen,
+                token: self.admin.token.map(Arc::from),
+            },
+            discovery,
+            canary: CanaryConfig {
+                version: self.canary.version,
+                weight: self.canary.weight,
+            },
+            timeouts: Timeouts {
+                connect: self.timeouts.connect.0,
+                request: self.timeouts.request.0,
+                header_read: self.timeouts.header_read.0,
+                drain: self.timeouts.drain.0,
+            },
+            retries: Retries {
+                connect_attempts: self.retries.connect_attempts,
+            },
+            reload_interval: self.reload.interval.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+  token: null
+discovery:
+  static:
+    endpoints:
+      - { address: "127.0.0.2:8080", version: v1 }
+      - { address: "127.0.0.3:8080", version: v2, ready: false }
+canary:
+  version: v2
+  weight: 10
+timeouts: { connect: 1s, request: 30s, header_read: 10s }
+retries: { connect_attempts: 2 }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.canary.weight.percent(), 10.0);
+        assert_eq!(c.canary.version.unwrap().as_str(), "v2");
+        let DiscoveryConfig::Static { endpoints } = &c.discovery;
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints[1].state, EndpointState::NotReady);
+        assert_eq!(c.timeouts.request, Duration::from_secs(30));
+        assert_eq!(c.retries.connect_attempts, 2);
+    }
+
+    fn error_of(text: &str) -> (String, Option<usize>) {
+        match parse(text).unwrap_err() {
+            ConfigError::Parse { message, line, .. } => (message, line),
+            other => (other.to_string(), None),
+        }
+    }
+
+    #[test]
+    fn a_bad_address_names_the_field_and_line() {
+        let (msg, line) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.3"));
+        assert!(
+            msg.contains("discovery.static.endpoints[1].address"),
+            "{msg}"
+        );
+        assert_eq!(line, Some(10), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let (msg, line) = error_of(&EXAMPLE.replace("weight: 10", "wieght: 10"));
+        assert!(msg.contains("unknown field `wieght`"), "{msg}");
+        assert!(msg.contains("canary"), "{msg}");
+        assert_eq!(line, Some(13), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let (msg, _) = error_of(&EXAMPLE.replace("weight: 10", "weight: 120"));
+        assert!(
+            msg.contains("canary.weight") && msg.contains("0 to 100"),
+            "{msg}"
+        );
+        let (msg, _) = error_of(&EXAMPLE.replace("connect: 1s", "connect: 1 parsec"));
+        assert!(msg.contains("timeouts.connect"), "{msg}");
+        let (msg, _) = error_of(&EXAMPLE.replace("connect_attempts: 2", "connect_attempts: 0"));
+        assert!(msg.contains("retries.connect_attempts"), "{msg}");
+        let (msg, _) = error_of(&EXAMPLE.replace("version: v1", "version: \"v 1\""));
+        assert!(msg.contains("endpoints[0].version"), "{msg}");
+        let (msg, _) = error_of(&EXAMPLE.replace("token: null", "token: \"\""));
+        assert!(msg.contains("admin.token"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_addresses_are_rejected() {
+        let (msg, _) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.2:8080"));
+        assert!(msg.contains("repeats address 127.0.0.2:8080"), "{msg}");
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_field() {
+        let err = parse(&EXAMPLE.replace("127.0.0.1:9901", "127.0.0.1:8080")).unwrap_err();
+        assert!(
+            err.to_string().contains("admin.listen: must differ"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_secure_and_documented() {
+        let c = parse("discovery: { static: { endpoints: [] } }").unwrap();
+        assert!(
+            c.admin.listen.ip().is_loopback(),
+            "admin must default to loopback"
+        );
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.retries.connect_attempts, 2);
+        assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(c.reload_interval, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,223 @@
+//! The data plane: accept client connections (HTTP/1.1 and HTTP/2), pick an endpoint per request from
+//! the current snapshot, and stream the exchange through.
+//!
+//! Reads routing state only through [`Snapshots`]; never touches discovery or the control loop.
+//! Per request: one snapshot load, arithmetic to pick, an `Arc` clone, and pre-resolved metric
+//! handles.
+
+mod body;
+mod error;
+mod request;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntCounter;
+use tokio::net::TcpListener;
+
+use crate::metrics::{Metrics, VersionMetrics};
+use crate::pick::{pick, Rng};
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Endpoint, Snapshots};
+
+pub use body::{ResponseBody, UpstreamBody};
+pub use error::{ErrorKind, ProxyError};
+
+/// Connection-level settings fixed for the life of a listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// A client must send a complete HTTP/1 request head within this time.
+    pub header_read_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Extra attempts allowed when a pooled keep-alive connection turns out closed before the request
+/// was written: not a failure of the endpoint, so it does not count against `connect_attempts`.
+const STALE_CONNECTION_RETRIES: u32 = 2;
+
+/// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
+/// `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    snapshots: Snapshots,
+    metrics: &Metrics,
+    options: ServeOptions,
+    mut shutdown: Shutdown,
+) {
+    let forwarder = Arc::new(Forwarder::new(snapshots, metrics));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = forwarder.clone();
+        let service = service_fn(move |req| {
+            let forwarder = forwarder.clone();
+            async move { Ok::<_, Infallible>(forwarder.handle(req, peer).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "stopped accepting; draining in-flight requests"
+    );
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
+    }
+}
+
+/// Per-listener state shared by all requests.
+struct Forwarder {
+    snapshots: Snapshots,
+    unrouted: VersionMetrics,
+    errors: [IntCounter; ErrorKind::ALL.len()],
+    connect_retries: IntCounter,
+}
+
+impl Forwarder {
+    fn new(snapshots: Snapshots, metrics: &Metrics) -> Self {
+        Self {
+            snapshots,
+            unrouted: metrics.unrouted(),
+            errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
+            connect_retries: metrics.retry("connect"),
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let start = Instant::now();
+        request::prepare(&mut req, peer.ip());
+        let mut rng = Rng::new();
+        // Endpoints this request failed to connect to; allocates only on a retry.
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut stale_retries = 0;
+        loop {
+            let picked = {
+                let snapshot = self.snapshots.load();
+                pick(&snapshot, &mut rng, &tried).map(|ep| (ep.clone(), *snapshot.settings()))
+            };
+            let Some((endpoint, settings)) = picked else {
+                let error = ProxyError::NoEndpoints;
+                self.count(&error);
+                return self.local_error(&error, &self.unrouted, start);
+            };
+            let in_flight = endpoint.begin();
+            let connection = match endpoint.pool().checkout(settings.connect_timeout).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    let error = ProxyError::from(error);
+                    self.count(&error);
+                    if tried.len() + 1 < settings.connect_attempts as usize {
+                        tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
+                        self.connect_retries.inc();
+                        tried.push(endpoint);
+                        continue;
+                    }
+                    return self.local_error(&error, endpoint.metrics(), start);
+                }
+            };
+            let mut sender = connection.sender;
+            let sent = tokio::time::timeout(settings.request_timeout, sender.try_send_request(req));
+            match sent.await {
+                Ok(Ok(mut response)) => {
+                    request::prepare_response(&mut response);
+                    endpoint.metrics().count(response.status().as_u16());
+                    return response.map(|body| {
+                        Either::Left(UpstreamBody::new(body, sender, in_flight, start))
+                    });
+                }
+                Ok(Err(mut failed)) => {
+                    let unsent = failed.take_message();
+                    let error = ProxyError::exchange(failed.into_error());
+                    self.count(&error);
+                    match unsent {
+                        // The peer closed an idle keep-alive connection as we picked it up.
+                        Some(unsent)
+                            if connection.reused && stale_retries < STALE_CONNECTION_RETRIES =>
+                        {
+                            stale_retries += 1;
+                            req = unsent;
+                        }
+                        // A fresh connection died before the request was written: as good as a
+                        // connect failure.
+                        Some(unsent) if tried.len() + 1 < settings.connect_attempts as usize => {
+                            self.connect_retries.inc();
+                            tried.push(endpoint);
+                            req = unsent;
+                        }
+                        _ => return self.local_error(&error, endpoint.metrics(), start),
+                    }
+                }
+                Err(_elapsed) => {
+                    let error = ProxyError::Timeout(settings.request_timeout);
+                    self.count(&error);
+                    return self.local_error(&error, endpoint.metrics(), start);
+                }
+            }
+        }
+    }
+
+    fn count(&self, error: &ProxyError) {
+        self.errors[error.kind().index()].inc();
+    }
+
+    /// tidegate's own answer for a request it could not forward.
+    fn local_error(
+        &self,
+        error: &ProxyError,
+        metrics: &VersionMetrics,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        let kind = error.kind();
+        metrics.count(kind.status().as_u16());
+        metrics.observe(start.elapsed());
+        let mut response = Response::new(body::local(format!("{error}\n")));
+        *response.status_mut() = kind.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert("x-tidegate-error", HeaderValue::from_static(kind.as_str()));
+        response
+    }
+}

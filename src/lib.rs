@@ -1,0 +1,36 @@
+//! # tidegate
+//!
+//! An HTTP reverse proxy that follows a workload's endpoints as they change and splits traffic
+//! between its stable and canary versions, so rolling updates drop nothing and canaries get exactly
+//! the share they were given.
+//!
+//! # Layout, in data-flow order
+//!
+//! - [`config`]: YAML → validated `Config`; errors name the field and line.
+//! - [`reload`]: watches the config file; valid changes go to the control loop.
+//! - [`discovery`]: the `Update` language every endpoint source speaks; static source.
+//! - [`canary`]: pure policy: which endpoints are canary and what share they get.
+//! - [`control`]: the control loop, sole owner of the routing model; publishes snapshots.
+//! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
+//! - [`pick`]: canary split + power-of-two-choices; arithmetic only.
+//! - [`upstream`]: per-endpoint connections and idle pool.
+//! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
+//! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
+//! - [`server`], [`cli`], [`demo`]: wiring and the command line.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod canary;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod discovery;
+pub mod forward;
+pub mod metrics;
+pub mod pick;
+pub mod reload;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,275 @@
+//! Every Prometheus family tidegate exports, registered once in one non-global registry.
+//!
+//! Label handles are resolved when an endpoint's version group or a server starts, never per request:
+//! the request path only calls `inc()` and `observe()`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::snapshot::Version;
+
+/// Latency buckets in seconds: sub-millisecond proxying up to the default 30 s request timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The version label used for requests answered by tidegate itself (nothing was routable).
+pub const UNROUTED: &str = "none";
+
+/// The registry and every family in it.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    endpoints: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    config_reloads: IntCounterVec,
+    canary_weight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tidegate_requests_total",
+                "Requests answered to clients, by the version that served them (\"none\" when \
+                 tidegate answered itself) and HTTP status code; counted when the response starts.",
+            ),
+            &["version", "code"],
+        )
+        .expect("valid metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tidegate_request_duration_seconds",
+                "Time from receiving a request to the end of its response body, by serving version.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        let endpoints = IntGaugeVec::new(
+            Opts::new(
+                "tidegate_endpoints",
+                "Endpoints in the current snapshot by version, role (stable/canary) and state.",
+            ),
+            &["version", "role", "state"],
+        )
+        .expect("valid metric definition");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tidegate_upstream_errors_total",
+                "Failed attempts to get a response from an endpoint, by kind (connect, \
+                 connect_timeout, timeout, reset, protocol); counted per attempt, retried or not.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "tidegate_retries_total",
+                "Requests sent again to another endpoint, by the reason the previous attempt failed.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tidegate_config_reloads_total",
+                "Config file changes seen, by result: success (applied) or error (rejected; the \
+                 previous config keeps serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
+        let canary_weight = Gauge::new(
+            "tidegate_canary_weight",
+            "Percentage of requests the current snapshot sends to the canary while both roles \
+             have ready endpoints.",
+        )
+        .expect("valid metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tidegate_build_info",
+                "Always 1; labelled with the tidegate version.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(endpoints.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(retries.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(canary_weight.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("each family is registered once");
+        }
+        // Pre-create the closed label sets so that dashboards see zeros rather than no data.
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            endpoints,
+            upstream_errors,
+            retries,
+            config_reloads,
+            canary_weight,
+        }
+    }
+
+    /// Handles for one version, resolved once and shared by all of its endpoints.
+    pub fn version(&self, version: &Version) -> VersionMetrics {
+        self.version_label(version.as_str())
+    }
+
+    /// Handles for requests tidegate answers without an endpoint.
+    pub fn unrouted(&self) -> VersionMetrics {
+        self.version_label(UNROUTED)
+    }
+
+    fn version_label(&self, label: &str) -> VersionMetrics {
+        VersionMetrics {
+            label: label.to_owned(),
+            requests: self.requests.clone(),
+            codes: (0..CODES).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.with_label_values(&[label]),
+        }
+    }
+
+    /// The counter for one upstream error kind; resolve once and keep it.
+    pub fn upstream_error(&self, kind: &str) -> IntCounter {
+        self.upstream_errors.with_label_values(&[kind])
+    }
+
+    /// The counter for one retry reason; resolve once and keep it.
+    pub fn retry(&self, reason: &str) -> IntCounter {
+        self.retries.with_label_values(&[reason])
+    }
+
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Replaces the endpoint gauges with the given `(version, role, state, count)` rows.
+    pub fn set_endpoint_counts<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, &'a str, &'a str, i64)>,
+    ) {
+        self.endpoints.reset();
+        for (version, role, state, n) in rows {
+            self.endpoints
+                .with_label_values(&[version, role, state])
+                .set(n);
+        }
+    }
+
+    pub fn set_canary_weight(&self, percent: f64) {
+        self.canary_weight.set(percent);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    /// One gauge of the `tidegate_endpoints` family, for tests and the admin API.
+    pub fn endpoint_gauge(&self, version: &str, role: &str, state: &str) -> IntGauge {
+        self.endpoints.with_label_values(&[version, role, state])
+    }
+}
+
+/// Status codes 100..=599 get a lazily resolved counter each.
+const CODES: usize = 500;
+
+/// The request-path handles of one version: a counter per status code (resolved on first use, then a
+/// plain atomic load) and the latency histogram.
+pub struct VersionMetrics {
+    label: String,
+    requests: IntCounterVec,
+    codes: Box<[OnceLock<IntCounter>]>,
+    duration: Histogram,
+}
+
+impl VersionMetrics {
+    /// Counts a response with `status`.
+    #[inline]
+    pub fn count(&self, status: u16) {
+        match (status as usize).checked_sub(100) {
+            Some(i) if i < CODES => self.codes[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[self.label.as_str(), &status.to_string()])
+                })
+                .inc(),
+            _ => self
+                .requests
+                .with_label_values(&[self.label.as_str(), &status.to_string()])
+                .inc(),
+        }
+    }
+
+    /// Records a finished request's duration.
+    #[inline]
+    pub fn observe(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_handles_count_into_the_shared_family() {
+        let metrics = Metrics::new();
+        let v1 = metrics.version(&Version::new("v1").unwrap());
+        v1.count(200);
+        v1.count(200);
+        v1.count(503);
+        v1.observe(Duration::from_millis(3));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"tidegate_requests_total{code="200",version="v1"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tidegate_requests_total{code="503",version="v1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tidegate_request_duration_seconds_count{version="v1"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"tidegate_build_info{version=""#), "{text}");
+    }
+}

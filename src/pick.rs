@@ -1,0 +1,148 @@
+//! Choosing an endpoint for a request: the canary split, then power-of-two-choices within the role.
+//!
+//! Pure arithmetic over a borrowed [`Snapshot`]: no await, no lock, no allocation, no hashing. The
+//! caller owns the RNG so tests can inject a seeded one.
+
+mod p2c;
+mod split;
+
+use std::sync::Arc;
+
+use crate::snapshot::{Endpoint, Role, Snapshot};
+
+pub use fastrand::Rng;
+
+/// Picks an endpoint, skipping any in `avoid` (endpoints this request already failed to reach).
+///
+/// The split decides the preferred role; if it has nothing routable (left), the other role serves,
+/// so a request fails only when nothing at all is routable.
+#[inline]
+pub fn pick<'s>(
+    snapshot: &'s Snapshot,
+    rng: &mut Rng,
+    avoid: &[Arc<Endpoint>],
+) -> Option<&'s Arc<Endpoint>> {
+    let preferred = split::role(snapshot.canary_threshold(), rng.u32(..));
+    let other = match preferred {
+        Role::Canary => Role::Stable,
+        Role::Stable => Role::Canary,
+    };
+    p2c::choose(snapshot.routable(preferred), rng, avoid)
+        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::snapshot::{EndpointState, Listed, Settings, Split, Version, Weight};
+
+    fn endpoint(addr: &str, version: &str) -> Arc<Endpoint> {
+        let metrics = Metrics::new();
+        let v = Version::new(version).unwrap();
+        Arc::new(Endpoint::new(
+            addr.parse().unwrap(),
+            v.clone(),
+            None,
+            Arc::new(metrics.version(&v)),
+        ))
+    }
+
+    fn snapshot(stable: usize, canary: usize, split: Split) -> Snapshot {
+        let mut listed = Vec::new();
+        for i in 0..stable {
+            listed.push(Listed {
+                endpoint: endpoint(&format!("127.0.1.{}:80", i + 1), "v1"),
+                role: Role::Stable,
+                state: EndpointState::Ready,
+            });
+        }
+        for i in 0..canary {
+            listed.push(Listed {
+                endpoint: endpoint(&format!("127.0.2.{}:80", i + 1), "v2"),
+                role: Role::Canary,
+                state: EndpointState::Ready,
+            });
+        }
+        Snapshot::build(1, listed, split, None, Settings::default())
+    }
+
+    fn weighted(percent: f64) -> Split {
+        Split::Weighted(Weight::new(percent).unwrap())
+    }
+
+    fn canary_share(snap: &Snapshot, draws: usize, seed: u64) -> f64 {
+        let mut rng = Rng::with_seed(seed);
+        let canary = (0..draws)
+            .filter(|_| pick(snap, &mut rng, &[]).unwrap().version().as_str() == "v2")
+            .count();
+        canary as f64 / draws as f64
+    }
+
+    #[test]
+    fn weight_sets_the_canary_share_regardless_of_pod_counts() {
+        // 1 canary pod of 4 would get 25% from a Service; the weight says 10%.
+        let snap = snapshot(3, 1, weighted(10.0));
+        let n = 100_000;
+        let share = canary_share(&snap, n, 7);
+        // 5 standard deviations of a binomial proportion at p = 0.1.
+        let tolerance = 5.0 * (0.1f64 * 0.9 / n as f64).sqrt();
+        assert!(
+            (share - 0.10).abs() < tolerance,
+            "canary share {share} must be 10% ± {tolerance}"
+        );
+    }
+
+    #[test]
+    fn count_split_shares_by_ready_endpoints() {
+        let snap = snapshot(3, 1, Split::ByEndpointCount);
+        let n = 100_000;
+        let share = canary_share(&snap, n, 11);
+        let tolerance = 5.0 * (0.25f64 * 0.75 / n as f64).sqrt();
+        assert!(
+            (share - 0.25).abs() < tolerance,
+            "canary share {share} must be 25% ± {tolerance}"
+        );
+    }
+
+    #[test]
+    fn empty_role_falls_back_to_the_other() {
+        let only_stable = snapshot(2, 0, weighted(100.0));
+        assert_eq!(canary_share(&only_stable, 1000, 1), 0.0);
+        let only_canary = snapshot(0, 2, weighted(0.0));
+        assert_eq!(canary_share(&only_canary, 1000, 1), 1.0);
+        let nothing = snapshot(0, 0, weighted(50.0));
+        assert!(pick(&nothing, &mut Rng::with_seed(1), &[]).is_none());
+    }
+
+    #[test]
+    fn avoided_endpoints_are_never_picked_while_others_exist() {
+        let snap = snapshot(3, 0, weighted(0.0));
+        let failed = snap.routable(Role::Stable)[1].clone();
+        let mut rng = Rng::with_seed(3);
+        for _ in 0..1000 {
+            let ep = pick(&snap, &mut rng, std::slice::from_ref(&failed)).unwrap();
+            assert!(
+                !Arc::ptr_eq(ep, &failed),
+                "a failed endpoint must not be retried"
+            );
+        }
+        let all: Vec<_> = snap.routable(Role::Stable).to_vec();
+        assert!(pick(&snap, &mut rng, &all).is_none());
+    }
+
+    #[test]
+    fn least_loaded_of_two_wins() {
+        let snap = snapshot(2, 0, weighted(0.0));
+        let busy = snap.routable(Role::Stable)[0].clone();
+        let _load: Vec<_> = (0..5).map(|_| busy.begin()).collect();
+        let mut rng = Rng::with_seed(5);
+        for _ in 0..100 {
+            let ep = pick(&snap, &mut rng, &[]).unwrap();
+            assert!(
+                !Arc::ptr_eq(ep, &busy),
+                "with two endpoints p2c must prefer the idle one"
+            );
+        }
+    }
+}

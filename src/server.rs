@@ -1,0 +1,105 @@
+//! One proxy instance, wired: listeners, the control loop, the config watcher, the admin API and the
+//! data plane, all stopped by one [`Shutdown`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::forward::{self, ServeOptions};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Publisher;
+use crate::{admin, reload};
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address} ({field}): {source}")]
+    Bind {
+        field: &'static str,
+        address: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Where the running config came from, so that it can be watched for changes.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// The bytes the running config was parsed from.
+    pub contents: Vec<u8>,
+}
+
+/// A proxy whose listeners are bound but which serves nothing yet.
+pub struct Server {
+    listener: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds the proxy and admin listeners from `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let bind = |field, address| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    field,
+                    address,
+                    source,
+                })
+        };
+        Ok(Self {
+            listener: bind("listen", config.listen).await?,
+            admin: bind("admin.listen", config.admin.listen).await?,
+        })
+    }
+
+    /// The proxy's bound address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin API's bound address.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains. Watches `file` for config changes if given.
+    pub async fn run(self, config: Config, file: Option<ConfigFile>, shutdown: Shutdown) {
+        if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
+            tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let (publisher, snapshots) = Publisher::new(config.settings(), metrics.clone());
+        let options = ServeOptions {
+            header_read_timeout: config.timeouts.header_read,
+            drain_timeout: config.timeouts.drain,
+        };
+        let reload_interval = config.reload_interval;
+        let control = Control::start(config, publisher);
+        let (inputs, rx) = mpsc::channel(16);
+        tokio::spawn(control.run(rx));
+        if let Some(file) = file {
+            tokio::spawn(reload::watch(
+                file.path,
+                reload_interval,
+                file.contents,
+                inputs,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tokio::spawn(admin::serve(
+            self.admin,
+            snapshots.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        forward::serve(self.listener, snapshots, &metrics, options, shutdown).await;
+    }
+}

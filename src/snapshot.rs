@@ -1,0 +1,298 @@
+//! The immutable routing snapshot and its single writer.
+//!
+//! Everything a request needs to route lives in one [`Snapshot`] behind one `ArcSwap`: the routable
+//! endpoints grouped by role, the precomputed canary threshold and the forwarding settings. The
+//! [`Publisher`] is the only writer; readers do one atomic load and never block it.
+
+mod endpoint;
+mod publisher;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use endpoint::{Endpoint, InFlight};
+pub use publisher::{Desired, Publisher, Snapshots};
+
+/// A workload version as it appears in metrics and `/endpoints` (an image tag, a pod-template-hash).
+///
+/// Validated once at the edge (config, discovery) so that label values stay a closed, sane set.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version(Arc<str>);
+
+/// Why a string is not a usable [`Version`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VersionError {
+    #[error("version must not be empty")]
+    Empty,
+    #[error("version is longer than 63 characters")]
+    TooLong,
+    #[error("version may only contain letters, digits, '.', '_' and '-' (got {0:?})")]
+    BadChar(char),
+}
+
+impl Version {
+    /// Parses a version label: 1-63 characters of `[A-Za-z0-9._-]`, like a Kubernetes label value.
+    pub fn new(s: &str) -> Result<Self, VersionError> {
+        if s.is_empty() {
+            return Err(VersionError::Empty);
+        }
+        if s.len() > 63 {
+            return Err(VersionError::TooLong);
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(VersionError::BadChar(c));
+        }
+        Ok(Self(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A canary weight: the percentage of requests sent to the canary, 0 to 100, decimals allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd)]
+pub struct Weight(f64);
+
+impl Weight {
+    pub const ZERO: Weight = Weight(0.0);
+
+    /// Accepts finite percentages in `0..=100`.
+    pub fn new(percent: f64) -> Option<Self> {
+        (percent.is_finite() && (0.0..=100.0).contains(&percent)).then_some(Self(percent))
+    }
+
+    pub fn percent(self) -> f64 {
+        self.0
+    }
+}
+
+/// Whether the canary or the stable side serves a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Stable,
+    Canary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Stable => "stable",
+            Role::Canary => "canary",
+        }
+    }
+}
+
+/// What the control plane knows about an endpoint's fitness for traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// Takes new requests.
+    Ready,
+    /// Known but must get no new requests (readiness probe failing, not yet started).
+    NotReady,
+}
+
+impl EndpointState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready",
+            EndpointState::NotReady => "not_ready",
+        }
+    }
+}
+
+/// What a discovery source says about one endpoint; the input to a snapshot build.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    pub version: Version,
+    pub state: EndpointState,
+    /// A human name (a pod name), shown in `/endpoints`.
+    pub name: Option<Arc<str>>,
+}
+
+/// Forwarding settings that a config reload may change; they travel in the snapshot so that a
+/// request sees one consistent set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Endpoints tried for one request when connecting fails (1 = no retry).
+    pub connect_attempts: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            connect_attempts: 2,
+        }
+    }
+}
+
+/// How the control plane wants traffic split between the roles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Split {
+    /// The canary gets this share of requests while both roles have routable endpoints.
+    Weighted(Weight),
+    /// Every routable endpoint gets an equal share, as a Kubernetes Service would do.
+    ByEndpointCount,
+}
+
+/// One entry of the snapshot's full listing, routable or not.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub endpoint: Arc<Endpoint>,
+    pub role: Role,
+    pub state: EndpointState,
+}
+
+/// An immutable view of where traffic may go. Built off the request path by the [`Publisher`].
+#[derive(Debug)]
+pub struct Snapshot {
+    generation: u64,
+    stable: Box<[Arc<Endpoint>]>,
+    canary: Box<[Arc<Endpoint>]>,
+    /// Requests whose 32-bit random draw is below this go to the canary; in `0..=2^32`.
+    canary_threshold: u64,
+    split: Split,
+    canary_version: Option<Version>,
+    settings: Settings,
+    listed: Box<[Listed]>,
+}
+
+/// `2^32`: the threshold that sends every draw of a `u32` to the canary.
+pub(crate) const ALL_DRAWS: u64 = 1 << 32;
+
+impl Snapshot {
+    /// The snapshot before the first endpoint set arrives: nothing is routable.
+    pub fn empty(settings: Settings) -> Self {
+        Self {
+            generation: 0,
+            stable: Box::new([]),
+            canary: Box::new([]),
+            canary_threshold: 0,
+            split: Split::ByEndpointCount,
+            canary_version: None,
+            settings,
+            listed: Box::new([]),
+        }
+    }
+
+    /// Builds a snapshot from a full listing; only `Ready` entries become routable.
+    pub fn build(
+        generation: u64,
+        listed: Vec<Listed>,
+        split: Split,
+        canary_version: Option<Version>,
+        settings: Settings,
+    ) -> Self {
+        let routable = |role| -> Box<[Arc<Endpoint>]> {
+            listed
+                .iter()
+                .filter(|l| l.role == role && l.state == EndpointState::Ready)
+                .map(|l| l.endpoint.clone())
+                .collect()
+        };
+        let stable = routable(Role::Stable);
+        let canary = routable(Role::Canary);
+        let canary_threshold = match split {
+            Split::Weighted(w) => (w.percent() / 100.0 * ALL_DRAWS as f64).round() as u64,
+            Split::ByEndpointCount if canary.is_empty() && stable.is_empty() => 0,
+            Split::ByEndpointCount => {
+                ALL_DRAWS * canary.len() as u64 / (canary.len() + stable.len()) as u64
+            }
+        };
+        Self {
+            generation,
+            stable,
+            canary,
+            canary_threshold,
+            split,
+            canary_version,
+            settings,
+            listed: listed.into_boxed_slice(),
+        }
+    }
+
+    /// Increases by one with every publish; 0 means no endpoint set has been loaded yet.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Routable endpoints of one role.
+    pub fn routable(&self, role: Role) -> &[Arc<Endpoint>] {
+        match role {
+            Role::Stable => &self.stable,
+            Role::Canary => &self.canary,
+        }
+    }
+
+    pub fn canary_threshold(&self) -> u64 {
+        self.canary_threshold
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    pub fn canary_version(&self) -> Option<&Version> {
+        self.canary_version.as_ref()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Every known endpoint, routable or not, in a stable order (by address).
+    pub fn listed(&self) -> &[Listed] {
+        &self.listed
+    }
+
+    /// Whether any request could be routed now.
+    pub fn has_routable(&self) -> bool {
+        !(self.stable.is_empty() && self.canary.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_rejects_label_unsafe_strings() {
+        assert_eq!(Version::new(""), Err(VersionError::Empty));
+        assert_eq!(Version::new("v 1"), Err(VersionError::BadChar(' ')));
+        assert_eq!(Version::new(&"a".repeat(64)), Err(VersionError::TooLong));
+        assert_eq!(
+            Version::new("1.16.1-abc_d").unwrap().as_str(),
+            "1.16.1-abc_d"
+        );
+    }
+
+    #[test]
+    fn weight_is_a_percentage() {
+        assert!(Weight::new(-0.1).is_none());
+        assert!(Weight::new(100.1).is_none());
+        assert!(Weight::new(f64::NAN).is_none());
+        assert_eq!(Weight::new(12.5).unwrap().percent(), 12.5);
+    }
+}

@@ -1,0 +1,101 @@
+//! One upstream endpoint's long-lived cell: identity, in-flight count, idle connections and metric
+//! handles. Snapshots share it by `Arc`, so its state survives every rebuild that keeps the address.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::metrics::VersionMetrics;
+use crate::upstream::Pool;
+
+use super::Version;
+
+/// The per-endpoint state that outlives snapshot swaps. All mutable parts are atomics or lock-free.
+pub struct Endpoint {
+    address: SocketAddr,
+    version: Version,
+    name: Option<Arc<str>>,
+    in_flight: AtomicUsize,
+    metrics: Arc<VersionMetrics>,
+    pool: Pool,
+}
+
+impl Endpoint {
+    pub fn new(
+        address: SocketAddr,
+        version: Version,
+        name: Option<Arc<str>>,
+        metrics: Arc<VersionMetrics>,
+    ) -> Self {
+        Self {
+            address,
+            version,
+            name,
+            in_flight: AtomicUsize::new(0),
+            metrics,
+            pool: Pool::new(address),
+        }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Requests sent to this endpoint whose response has not finished yet.
+    pub fn in_flight(&self) -> usize {
+        // Relaxed: a load-balancing hint; no other memory is published through this counter.
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped (also on cancellation).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        // Relaxed: see `in_flight`.
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn metrics(&self) -> &VersionMetrics {
+        &self.metrics
+    }
+
+    /// Idle keep-alive connections to this endpoint; dropped (and closed) with the endpoint.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("address", &self.address)
+            .field("version", &self.version)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// RAII in-flight marker; holds the endpoint alive while a request uses it.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Relaxed: see `Endpoint::in_flight`.
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,105 @@
+//! Connections to one endpoint: connect with a deadline, HTTP/1.1 handshake, and a lock-free pool of
+//! idle keep-alive connections.
+//!
+//! The pool lives in the endpoint's cell, so checking out needs no lookup and an endpoint that leaves
+//! the snapshot closes its idle connections when its last user lets go. Connecting happens before a
+//! request is handed over, so a connect failure leaves the request intact for a retry elsewhere.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The request body type sent upstream: the client's body, streamed.
+pub type RequestBody = hyper::body::Incoming;
+
+/// One HTTP/1.1 connection's request handle.
+pub type Sender = http1::SendRequest<RequestBody>;
+
+/// Idle connections kept per endpoint; more are closed when they become idle.
+const MAX_IDLE: usize = 64;
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// A connection ready for one request.
+pub struct Connection {
+    pub sender: Sender,
+    /// Taken from the idle pool: the peer may have closed it meanwhile, so a "not sent" failure on
+    /// it says nothing about the endpoint's health.
+    pub reused: bool,
+}
+
+/// Idle connections to one address.
+pub struct Pool {
+    address: SocketAddr,
+    idle: ArrayQueue<Sender>,
+}
+
+impl Pool {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            idle: ArrayQueue::new(MAX_IDLE),
+        }
+    }
+
+    /// An idle connection that is ready for a request, or a new one.
+    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
+        while let Some(sender) = self.idle.pop() {
+            if sender.is_ready() {
+                return Ok(Connection {
+                    sender,
+                    reused: true,
+                });
+            }
+            // Closed by the peer (or otherwise unusable): dropping it releases its task.
+        }
+        let sender = connect(self.address, connect_timeout).await?;
+        Ok(Connection {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Returns a connection that finished its exchange and is ready for the next one.
+    pub fn put(&self, sender: Sender) {
+        if sender.is_ready() {
+            // Full pool: the rejected connection is dropped, which closes it.
+            let _ = self.idle.push(sender);
+        }
+    }
+
+    /// Idle connections currently pooled.
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%address, %error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
