@@ -114,7 +114,11 @@ fn proxy(path: &Path) -> ExitCode {
     };
     block_on(async move {
         let server = Server::bind(&config).await?;
-        tracing::info!(listen = %config.listen, admin = %config.admin.listen, "tidegate proxy started");
+        tracing::info!(
+            listen = %server.local_addr(),
+            admin = %server.admin_addr(),
+            "tidegate proxy started"
+        );
         let (trigger, listener) = shutdown::channel();
         tokio::spawn(async move {
             let signal = shutdown::signal().await;

@@ -382,7 +382,8 @@ impl RawConfig {
             field,
             reason: reason.to_owned(),
         };
-        if self.admin.listen == self.listen {
+        // Port 0 asks the OS for a free port each time, so two of them never clash.
+        if self.admin.listen == self.listen && self.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from listen"));
         }
         if self.timeouts.connect.0.is_zero() {

@@ -47,7 +47,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
     config.canary.weight = Weight::new(10.0).expect("10 is a percentage");
 
     let server = Server::bind(&config).await?;
-    let (proxy, admin) = (server.local_addr()?, server.admin_addr()?);
+    let (proxy, admin) = (server.local_addr(), server.admin_addr());
     println!("tidegate demo: 3 pods of v1 and 1 pod of v2, with v2 as a 10% canary");
     println!("  proxy:  http://{proxy}/");
     println!("  admin:  http://{admin}/endpoints  http://{admin}/metrics");

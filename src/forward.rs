@@ -7,6 +7,7 @@
 
 mod body;
 mod error;
+mod replay;
 mod request;
 
 use std::convert::Infallible;
@@ -29,6 +30,8 @@ use crate::pick::{pick, Rng};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Endpoint, Snapshots};
 
+use replay::Replay;
+
 pub use body::{ResponseBody, UpstreamBody};
 pub use error::{ErrorKind, ProxyError};
 
@@ -41,8 +44,9 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
-/// Extra attempts allowed when a pooled keep-alive connection turns out closed before the request
-/// was written: not a failure of the endpoint, so it does not count against `connect_attempts`.
+/// Extra attempts allowed when a pooled keep-alive connection turns out closed under a request: the
+/// peer closing an idle connection is not a failure of the endpoint, so these do not count against
+/// `connect_attempts`.
 const STALE_CONNECTION_RETRIES: u32 = 2;
 
 /// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
@@ -111,6 +115,7 @@ struct Forwarder {
     unrouted: VersionMetrics,
     errors: [IntCounter; ErrorKind::ALL.len()],
     connect_retries: IntCounter,
+    reset_retries: IntCounter,
 }
 
 impl Forwarder {
@@ -120,26 +125,38 @@ impl Forwarder {
             unrouted: metrics.unrouted(),
             errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
             connect_retries: metrics.retry("connect"),
+            reset_retries: metrics.retry("reset"),
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let start = Instant::now();
+        let mut req = req.map(Either::Left);
         request::prepare(&mut req, peer.ip());
+        let replay = Replay::capture(&req);
         let mut rng = Rng::new();
         // Endpoints this request failed to connect to; allocates only on a retry.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut stale_retries = 0;
+        // The failure that sent this request round the loop again.
+        let mut retrying: Option<ProxyError> = None;
         loop {
             let picked = {
                 let snapshot = self.snapshots.load();
                 pick(&snapshot, &mut rng, &tried).map(|ep| (ep.clone(), *snapshot.settings()))
             };
             let Some((endpoint, settings)) = picked else {
+                // Every candidate failed: the client hears about the last failure.
+                if let (Some(error), Some(failed)) = (&retrying, tried.last()) {
+                    return self.local_error(error, failed.metrics(), start);
+                }
                 let error = ProxyError::NoEndpoints;
                 self.count(&error);
                 return self.local_error(&error, &self.unrouted, start);
             };
+            if let Some(cause) = retrying.take() {
+                self.count_retry(&cause);
+            }
             let in_flight = endpoint.begin();
             let connection = match endpoint.pool().checkout(settings.connect_timeout).await {
                 Ok(connection) => connection,
@@ -148,7 +165,7 @@ impl Forwarder {
                     self.count(&error);
                     if tried.len() + 1 < settings.connect_attempts as usize {
                         tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
-                        self.connect_retries.inc();
+                        retrying = Some(error);
                         tried.push(endpoint);
                         continue;
                     }
@@ -169,20 +186,25 @@ impl Forwarder {
                     let unsent = failed.take_message();
                     let error = ProxyError::exchange(failed.into_error());
                     self.count(&error);
-                    match unsent {
-                        // The peer closed an idle keep-alive connection as we picked it up.
-                        Some(unsent)
+                    // Safe to send again if it never left, or if it left with nothing to double
+                    // (idempotent, no body) and the connection broke before any response byte.
+                    let again = unsent.or_else(|| {
+                        let broke = error.kind() == ErrorKind::Reset;
+                        replay.as_ref().filter(|_| broke).map(Replay::request)
+                    });
+                    match again {
+                        // The peer closed an idle keep-alive connection as we used it.
+                        Some(again)
                             if connection.reused && stale_retries < STALE_CONNECTION_RETRIES =>
                         {
                             stale_retries += 1;
-                            req = unsent;
+                            retrying = Some(error);
+                            req = again;
                         }
-                        // A fresh connection died before the request was written: as good as a
-                        // connect failure.
-                        Some(unsent) if tried.len() + 1 < settings.connect_attempts as usize => {
-                            self.connect_retries.inc();
+                        Some(again) if tried.len() + 1 < settings.connect_attempts as usize => {
+                            retrying = Some(error);
                             tried.push(endpoint);
-                            req = unsent;
+                            req = again;
                         }
                         _ => return self.local_error(&error, endpoint.metrics(), start),
                     }
@@ -198,6 +220,13 @@ impl Forwarder {
 
     fn count(&self, error: &ProxyError) {
         self.errors[error.kind().index()].inc();
+    }
+
+    fn count_retry(&self, cause: &ProxyError) {
+        match cause.kind() {
+            ErrorKind::Connect | ErrorKind::ConnectTimeout => self.connect_retries.inc(),
+            _ => self.reset_retries.inc(),
+        }
     }
 
     /// tidegate's own answer for a request it could not forward.

@@ -39,34 +39,31 @@ pub struct ConfigFile {
 pub struct Server {
     listener: TcpListener,
     admin: TcpListener,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
 }
 
 impl Server {
     /// Binds the proxy and admin listeners from `config`.
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
-        let bind = |field, address| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    field,
-                    address,
-                    source,
-                })
-        };
+        let (listener, local_addr) = bind("listen", config.listen).await?;
+        let (admin, admin_addr) = bind("admin.listen", config.admin.listen).await?;
         Ok(Self {
-            listener: bind("listen", config.listen).await?,
-            admin: bind("admin.listen", config.admin.listen).await?,
+            listener,
+            admin,
+            local_addr,
+            admin_addr,
         })
     }
 
-    /// The proxy's bound address (useful with port 0).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The proxy's bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// The admin API's bound address.
-    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
-        self.admin.local_addr()
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// Serves until `shutdown`, then drains. Watches `file` for config changes if given.
@@ -102,4 +99,18 @@ impl Server {
         ));
         forward::serve(self.listener, snapshots, &metrics, options, shutdown).await;
     }
+}
+
+async fn bind(
+    field: &'static str,
+    address: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let error = |source| ServerError::Bind {
+        field,
+        address,
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }

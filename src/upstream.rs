@@ -9,13 +9,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The request body type sent upstream: the client's body, streamed.
-pub type RequestBody = hyper::body::Incoming;
+/// The request body sent upstream: the client's body streamed through, or an empty body for a
+/// bodyless request sent again after its first attempt failed.
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
 /// One HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<RequestBody>;

@@ -1,0 +1,127 @@
+//! The command line as users and Kubernetes drive it: `validate`, bad configs, SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn validate_accepts_a_good_file_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(
+        &path,
+        TestProxy::new()
+            .endpoint_at("127.0.0.2:8080".parse().unwrap(), "v1")
+            .canary("v2", 10.0)
+            .render(),
+    )
+    .unwrap();
+
+    let out = Command::new(binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout}");
+    assert!(
+        stdout.contains("1 endpoints (1 ready)") && stdout.contains("canary v2 at 10%"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let text = TestProxy::new()
+        .endpoint_at("127.0.0.2:8080".parse().unwrap(), "v1")
+        .render()
+        .replace("127.0.0.2:8080", "127.0.0.2");
+    let line = text.lines().position(|l| l.contains("127.0.0.2")).unwrap() + 1;
+    std::fs::write(&path, text).unwrap();
+
+    for command in ["validate", "proxy"] {
+        let out = Command::new(binary())
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "`{command}` must exit 2 on a bad config: {stderr}"
+        );
+        assert!(
+            stderr.contains("discovery.static.endpoints[0].address"),
+            "must name the field: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("line {line}")),
+            "must name line {line}: {stderr}"
+        );
+    }
+
+    std::fs::write(
+        &path,
+        "discovery: { static: { endpoints: [] } }\nlisten: 127.0.0.1:1\nlisten_backlog: 5\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("unknown field `listen_backlog`") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+
+    let out = Command::new(binary())
+        .args(["validate", "--config", "/nonexistent/tidegate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_completes_an_in_flight_slow_request() {
+    let app = backend("v1").run().await;
+    let mut proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let url = proxy.url("/slow?ms=1500");
+    let client = proxy.client().clone();
+    let slow = tokio::spawn(async move { send(&client, get_request(&url)).await });
+    wait_until(
+        "the slow request reaches the backend",
+        Duration::from_secs(10),
+        || async { app.in_flight() == 1 },
+    )
+    .await;
+
+    proxy.terminate();
+
+    let (status, _, body) = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request must complete");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("This is v1"), "{body}");
+    let exit = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(0), "SIGTERM must end in a clean exit");
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "after shutdown nothing may accept connections"
+    );
+}

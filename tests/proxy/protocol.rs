@@ -1,0 +1,108 @@
+//! HTTP semantics at the proxy: hop-by-hop and forwarding headers, HTTP/2 clients, streamed bodies.
+
+use http::Request;
+use http_body_util::BodyExt;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_and_forwarding_headers_are_added() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let req = Request::get(proxy.url("/path?q=1"))
+        .header("host", "shop.example.test")
+        .header("connection", "x-hop-secret")
+        .header("x-hop-secret", "only for the proxy")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-end-to-end", "kept")
+        .body(empty())
+        .unwrap();
+
+    let (status, response_headers, _) = send(proxy.client(), req).await.unwrap();
+
+    assert_eq!(status, 200);
+    let seen = app.last_headers();
+    for hop in [
+        "connection",
+        "x-hop-secret",
+        "te",
+        "proxy-authorization",
+        "keep-alive",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.contains_key(hop),
+            "hop-by-hop header {hop} must not reach the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-end-to-end"], "kept");
+    assert_eq!(seen["host"], "shop.example.test", "Host must be preserved");
+    assert_eq!(seen["x-forwarded-host"], "shop.example.test");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1",
+        "the client address is appended"
+    );
+    assert_eq!(seen["via"], "1.1 tidegate");
+    // The backend sent `keep-alive: timeout=30`, which is about its hop only.
+    assert!(
+        !response_headers.contains_key("keep-alive"),
+        "{response_headers:?}"
+    );
+    assert_eq!(response_headers["via"], "1.1 tidegate");
+    assert_eq!(response_headers["x-pod"], app.pod.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served() {
+    let app = backend("v1").pod("web-h2").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let client = h2_client();
+
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let response = client.request(get_request(&proxy.url("/"))).await.unwrap();
+        assert_eq!(
+            response.version(),
+            http::Version::HTTP_2,
+            "the client must be speaking HTTP/2"
+        );
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body().collect().await.unwrap().to_bytes());
+    }
+
+    assert!(bodies
+        .iter()
+        .all(|b| b.starts_with(b"This is v1 running in pod web-h2")));
+    let seen = app.last_headers();
+    assert_eq!(
+        seen["host"],
+        proxy.addr.to_string(),
+        "the :authority becomes the upstream Host"
+    );
+    assert_eq!(seen["via"], "2 tidegate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_request_body_streams_through() {
+    const LEN: usize = 50 * 1024 * 1024;
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let rss_before = proxy.peak_rss_kib();
+
+    let req = Request::post(proxy.url("/upload"))
+        .body(Generated::new(LEN).map_err(|e| e).boxed())
+        .unwrap();
+    let (status, _, body) = send(proxy.client(), req).await.unwrap();
+
+    assert_eq!(status, 200, "{body}");
+    let expected = format!("bytes={LEN} hash={:x}", Generated::expected_hash(LEN));
+    assert_eq!(body, expected, "the body must arrive byte for byte");
+    let growth_mib = (proxy.peak_rss_kib().saturating_sub(rss_before)) / 1024;
+    assert!(
+        growth_mib < 25,
+        "a streamed body must not be buffered: peak RSS grew {growth_mib} MiB for a 50 MiB body"
+    );
+}

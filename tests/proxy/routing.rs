@@ -1,0 +1,165 @@
+//! Where requests go: ready endpoints only, spread evenly, the canary at its weight.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_across_ready_endpoints() {
+    let pods = [
+        backend("v1").pod("bootcamp-0").run().await,
+        backend("v1").pod("bootcamp-1").run().await,
+        backend("v1").pod("bootcamp-2").run().await,
+    ];
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .start()
+        .await;
+
+    let report = run_load(&proxy.url("/"), 8, 900).await;
+
+    assert!(
+        report.failures.is_empty(),
+        "no request may fail: {:?}",
+        report.failures
+    );
+    for pod in &pods {
+        // Even share is 300; a pod below a third of that is not being balanced to.
+        assert!(
+            pod.hits() >= 100,
+            "{} got {} of 900 requests: {:?}",
+            pod.pod,
+            pod.hits(),
+            report.by_body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_endpoint_gets_no_traffic() {
+    let ready = backend("v1").pod("kubia-ready").run().await;
+    let probing = backend("v3").pod("kubia-v3-readiness-failing").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&ready])
+        .not_ready(&probing)
+        .start()
+        .await;
+
+    let report = run_load(&proxy.url("/"), 4, 400).await;
+
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        probing.hits(),
+        0,
+        "a not-ready endpoint must receive no requests"
+    );
+    assert_eq!(ready.hits(), 400);
+    let listed = proxy.endpoints_json().await;
+    let states: Vec<_> = listed["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].clone())
+        .collect();
+    assert!(
+        states.contains(&"not_ready".into()),
+        "/endpoints must list the not-ready endpoint: {listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_share_follows_the_weight_not_the_pod_count() {
+    let stable = [
+        backend("v1").pod("kubia-v1-0").run().await,
+        backend("v1").pod("kubia-v1-1").run().await,
+        backend("v1").pod("kubia-v1-2").run().await,
+    ];
+    let canary = backend("v2").pod("kubia-v2-0").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable[0], &stable[1], &stable[2], &canary])
+        .canary("v2", 10.0)
+        .start()
+        .await;
+
+    let n = 4000;
+    let report = run_load(&proxy.url("/"), 8, n).await;
+
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let share = report.count_containing("This is v2") as f64 / n as f64;
+    // A Service would give the 1-of-4 canary 25%. The rule is the weight ± 2 points; at n = 4000 a
+    // binomial at p = 0.1 has σ ≈ 0.47 points, so 2 points is over 4σ.
+    assert!(
+        (share - 0.10).abs() <= 0.02,
+        "canary share {share:.4} must be within 2 points of 10%"
+    );
+    assert_eq!(proxy.metric("tidegate_canary_weight").await, Some(10.0));
+    let served = proxy
+        .metric(r#"tidegate_requests_total{code="200",version="v2"}"#)
+        .await;
+    assert_eq!(
+        served,
+        Some(report.count_containing("This is v2") as f64),
+        "metrics must count what clients saw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_endpoints_gives_503_with_the_reason() {
+    let down = backend("v10")
+        .pod("bootcamp-v10-imagepullbackoff")
+        .run()
+        .await;
+    let proxy = TestProxy::new().not_ready(&down).start().await;
+
+    let (status, headers, body) = proxy.get("/").await.unwrap();
+
+    assert_eq!(status, 503);
+    assert_eq!(body.trim(), "no ready endpoints");
+    assert_eq!(headers["x-tidegate-error"], "no_endpoints");
+    assert_eq!(down.hits(), 0);
+    assert_eq!(
+        proxy
+            .metric(r#"tidegate_requests_total{code="503",version="none"}"#)
+            .await,
+        Some(1.0)
+    );
+
+    let empty = TestProxy::new().start().await;
+    let (status, _, body) = empty.get("/").await.unwrap();
+    assert_eq!((status.as_u16(), body.trim()), (503, "no ready endpoints"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gives_502_and_slow_upstream_504() {
+    // Nothing listens here: every connect is refused.
+    let nowhere = std::net::SocketAddr::from((pod_ip(), 9));
+    let proxy = TestProxy::new().endpoint_at(nowhere, "v1").start().await;
+    let (status, headers, body) = proxy.get("/").await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(headers["x-tidegate-error"], "connect");
+    assert!(
+        body.contains("connect failed"),
+        "the body must give the reason: {body}"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"tidegate_upstream_errors_total{kind="connect"}"#)
+            .await,
+        Some(1.0)
+    );
+
+    let slow = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&slow])
+        .yaml("timeouts: { connect: 1s, request: 300ms, header_read: 5s, drain: 5s }")
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = proxy.get("/slow?ms=3000").await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(headers["x-tidegate-error"], "timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the request timeout must cut the wait short"
+    );
+}

@@ -1,0 +1,720 @@
+//! Real parts for the integration tests: loopback backends that answer like the tutorials' apps, the
+//! real `tidegate` binary with a config file, an HTTP client, and a bounded load generator.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpConnector, ClientBody>;
+
+/// Every backend gets a loopback address of its own, as every pod has its own IP.
+pub fn pod_ip() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let second = 100 + (std::process::id() % 100) as u8;
+    Ipv4Addr::new(127, second, (n / 250) as u8, (n % 250 + 1) as u8)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+pub struct BackendBuilder {
+    version: String,
+    pod: Option<String>,
+}
+
+pub fn backend(version: &str) -> BackendBuilder {
+    BackendBuilder {
+        version: version.to_owned(),
+        pod: None,
+    }
+}
+
+#[derive(Default)]
+struct BackendState {
+    hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    last_headers: Mutex<Option<HeaderMap>>,
+}
+
+/// A loopback HTTP/1.1 app. `GET /` answers `This is <version> running in pod <pod>`;
+/// `/slow?ms=N` answers after N ms; `POST /upload` streams the body and answers its length and hash.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub version: String,
+    pub pod: String,
+    state: Arc<BackendState>,
+    stop: watch::Sender<bool>,
+}
+
+impl BackendBuilder {
+    pub fn pod(mut self, name: &str) -> Self {
+        self.pod = Some(name.to_owned());
+        self
+    }
+
+    pub async fn run(self) -> Backend {
+        let listener = TcpListener::bind((pod_ip(), 0))
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let pod = self
+            .pod
+            .unwrap_or_else(|| format!("{}-{}", self.version, addr.ip()));
+        let state = Arc::new(BackendState::default());
+        let (stop, stopped) = watch::channel(false);
+        let body = Bytes::from(format!("This is {} running in pod {pod}\n", self.version));
+        tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            stopped,
+            body,
+            pod.clone(),
+        ));
+        Backend {
+            addr,
+            version: self.version,
+            pod,
+            state,
+            stop,
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<BackendState>,
+    mut stopped: watch::Receiver<bool>,
+    body: Bytes,
+    pod: String,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (state, body, pod) = (state.clone(), body.clone(), pod.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let service =
+                service_fn(move |req| answer(req, state.clone(), body.clone(), pod.clone()));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            // A killed pod's connections vanish mid-flight: dropping the future closes the socket.
+            tokio::select! {
+                _ = connection => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    state: Arc<BackendState>,
+    body: Bytes,
+    pod: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    *state.last_headers.lock().unwrap() = Some(req.headers().clone());
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut response = match path.as_str() {
+        "/slow" => {
+            let ms: u64 = query
+                .strip_prefix("ms=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(Full::new(body))
+        }
+        "/upload" => {
+            let mut incoming = req.into_body();
+            let mut hash = Fnv::new();
+            let mut len = 0u64;
+            while let Some(frame) = incoming.frame().await {
+                if let Ok(Ok(data)) = frame.map(|f| f.into_data()) {
+                    len += data.len() as u64;
+                    hash.update(&data);
+                }
+            }
+            Response::new(Full::new(Bytes::from(format!(
+                "bytes={len} hash={:x}",
+                hash.0
+            ))))
+        }
+        _ => Response::new(Full::new(body)),
+    };
+    response.headers_mut().insert("x-pod", pod.parse().unwrap());
+    response
+        .headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(response)
+}
+
+impl Backend {
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last request this backend received.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.state
+            .last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("backend saw a request")
+    }
+
+    /// The pod dies: its listener closes and every open connection is dropped mid-flight.
+    pub fn kill(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// FNV-1a, to check that a streamed body arrived byte for byte.
+pub struct Fnv(pub u64);
+
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test: the real binary
+
+/// Describes a config; renders YAML with ephemeral loopback ports for the proxy and admin API.
+#[derive(Clone, Default)]
+pub struct TestProxy {
+    endpoints: Vec<(SocketAddr, String, bool)>,
+    canary: Option<(String, f64)>,
+    extra: Vec<String>,
+}
+
+impl TestProxy {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ready endpoints.
+    pub fn endpoints(mut self, backends: &[&Backend]) -> Self {
+        for b in backends {
+            self.endpoints.push((b.addr, b.version.clone(), true));
+        }
+        self
+    }
+
+    /// An endpoint that is listed but not ready.
+    pub fn not_ready(mut self, backend: &Backend) -> Self {
+        self.endpoints
+            .push((backend.addr, backend.version.clone(), false));
+        self
+    }
+
+    /// An endpoint at an arbitrary address (for example, one where nothing listens).
+    pub fn endpoint_at(mut self, addr: SocketAddr, version: &str) -> Self {
+        self.endpoints.push((addr, version.to_owned(), true));
+        self
+    }
+
+    pub fn canary(mut self, version: &str, weight: f64) -> Self {
+        self.canary = Some((version.to_owned(), weight));
+        self
+    }
+
+    /// Extra top-level YAML, e.g. `timeouts: { request: 300ms }`.
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.extra.push(extra.to_owned());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut y = String::from("listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\n");
+        y.push_str("reload: { interval: 50ms }\n");
+        y.push_str("discovery:\n  static:\n    endpoints:\n");
+        if self.endpoints.is_empty() {
+            y.push_str("      []\n");
+        }
+        for (addr, version, ready) in &self.endpoints {
+            y.push_str(&format!(
+                "      - {{ address: \"{addr}\", version: {version}, ready: {ready} }}\n"
+            ));
+        }
+        if let Some((version, weight)) = &self.canary {
+            y.push_str(&format!(
+                "canary: {{ version: {version}, weight: {weight} }}\n"
+            ));
+        }
+        let has_timeouts = self.extra.iter().any(|e| e.starts_with("timeouts"));
+        if !has_timeouts {
+            y.push_str("timeouts: { connect: 1s, request: 10s, header_read: 5s, drain: 10s }\n");
+        }
+        for e in &self.extra {
+            y.push_str(e);
+            y.push('\n');
+        }
+        y
+    }
+
+    pub async fn start(self) -> RunningProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tidegate.yaml");
+        std::fs::write(&config, self.render()).unwrap();
+        RunningProxy::spawn(dir, config).await
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tidegate")
+}
+
+pub struct RunningProxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: HttpClient,
+}
+
+impl RunningProxy {
+    /// Starts `tidegate proxy --config <config>` and waits for its listeners.
+    pub async fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Self {
+        let mut child = Command::new(binary())
+            .args(["--log-format", "json", "proxy", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tidegate");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (addr, admin) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "tidegate did not report its listeners; logs: {:?}",
+                    logs.lock().unwrap()
+                )
+            });
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "tidegate proxy started" {
+                let field = |k: &str| {
+                    v["fields"][k]
+                        .as_str()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap()
+                };
+                break (field("listen"), field("admin"));
+            }
+        };
+        let proxy = Self {
+            child,
+            dir,
+            config,
+            addr,
+            admin,
+            logs,
+            client: client(),
+        };
+        proxy
+            .wait_until(
+                "the admin API reports ready",
+                Duration::from_secs(10),
+                || async {
+                    proxy
+                        .admin_get("/readyz")
+                        .await
+                        .map(|(s, _)| s == StatusCode::OK)
+                        .unwrap_or(false)
+                },
+            )
+            .await;
+        proxy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// `GET path` through the proxy.
+    pub async fn get(&self, path: &str) -> Result<(StatusCode, HeaderMap, String), String> {
+        send(&self.client, get_request(&self.url(path))).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), String> {
+        let url = format!("http://{}{path}", self.admin);
+        send(&self.client, get_request(&url))
+            .await
+            .map(|(s, _, b)| (s, b))
+    }
+
+    /// The value of one exact series line in `/metrics` (e.g. `tidegate_retries_total{reason="connect"}`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await.ok()?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub async fn endpoints_json(&self) -> serde_json::Value {
+        let (_, body) = self.admin_get("/endpoints").await.expect("GET /endpoints");
+        serde_json::from_str(&body).expect("/endpoints is JSON")
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.endpoints_json().await["generation"].as_u64().unwrap()
+    }
+
+    /// Replaces the config file the way an editor does: write a new file, rename it over the old.
+    pub fn rewrite_config(&self, config: &TestProxy) {
+        let tmp = self.dir.path().join(".tidegate.yaml.swp");
+        std::fs::write(&tmp, config.render()).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".tidegate.yaml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Peak resident memory of the proxy process so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Sends SIGTERM, as Kubernetes does when a pod is deleted.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tidegate did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `condition` every 20 ms until it holds, failing the test after `limit`.
+    pub async fn wait_until<F, Fut>(&self, what: &str, limit: Duration, condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        wait_until(what, limit, condition).await
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client and load
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub fn empty() -> ClientBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+pub fn get_request(url: &str) -> Request<ClientBody> {
+    Request::get(url).body(empty()).unwrap()
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(
+    client: &HttpClient,
+    req: Request<ClientBody>,
+) -> Result<(StatusCode, HeaderMap, String), String> {
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| "no response within 30s".to_owned())?
+        .map_err(|e| format!("request failed: {e:?}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?
+        .to_bytes();
+    Ok((
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: usize,
+    /// Every non-2xx status or transport error, described.
+    pub failures: Vec<String>,
+    /// Successful responses by body (which pod answered).
+    pub by_body: BTreeMap<String, usize>,
+}
+
+impl LoadReport {
+    pub fn total(&self) -> usize {
+        self.ok + self.failures.len()
+    }
+
+    /// Successful responses whose body contains `needle`.
+    pub fn count_containing(&self, needle: &str) -> usize {
+        self.by_body
+            .iter()
+            .filter(|(b, _)| b.contains(needle))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Load running in the background until stopped, `max_requests` are sent or `max_time` passes.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<LoadReport>>,
+}
+
+pub fn start_load(url: &str, concurrency: usize, max_requests: usize, max_time: Duration) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + max_time;
+    let client = client();
+    let workers = (0..concurrency)
+        .map(|_| {
+            let (stop, sent, client, url) =
+                (stop.clone(), sent.clone(), client.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let mut report = LoadReport::default();
+                while !stop.load(Ordering::SeqCst)
+                    && Instant::now() < deadline
+                    && sent.fetch_add(1, Ordering::SeqCst) < max_requests
+                {
+                    match send(&client, get_request(&url)).await {
+                        Ok((status, _, body)) if status.is_success() => {
+                            report.ok += 1;
+                            *report.by_body.entry(body).or_default() += 1;
+                        }
+                        Ok((status, headers, body)) => report.failures.push(format!(
+                            "{status} {:?} {}",
+                            headers.get("x-tidegate-error"),
+                            body.trim()
+                        )),
+                        Err(e) => report.failures.push(e),
+                    }
+                }
+                report
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        sent,
+        workers,
+    }
+}
+
+impl Load {
+    /// Requests started so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops the load and merges the workers' reports.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.finish().await
+    }
+
+    /// Waits for the load to end by its own bounds.
+    pub async fn finish(self) -> LoadReport {
+        let mut total = LoadReport::default();
+        for worker in self.workers {
+            let r = worker.await.unwrap();
+            total.ok += r.ok;
+            total.failures.extend(r.failures);
+            for (body, n) in r.by_body {
+                *total.by_body.entry(body).or_default() += n;
+            }
+        }
+        total
+    }
+}
+
+/// Sends `total` GETs with `concurrency` workers and reports what came back.
+pub async fn run_load(url: &str, concurrency: usize, total: usize) -> LoadReport {
+    start_load(url, concurrency, total, Duration::from_secs(60))
+        .finish()
+        .await
+}
+
+/// A request body of `len` bytes generated chunk by chunk, never held in memory whole.
+pub struct Generated {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl Generated {
+    pub fn new(len: usize) -> Self {
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        Self {
+            left: len,
+            chunk: Bytes::from(chunk),
+        }
+    }
+
+    /// The FNV hash of the bytes this body will produce.
+    pub fn expected_hash(len: usize) -> u64 {
+        let mut g = Generated::new(len);
+        let mut h = Fnv::new();
+        while g.left > 0 {
+            let n = g.left.min(g.chunk.len());
+            h.update(&g.chunk[..n]);
+            g.left -= n;
+        }
+        h.0
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len());
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+}
