@@ -125,3 +125,18 @@ async fn graceful_shutdown_completes_an_in_flight_slow_request() {
         "after shutdown nothing may accept connections"
     );
 }
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(binary()).args(["validate", "--config"]).arg(&path).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the examples in config/ must be checked");
+}

@@ -1,6 +1,9 @@
 //! Integration tests: real backends on 127.x loopback addresses, the real `tidegate` binary, real
 //! HTTP. One test binary (modules below) to keep link time down.
 
+// Test bookkeeping (captured logs and headers) is not on any request path.
+#![allow(clippy::disallowed_types)]
+
 mod support;
 
 mod cli;
