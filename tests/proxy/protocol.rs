@@ -106,3 +106,54 @@ async fn a_50_mib_request_body_streams_through() {
         "a streamed body must not be buffered: peak RSS grew {growth_mib} MiB for a 50 MiB body"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_4xx_and_slow_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 5s, header_read: 300ms, drain: 5s }")
+        .start()
+        .await;
+
+    let mut garbage = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    garbage.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        garbage.read_to_end(&mut answer),
+    )
+    .await
+    .expect("a malformed request must be answered, not left hanging")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "a malformed request gets 400: {answer:?}"
+    );
+
+    // A client that never finishes its request head is disconnected after header_read.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: slowloris\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await
+    .expect("a slow client must be cut off, not kept forever")
+    .ok();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "cut off too early"
+    );
+    assert_eq!(app.hits(), 0, "neither request may reach the upstream");
+
+    // The proxy is unharmed.
+    assert_eq!(proxy.get("/").await.unwrap().0, 200);
+}
