@@ -125,7 +125,7 @@ fn proxy(path: &Path) -> ExitCode {
             tracing::info!(signal, "shutting down");
             trigger.fire();
         });
-        server.run(config, Some(file), listener).await;
+        server.run(config, Some(file), listener).await?;
         tracing::info!("stopped");
         Ok::<(), crate::server::ServerError>(())
     })

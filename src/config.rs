@@ -68,6 +68,40 @@ pub struct AdminConfig {
 pub enum DiscoveryConfig {
     /// Endpoints listed in this file; the file is re-read when it changes.
     Static { endpoints: Vec<EndpointSpec> },
+    /// A Service's EndpointSlices, and optionally its Deployment's rollout.
+    Kubernetes(KubernetesConfig),
+}
+
+/// Kubernetes discovery settings. Changing them takes a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubernetesConfig {
+    pub namespace: String,
+    /// Watch EndpointSlices labelled `kubernetes.io/service-name=<service>`.
+    pub service: String,
+    /// Which EndpointSlice port to send to; `None` takes each slice's first port.
+    pub port: Option<PortRef>,
+    /// Enables rollout-aware roles: the newest ReplicaSet is the canary.
+    pub deployment: Option<String>,
+    /// Else `$KUBECONFIG`, `~/.kube/config`, then in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    pub min_ready: MinReady,
+    /// Server-side timeout of each watch; a silent API server is noticed within about 1.5× this.
+    pub api_timeout: Duration,
+}
+
+/// An EndpointSlice port, by name or number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRef {
+    Name(String),
+    Number(u16),
+}
+
+/// How long an endpoint must have been ready before it gets traffic while others can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinReady {
+    /// The Deployment's `minReadySeconds` (0 without a Deployment).
+    Deployment,
+    Fixed(Duration),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +185,21 @@ impl Config {
                     endpoints.len()
                 );
             }
+            DiscoveryConfig::Kubernetes(k) => {
+                let _ = write!(s, ", kubernetes discovery of service {}/{}", k.namespace, k.service);
+                match &k.port {
+                    Some(PortRef::Name(name)) => {
+                        let _ = write!(s, " port {name}");
+                    }
+                    Some(PortRef::Number(n)) => {
+                        let _ = write!(s, " port {n}");
+                    }
+                    None => {}
+                }
+                if let Some(d) = &k.deployment {
+                    let _ = write!(s, ", rollout of deployment {d}");
+                }
+            }
         }
         match &self.canary.version {
             Some(v) => {
@@ -212,6 +261,88 @@ fn default_admin_listen() -> SocketAddr {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawDiscovery {
     Static(RawStatic),
+    Kubernetes(RawKubernetes),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default = "default_namespace", deserialize_with = "k8s_name")]
+    namespace: String,
+    #[serde(deserialize_with = "k8s_name")]
+    service: String,
+    #[serde(default, deserialize_with = "port_ref")]
+    port: Option<PortRef>,
+    #[serde(default, deserialize_with = "optional_k8s_name")]
+    deployment: Option<String>,
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+    #[serde(default = "min_ready_deployment", deserialize_with = "min_ready")]
+    min_ready: MinReady,
+    #[serde(default = "secs::<30>")]
+    api_timeout: Dur,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+fn min_ready_deployment() -> MinReady {
+    MinReady::Deployment
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn k8s_name_of(s: Scalar<'_>) -> Result<Option<String>, String> {
+    match s {
+        Scalar::Null => Ok(None),
+        Scalar::Str(s)
+            if !s.is_empty()
+                && s.len() <= 253
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && !s.starts_with(['-', '.'])
+                && !s.ends_with(['-', '.']) =>
+        {
+            Ok(Some(s.to_owned()))
+        }
+        _ => Err("must be a Kubernetes object name (lowercase letters, digits, '-' and '.')".to_owned()),
+    }
+}
+
+fn k8s_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    validated(d, "a Kubernetes object name", |s| {
+        k8s_name_of(s)?.ok_or_else(|| "a name is required".to_owned())
+    })
+}
+
+fn optional_k8s_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    validated(d, "a Kubernetes object name or null", k8s_name_of)
+}
+
+fn port_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortRef>, D::Error> {
+    validated(d, "a port name or number", |s| match s {
+        Scalar::Null => Ok(None),
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => {
+            Ok(Some(PortRef::Number(n as u16)))
+        }
+        Scalar::Str(s)
+            if !s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Ok(Some(PortRef::Name(s.to_owned())))
+        }
+        _ => Err("must be a port number from 1 to 65535 or a port name".to_owned()),
+    })
+}
+
+fn min_ready<'de, D: Deserializer<'de>>(d: D) -> Result<MinReady, D::Error> {
+    validated(d, "`deployment` or a duration", |s| match s {
+        Scalar::Str("deployment") => Ok(MinReady::Deployment),
+        Scalar::Str(s) => duration::parse(s)
+            .map(MinReady::Fixed)
+            .ok_or_else(|| "must be `deployment` or a duration such as 0s or 10s".to_owned()),
+        _ => Err("must be `deployment` or a duration such as 0s or 10s".to_owned()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -399,6 +530,20 @@ impl RawConfig {
             return Err(invalid("reload.interval", "must be at least 10ms"));
         }
         let discovery = match self.discovery {
+            RawDiscovery::Kubernetes(k) => {
+                if k.api_timeout.0 < Duration::from_secs(1) {
+                    return Err(invalid("discovery.kubernetes.api_timeout", "must be at least 1s"));
+                }
+                DiscoveryConfig::Kubernetes(KubernetesConfig {
+                    namespace: k.namespace,
+                    service: k.service,
+                    port: k.port,
+                    deployment: k.deployment,
+                    kubeconfig: k.kubeconfig,
+                    min_ready: k.min_ready,
+                    api_timeout: k.api_timeout.0,
+                })
+            }
             RawDiscovery::Static(s) => DiscoveryConfig::Static {
                 endpoints: s
                     .endpoints
@@ -472,7 +617,9 @@ retries: { connect_attempts: 2 }
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.canary.weight.percent(), 10.0);
         assert_eq!(c.canary.version.unwrap().as_str(), "v2");
-        let DiscoveryConfig::Static { endpoints } = &c.discovery;
+        let DiscoveryConfig::Static { endpoints } = &c.discovery else {
+            panic!("static expected")
+        };
         assert_eq!(endpoints.len(), 2);
         assert_eq!(endpoints[1].state, EndpointState::NotReady);
         assert_eq!(c.timeouts.request, Duration::from_secs(30));
@@ -534,6 +681,37 @@ retries: { connect_attempts: 2 }
             err.to_string().contains("admin.listen: must differ"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kubernetes_discovery_parses_with_defaults() {
+        let c = parse("discovery:\n  kubernetes:\n    service: web\n    port: http\n    deployment: web\n").unwrap();
+        let DiscoveryConfig::Kubernetes(k) = c.discovery else { panic!("kubernetes expected") };
+        assert_eq!(k.namespace, "default");
+        assert_eq!(k.service, "web");
+        assert_eq!(k.port, Some(PortRef::Name("http".into())));
+        assert_eq!(k.deployment.as_deref(), Some("web"));
+        assert_eq!(k.min_ready, MinReady::Deployment);
+        assert_eq!(k.api_timeout, Duration::from_secs(30));
+        let c = parse("discovery: { kubernetes: { service: web, port: 8080, min_ready: 5s } }").unwrap();
+        let DiscoveryConfig::Kubernetes(k) = c.discovery else { panic!("kubernetes expected") };
+        assert_eq!(k.port, Some(PortRef::Number(8080)));
+        assert_eq!(k.min_ready, MinReady::Fixed(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn kubernetes_discovery_errors_name_the_field() {
+        let (msg, line) = error_of("discovery:\n  kubernetes:\n    service: Web_1\n");
+        assert!(msg.contains("discovery.kubernetes.service"), "{msg}");
+        assert_eq!(line, Some(3), "{msg}");
+        let (msg, _) = error_of("discovery: { kubernetes: { service: web, port: 70000 } }");
+        assert!(msg.contains("discovery.kubernetes.port"), "{msg}");
+        let (msg, _) = error_of("discovery: { kubernetes: { service: web, min_ready: soon } }");
+        assert!(msg.contains("discovery.kubernetes.min_ready"), "{msg}");
+        let (msg, _) = error_of("discovery: { kubernetes: { service: web, selector: x } }");
+        assert!(msg.contains("unknown field `selector`"), "{msg}");
+        let (msg, _) = error_of("discovery: { dns: { name: web } }");
+        assert!(msg.contains("unknown variant `dns`"), "{msg}");
     }
 
     #[test]

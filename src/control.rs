@@ -1,91 +1,121 @@
 //! The control loop: the sole owner of the mutable routing model.
 //!
-//! Config reloads and discovery updates arrive as [`Input`]s over one channel; each one that changes
-//! the model produces exactly one new snapshot through the [`Publisher`]. Nothing here is on the
-//! request path.
+//! Config reloads and discovery updates arrive over channels; each one that changes the model
+//! produces exactly one new snapshot through the [`Publisher`]. Nothing here is on the request path.
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::canary::CanaryPolicy;
-use crate::config::Config;
-use crate::discovery::{self, Update};
-use crate::snapshot::{Desired, EndpointSpec, Publisher, Settings};
-
-/// What the control loop reacts to.
-#[derive(Debug)]
-pub enum Input {
-    /// A newly read and validated config file.
-    Config(Box<Config>),
-    /// News from a discovery source.
-    Discovery(Update),
-}
+use crate::config::{Config, DiscoveryConfig};
+use crate::discovery::{self, Rollout, Update};
+use crate::metrics::Metrics;
+use crate::snapshot::{Desired, EndpointSpec, Publisher};
 
 /// The model the next snapshot is built from.
 pub struct Control {
     publisher: Publisher,
+    metrics: Arc<Metrics>,
     config: Config,
     policy: CanaryPolicy,
-    settings: Settings,
     endpoints: Vec<EndpointSpec>,
+    rollout: Option<Rollout>,
 }
 
 impl Control {
-    /// Takes the startup config and publishes the first snapshot from it.
-    pub fn start(config: Config, publisher: Publisher) -> Self {
+    /// Takes the startup config. Static endpoints are published at once; a watched source's are
+    /// published when its first complete set arrives, so `/readyz` stays 503 until then.
+    pub fn start(config: Config, publisher: Publisher, metrics: Arc<Metrics>) -> Self {
         let mut control = Self {
             publisher,
+            metrics,
             policy: CanaryPolicy::from_config(&config.canary),
-            settings: config.settings(),
             endpoints: Vec::new(),
+            rollout: None,
             config,
         };
-        if let Some(Update::Reset(endpoints)) = discovery::static_file::update(&control.config) {
-            control.endpoints = endpoints;
+        if let Some(update) = discovery::static_file::update(&control.config) {
+            control.apply_update(update);
+            control.publish();
         }
-        control.publish();
         control
     }
 
-    /// Applies inputs until every sender is gone.
-    pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        while let Some(input) = inputs.recv().await {
-            self.apply(input);
+    /// Applies config reloads and discovery updates until both channels close.
+    pub async fn run(
+        mut self,
+        mut configs: mpsc::Receiver<Config>,
+        mut updates: mpsc::Receiver<Update>,
+    ) {
+        let (mut configs_open, mut updates_open) = (true, true);
+        while configs_open || updates_open {
+            tokio::select! {
+                config = configs.recv(), if configs_open => match config {
+                    Some(config) => {
+                        self.apply_config(config);
+                        self.publish();
+                    }
+                    None => configs_open = false,
+                },
+                update = updates.recv(), if updates_open => match update {
+                    Some(update) => {
+                        self.apply_update(update);
+                        self.publish();
+                    }
+                    None => updates_open = false,
+                },
+            }
         }
     }
 
-    fn apply(&mut self, input: Input) {
-        match input {
-            Input::Config(config) => {
-                warn_on_restart_only_changes(&self.config, &config);
-                self.policy = CanaryPolicy::from_config(&config.canary);
-                self.settings = config.settings();
-                if let Some(Update::Reset(endpoints)) = discovery::static_file::update(&config) {
-                    self.endpoints = endpoints;
-                }
-                self.config = *config;
+    fn apply_config(&mut self, config: Config) {
+        warn_on_restart_only_changes(&self.config, &config);
+        self.policy = CanaryPolicy::from_config(&config.canary);
+        if let Some(update) = discovery::static_file::update(&config) {
+            if matches!(self.config.discovery, DiscoveryConfig::Static { .. }) {
+                self.apply_update(update);
             }
-            Input::Discovery(Update::Reset(endpoints)) => self.endpoints = endpoints,
         }
-        self.publish();
+        self.config = config;
+    }
+
+    fn apply_update(&mut self, update: Update) {
+        match update {
+            Update::Reset { endpoints, rollout } => {
+                self.endpoints = endpoints;
+                self.metrics
+                    .set_rollout_paused(rollout.as_ref().is_some_and(|r| r.paused));
+                self.rollout = rollout;
+            }
+        }
     }
 
     fn publish(&mut self) {
+        let plan = self.policy.plan(self.rollout.as_ref(), &self.endpoints);
         let endpoints = self
             .endpoints
             .iter()
-            .map(|spec| (spec.clone(), self.policy.role(spec)))
+            .map(|spec| {
+                let role = if plan.canary.as_ref() == Some(&spec.version) {
+                    crate::snapshot::Role::Canary
+                } else {
+                    crate::snapshot::Role::Stable
+                };
+                (spec.clone(), role)
+            })
             .collect();
         let generation = self.publisher.publish(Desired {
             endpoints,
-            split: self.policy.split(),
-            canary_version: self.policy.version.clone(),
-            settings: self.settings,
+            split: plan.split,
+            canary_version: plan.canary.clone(),
+            settings: self.config.settings(),
         });
         tracing::info!(
             generation,
             endpoints = self.endpoints.len(),
-            canary = ?self.policy.version,
-            weight = self.policy.weight.percent(),
+            canary = ?plan.canary,
+            split = ?plan.split,
             "published snapshot"
         );
     }
@@ -102,5 +132,12 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
         || old.timeouts.drain != new.timeouts.drain
     {
         tracing::warn!("timeouts.header_read and timeouts.drain take effect on restart");
+    }
+    let source_changed = match (&old.discovery, &new.discovery) {
+        (DiscoveryConfig::Static { .. }, DiscoveryConfig::Static { .. }) => false,
+        (a, b) => a != b,
+    };
+    if source_changed {
+        tracing::warn!("discovery source settings changed: take effect on restart");
     }
 }

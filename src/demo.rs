@@ -57,6 +57,6 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
         shutdown::signal().await;
         trigger.fire();
     });
-    server.run(config, None, stop).await;
+    server.run(config, None, stop).await?;
     Ok(())
 }

@@ -31,6 +31,10 @@ pub struct Metrics {
     retries: IntCounterVec,
     config_reloads: IntCounterVec,
     canary_weight: Gauge,
+    rollout_paused: IntGauge,
+    discovery_errors: IntCounterVec,
+    discovery_skipped: IntCounterVec,
+    discovery_last_sync: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +104,34 @@ impl Metrics {
              have ready endpoints.",
         )
         .expect("valid metric definition");
+        let rollout_paused = IntGauge::new(
+            "tidegate_rollout_paused",
+            "1 while the followed Deployment is paused (kubectl rollout pause), else 0.",
+        )
+        .expect("valid metric definition");
+        let discovery_errors = IntCounterVec::new(
+            Opts::new(
+                "tidegate_discovery_errors_total",
+                "Failed list/watch calls to the Kubernetes API by resource; the last good \
+                 endpoint set keeps serving while they last.",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric definition");
+        let discovery_skipped = IntCounterVec::new(
+            Opts::new(
+                "tidegate_discovery_skipped_total",
+                "Discovered objects or entries ignored because they make no sense (unusable \
+                 address type, missing port, unparseable address), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
+        let discovery_last_sync = Gauge::new(
+            "tidegate_discovery_last_sync_timestamp_seconds",
+            "Unix time at which every discovery watch was last known healthy and in sync.",
+        )
+        .expect("valid metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tidegate_build_info",
@@ -120,6 +152,10 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(config_reloads.clone()),
             Box::new(canary_weight.clone()),
+            Box::new(rollout_paused.clone()),
+            Box::new(discovery_errors.clone()),
+            Box::new(discovery_skipped.clone()),
+            Box::new(discovery_last_sync.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -139,6 +175,10 @@ impl Metrics {
             retries,
             config_reloads,
             canary_weight,
+            rollout_paused,
+            discovery_errors,
+            discovery_skipped,
+            discovery_last_sync,
         }
     }
 
@@ -191,6 +231,24 @@ impl Metrics {
 
     pub fn set_canary_weight(&self, percent: f64) {
         self.canary_weight.set(percent);
+    }
+
+    pub fn set_rollout_paused(&self, paused: bool) {
+        self.rollout_paused.set(i64::from(paused));
+    }
+
+    /// The error counter for one watched resource; resolve once and keep it.
+    pub fn discovery_error(&self, resource: &str) -> IntCounter {
+        self.discovery_errors.with_label_values(&[resource])
+    }
+
+    pub fn discovery_skipped(&self, reason: &str) {
+        self.discovery_skipped.with_label_values(&[reason]).inc();
+    }
+
+    /// Records that discovery was in sync at `unix_seconds`.
+    pub fn discovery_synced(&self, unix_seconds: f64) {
+        self.discovery_last_sync.set(unix_seconds);
     }
 
     /// The Prometheus text exposition of every family.

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::control::Input;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -21,7 +20,7 @@ pub async fn watch(
     path: PathBuf,
     mut interval: Duration,
     mut seen: Vec<u8>,
-    inputs: mpsc::Sender<Input>,
+    configs: mpsc::Sender<Config>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
@@ -57,7 +56,7 @@ pub async fn watch(
                 metrics.config_reload(true);
                 tracing::info!(path = %path.display(), "config changed; applying");
                 interval = config.reload_interval;
-                if inputs.send(Input::Config(Box::new(config))).await.is_err() {
+                if configs.send(config).await.is_err() {
                     return;
                 }
             }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, DiscoveryConfig};
 use crate::control::Control;
+use crate::discovery::kubernetes::{self, DiscoveryError};
 use crate::forward::{self, ServeOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -26,6 +27,8 @@ pub enum ServerError {
         address: SocketAddr,
         source: io::Error,
     },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
 }
 
 /// Where the running config came from, so that it can be watched for changes.
@@ -67,7 +70,12 @@ impl Server {
     }
 
     /// Serves until `shutdown`, then drains. Watches `file` for config changes if given.
-    pub async fn run(self, config: Config, file: Option<ConfigFile>, shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        config: Config,
+        file: Option<ConfigFile>,
+        shutdown: Shutdown,
+    ) -> Result<(), ServerError> {
         if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
             tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token");
         }
@@ -77,20 +85,30 @@ impl Server {
             header_read_timeout: config.timeouts.header_read,
             drain_timeout: config.timeouts.drain,
         };
-        let reload_interval = config.reload_interval;
-        let control = Control::start(config, publisher);
-        let (inputs, rx) = mpsc::channel(16);
-        tokio::spawn(control.run(rx));
-        if let Some(file) = file {
-            tokio::spawn(reload::watch(
-                file.path,
-                reload_interval,
-                file.contents,
-                inputs,
+        let (updates, updates_rx) = mpsc::channel(16);
+        if let DiscoveryConfig::Kubernetes(kube) = &config.discovery {
+            let client = kubernetes::connect(kube).await?;
+            tokio::spawn(kubernetes::run(
+                client,
+                kube.clone(),
+                updates,
                 metrics.clone(),
                 shutdown.clone(),
             ));
         }
+        let (configs, configs_rx) = mpsc::channel(4);
+        if let Some(file) = file {
+            tokio::spawn(reload::watch(
+                file.path,
+                config.reload_interval,
+                file.contents,
+                configs,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let control = Control::start(config, publisher, metrics.clone());
+        tokio::spawn(control.run(configs_rx, updates_rx));
         tokio::spawn(admin::serve(
             self.admin,
             snapshots.clone(),
@@ -98,6 +116,7 @@ impl Server {
             shutdown.clone(),
         ));
         forward::serve(self.listener, snapshots, &metrics, options, shutdown).await;
+        Ok(())
     }
 }
 

@@ -101,18 +101,35 @@ impl Role {
 }
 
 /// What the control plane knows about an endpoint's fitness for traffic.
+///
+/// Routing uses the best tier that has any endpoint: `Ready`, else `Warming`, else `Terminating`
+/// (the kube-proxy fallback), so a held-back or draining endpoint never causes a 503 while it is
+/// the only thing that can serve. `NotReady` never gets traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EndpointState {
     /// Takes new requests.
     Ready,
+    /// Ready for less than the minimum ready time: held back while others can serve.
+    Warming,
+    /// Shutting down but still serving: used only when nothing is ready.
+    Terminating,
     /// Known but must get no new requests (readiness probe failing, not yet started).
     NotReady,
 }
 
 impl EndpointState {
+    /// Routing tiers, best first.
+    const TIERS: [EndpointState; 3] = [
+        EndpointState::Ready,
+        EndpointState::Warming,
+        EndpointState::Terminating,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EndpointState::Ready => "ready",
+            EndpointState::Warming => "warming",
+            EndpointState::Terminating => "terminating",
             EndpointState::NotReady => "not_ready",
         }
     }
@@ -177,6 +194,7 @@ pub struct Snapshot {
     canary_version: Option<Version>,
     settings: Settings,
     listed: Box<[Listed]>,
+    tier: EndpointState,
 }
 
 /// `2^32`: the threshold that sends every draw of a `u32` to the canary.
@@ -194,10 +212,12 @@ impl Snapshot {
             canary_version: None,
             settings,
             listed: Box::new([]),
+            tier: EndpointState::Ready,
         }
     }
 
-    /// Builds a snapshot from a full listing; only `Ready` entries become routable.
+    /// Builds a snapshot from a full listing; the entries of the best non-empty tier (see
+    /// [`EndpointState`]) become routable.
     pub fn build(
         generation: u64,
         listed: Vec<Listed>,
@@ -205,10 +225,14 @@ impl Snapshot {
         canary_version: Option<Version>,
         settings: Settings,
     ) -> Self {
+        let tier = EndpointState::TIERS
+            .into_iter()
+            .find(|tier| listed.iter().any(|l| l.state == *tier))
+            .unwrap_or(EndpointState::Ready);
         let routable = |role| -> Box<[Arc<Endpoint>]> {
             listed
                 .iter()
-                .filter(|l| l.role == role && l.state == EndpointState::Ready)
+                .filter(|l| l.role == role && l.state == tier)
                 .map(|l| l.endpoint.clone())
                 .collect()
         };
@@ -230,6 +254,7 @@ impl Snapshot {
             canary_version,
             settings,
             listed: listed.into_boxed_slice(),
+            tier,
         }
     }
 
@@ -267,6 +292,11 @@ impl Snapshot {
         &self.listed
     }
 
+    /// The state whose endpoints are routable in this snapshot.
+    pub fn routable_state(&self) -> EndpointState {
+        self.tier
+    }
+
     /// Whether any request could be routed now.
     pub fn has_routable(&self) -> bool {
         !(self.stable.is_empty() && self.canary.is_empty())
@@ -286,6 +316,48 @@ mod tests {
             Version::new("1.16.1-abc_d").unwrap().as_str(),
             "1.16.1-abc_d"
         );
+    }
+
+    fn listed(state: EndpointState, role: Role, n: u8) -> Listed {
+        let metrics = crate::metrics::Metrics::new();
+        let v = Version::new("v1").unwrap();
+        Listed {
+            endpoint: Arc::new(Endpoint::new(
+                SocketAddr::from(([127, 0, 0, n], 80)),
+                v.clone(),
+                None,
+                Arc::new(metrics.version(&v)),
+            )),
+            role,
+            state,
+        }
+    }
+
+    #[test]
+    fn the_best_non_empty_tier_is_routable() {
+        use EndpointState::*;
+        let build = |entries: Vec<Listed>| {
+            Snapshot::build(1, entries, Split::ByEndpointCount, None, Settings::default())
+        };
+        let s = build(vec![
+            listed(Ready, Role::Stable, 1),
+            listed(Warming, Role::Canary, 2),
+            listed(Terminating, Role::Stable, 3),
+            listed(NotReady, Role::Stable, 4),
+        ]);
+        assert_eq!(s.routable_state(), Ready);
+        assert_eq!(s.routable(Role::Stable).len(), 1, "warming/terminating are held back");
+        assert!(s.routable(Role::Canary).is_empty());
+
+        let s = build(vec![listed(Warming, Role::Canary, 2), listed(Terminating, Role::Stable, 3)]);
+        assert_eq!(s.routable_state(), Warming, "warming serves rather than a 503");
+        assert_eq!(s.routable(Role::Canary).len(), 1);
+
+        let s = build(vec![listed(Terminating, Role::Stable, 3), listed(NotReady, Role::Stable, 4)]);
+        assert_eq!(s.routable(Role::Stable).len(), 1, "serving-terminating is the last resort");
+
+        let s = build(vec![listed(NotReady, Role::Stable, 4)]);
+        assert!(!s.has_routable(), "not-ready endpoints never get traffic");
     }
 
     #[test]

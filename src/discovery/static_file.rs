@@ -9,6 +9,10 @@ use super::Update;
 /// The endpoint set a config lists, if its discovery is static.
 pub fn update(config: &Config) -> Option<Update> {
     match &config.discovery {
-        DiscoveryConfig::Static { endpoints } => Some(Update::Reset(endpoints.clone())),
+        DiscoveryConfig::Static { endpoints } => Some(Update::Reset {
+            endpoints: endpoints.clone(),
+            rollout: None,
+        }),
+        DiscoveryConfig::Kubernetes(_) => None,
     }
 }
