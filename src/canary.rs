@@ -92,7 +92,13 @@ mod tests {
             weight: Weight::new(50.0).unwrap(),
         };
         let plan = policy.plan(None, &[spec("v1")]);
-        assert_eq!(plan, Plan { canary: None, split: Split::ByEndpointCount });
+        assert_eq!(
+            plan,
+            Plan {
+                canary: None,
+                split: Split::ByEndpointCount
+            }
+        );
     }
 
     #[test]
@@ -107,7 +113,13 @@ mod tests {
             complete: false,
         };
         let moving = policy.plan(Some(&rollout), &[spec("a1f2"), spec("b7c9")]);
-        assert_eq!(moving, Plan { canary: Some(v("b7c9")), split: Split::ByEndpointCount });
+        assert_eq!(
+            moving,
+            Plan {
+                canary: Some(v("b7c9")),
+                split: Split::ByEndpointCount
+            }
+        );
         let done = policy.plan(Some(&rollout), &[spec("b7c9")]);
         assert_eq!(done.canary, None, "a finished rollout has no canary");
     }

@@ -186,7 +186,11 @@ impl Config {
                 );
             }
             DiscoveryConfig::Kubernetes(k) => {
-                let _ = write!(s, ", kubernetes discovery of service {}/{}", k.namespace, k.service);
+                let _ = write!(
+                    s,
+                    ", kubernetes discovery of service {}/{}",
+                    k.namespace, k.service
+                );
                 match &k.port {
                     Some(PortRef::Name(name)) => {
                         let _ = write!(s, " port {name}");
@@ -298,13 +302,17 @@ fn k8s_name_of(s: Scalar<'_>) -> Result<Option<String>, String> {
         Scalar::Str(s)
             if !s.is_empty()
                 && s.len() <= 253
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
                 && !s.starts_with(['-', '.'])
                 && !s.ends_with(['-', '.']) =>
         {
             Ok(Some(s.to_owned()))
         }
-        _ => Err("must be a Kubernetes object name (lowercase letters, digits, '-' and '.')".to_owned()),
+        _ => Err(
+            "must be a Kubernetes object name (lowercase letters, digits, '-' and '.')".to_owned(),
+        ),
     }
 }
 
@@ -327,7 +335,8 @@ fn port_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortRef>, D::Error
         Scalar::Str(s)
             if !s.is_empty()
                 && s.len() <= 63
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
         {
             Ok(Some(PortRef::Name(s.to_owned())))
         }
@@ -532,7 +541,10 @@ impl RawConfig {
         let discovery = match self.discovery {
             RawDiscovery::Kubernetes(k) => {
                 if k.api_timeout.0 < Duration::from_secs(1) {
-                    return Err(invalid("discovery.kubernetes.api_timeout", "must be at least 1s"));
+                    return Err(invalid(
+                        "discovery.kubernetes.api_timeout",
+                        "must be at least 1s",
+                    ));
                 }
                 DiscoveryConfig::Kubernetes(KubernetesConfig {
                     namespace: k.namespace,
@@ -685,16 +697,24 @@ retries: { connect_attempts: 2 }
 
     #[test]
     fn kubernetes_discovery_parses_with_defaults() {
-        let c = parse("discovery:\n  kubernetes:\n    service: web\n    port: http\n    deployment: web\n").unwrap();
-        let DiscoveryConfig::Kubernetes(k) = c.discovery else { panic!("kubernetes expected") };
+        let c = parse(
+            "discovery:\n  kubernetes:\n    service: web\n    port: http\n    deployment: web\n",
+        )
+        .unwrap();
+        let DiscoveryConfig::Kubernetes(k) = c.discovery else {
+            panic!("kubernetes expected")
+        };
         assert_eq!(k.namespace, "default");
         assert_eq!(k.service, "web");
         assert_eq!(k.port, Some(PortRef::Name("http".into())));
         assert_eq!(k.deployment.as_deref(), Some("web"));
         assert_eq!(k.min_ready, MinReady::Deployment);
         assert_eq!(k.api_timeout, Duration::from_secs(30));
-        let c = parse("discovery: { kubernetes: { service: web, port: 8080, min_ready: 5s } }").unwrap();
-        let DiscoveryConfig::Kubernetes(k) = c.discovery else { panic!("kubernetes expected") };
+        let c = parse("discovery: { kubernetes: { service: web, port: 8080, min_ready: 5s } }")
+            .unwrap();
+        let DiscoveryConfig::Kubernetes(k) = c.discovery else {
+            panic!("kubernetes expected")
+        };
         assert_eq!(k.port, Some(PortRef::Number(8080)));
         assert_eq!(k.min_ready, MinReady::Fixed(Duration::from_secs(5)));
     }

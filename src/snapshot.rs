@@ -337,7 +337,13 @@ mod tests {
     fn the_best_non_empty_tier_is_routable() {
         use EndpointState::*;
         let build = |entries: Vec<Listed>| {
-            Snapshot::build(1, entries, Split::ByEndpointCount, None, Settings::default())
+            Snapshot::build(
+                1,
+                entries,
+                Split::ByEndpointCount,
+                None,
+                Settings::default(),
+            )
         };
         let s = build(vec![
             listed(Ready, Role::Stable, 1),
@@ -346,15 +352,33 @@ mod tests {
             listed(NotReady, Role::Stable, 4),
         ]);
         assert_eq!(s.routable_state(), Ready);
-        assert_eq!(s.routable(Role::Stable).len(), 1, "warming/terminating are held back");
+        assert_eq!(
+            s.routable(Role::Stable).len(),
+            1,
+            "warming/terminating are held back"
+        );
         assert!(s.routable(Role::Canary).is_empty());
 
-        let s = build(vec![listed(Warming, Role::Canary, 2), listed(Terminating, Role::Stable, 3)]);
-        assert_eq!(s.routable_state(), Warming, "warming serves rather than a 503");
+        let s = build(vec![
+            listed(Warming, Role::Canary, 2),
+            listed(Terminating, Role::Stable, 3),
+        ]);
+        assert_eq!(
+            s.routable_state(),
+            Warming,
+            "warming serves rather than a 503"
+        );
         assert_eq!(s.routable(Role::Canary).len(), 1);
 
-        let s = build(vec![listed(Terminating, Role::Stable, 3), listed(NotReady, Role::Stable, 4)]);
-        assert_eq!(s.routable(Role::Stable).len(), 1, "serving-terminating is the last resort");
+        let s = build(vec![
+            listed(Terminating, Role::Stable, 3),
+            listed(NotReady, Role::Stable, 4),
+        ]);
+        assert_eq!(
+            s.routable(Role::Stable).len(),
+            1,
+            "serving-terminating is the last resort"
+        );
 
         let s = build(vec![listed(NotReady, Role::Stable, 4)]);
         assert!(!s.has_routable(), "not-ready endpoints never get traffic");

@@ -87,8 +87,11 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let namespace = config.namespace.as_str();
-    let watch = watcher::Config::default()
-        .timeout(u32::try_from(config.api_timeout.as_secs()).unwrap_or(u32::MAX).max(1));
+    let watch = watcher::Config::default().timeout(
+        u32::try_from(config.api_timeout.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    );
     let mut streams: SelectAll<BoxStream<'static, Change>> = SelectAll::new();
     let service_label = format!("kubernetes.io/service-name={}", config.service);
     streams.push(
@@ -302,7 +305,8 @@ impl State {
 
     /// The endpoint set as of `now`, and when a warming endpoint next becomes available.
     fn compute(&mut self, now: Instant) -> (Update, Option<Instant>) {
-        let (observed, skipped) = slices::merge(self.slices.live.values(), self.config.port.as_ref());
+        let (observed, skipped) =
+            slices::merge(self.slices.live.values(), self.config.port.as_ref());
         let skipped: HashSet<Skipped> = skipped.into_iter().collect();
         for s in skipped.difference(&self.skipped) {
             tracing::warn!(skipped = ?s, "ignoring an EndpointSlice entry that cannot be used");
@@ -311,7 +315,11 @@ impl State {
         self.skipped = skipped;
 
         let view = self.config.deployment.as_deref().map(|name| {
-            rollout::view(name, self.deployments.live.get(name), self.replicasets.live.values())
+            rollout::view(
+                name,
+                self.deployments.live.get(name),
+                self.replicasets.live.values(),
+            )
         });
         let min_ready = match self.config.min_ready {
             MinReady::Fixed(d) => d,
@@ -418,7 +426,10 @@ mod tests {
         let mut b = CappedBackoff::default();
         let delays: Vec<_> = b.by_ref().take(10).collect();
         assert!(delays[0] >= BACKOFF_MIN && delays[0] < BACKOFF_MIN * 2);
-        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX + BACKOFF_MAX / 4), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= BACKOFF_MAX + BACKOFF_MAX / 4),
+            "{delays:?}"
+        );
         assert!(delays[9] >= BACKOFF_MAX, "it grows to the cap");
         b.reset();
         assert!(b.next().unwrap() < BACKOFF_MIN * 2);

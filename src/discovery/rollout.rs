@@ -51,7 +51,12 @@ pub fn view<'a>(
     };
     let newest = owned
         .iter()
-        .max_by_key(|rs| (revision(rs), rs.metadata.creation_timestamp.clone().map(|t| t.0)))
+        .max_by_key(|rs| {
+            (
+                revision(rs),
+                rs.metadata.creation_timestamp.clone().map(|t| t.0),
+            )
+        })
         .copied();
     let hash = |rs: &ReplicaSet| {
         rs.metadata
@@ -61,8 +66,7 @@ pub fn view<'a>(
             .cloned()
     };
     let has_pods = |rs: &ReplicaSet| {
-        rs.status.as_ref().is_some_and(|s| s.replicas > 0)
-            || rs.spec.replicas.unwrap_or(0) > 0
+        rs.status.as_ref().is_some_and(|s| s.replicas > 0) || rs.spec.replicas.unwrap_or(0) > 0
     };
     let complete = newest.is_some_and(|newest| {
         owned
@@ -82,7 +86,10 @@ pub fn view<'a>(
                 .first()?
                 .image
                 .clone()?;
-            let tag = image.rsplit_once(':').map(|(_, t)| t.to_owned()).unwrap_or(image);
+            let tag = image
+                .rsplit_once(':')
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or(image);
             Some((hash(rs)?, tag))
         })
         .collect();
@@ -132,9 +139,17 @@ mod tests {
     #[test]
     fn the_highest_revision_is_newest_and_a_rollout_completes_when_old_sets_are_empty() {
         let d = deployment(false, 10);
-        let moving = [rs("aaa", 1, 2, "kubia"), rs("bbb", 2, 1, "kubia"), rs("zzz", 9, 3, "other")];
+        let moving = [
+            rs("aaa", 1, 2, "kubia"),
+            rs("bbb", 2, 1, "kubia"),
+            rs("zzz", 9, 3, "other"),
+        ];
         let v = view("kubia", Some(&d), &moving);
-        assert_eq!(v.newest.as_deref(), Some("bbb"), "another Deployment's sets do not count");
+        assert_eq!(
+            v.newest.as_deref(),
+            Some("bbb"),
+            "another Deployment's sets do not count"
+        );
         assert!(!v.complete);
         assert_eq!(v.min_ready, Duration::from_secs(10));
         assert_eq!(v.images.get("aaa").map(String::as_str), Some("aaa"));
@@ -146,7 +161,11 @@ mod tests {
     #[test]
     fn undo_makes_the_old_template_newest_again() {
         // `kubectl rollout undo` re-uses v2's ReplicaSet and gives it the next revision.
-        let sets = [rs("v1hash", 1, 0, "kubia"), rs("v2hash", 4, 2, "kubia"), rs("v10hash", 3, 1, "kubia")];
+        let sets = [
+            rs("v1hash", 1, 0, "kubia"),
+            rs("v2hash", 4, 2, "kubia"),
+            rs("v10hash", 3, 1, "kubia"),
+        ];
         assert_eq!(view("kubia", None, &sets).newest.as_deref(), Some("v2hash"));
     }
 

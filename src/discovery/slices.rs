@@ -33,10 +33,18 @@ pub struct SliceEndpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Skipped {
     /// FQDN slices (or unknown types) cannot be dialled by address.
-    AddressType { slice: String, address_type: String },
+    AddressType {
+        slice: String,
+        address_type: String,
+    },
     /// The configured port is not among the slice's ports.
-    NoPort { slice: String },
-    BadAddress { slice: String, address: String },
+    NoPort {
+        slice: String,
+    },
+    BadAddress {
+        slice: String,
+        address: String,
+    },
 }
 
 impl Skipped {
@@ -118,7 +126,10 @@ fn slice_port(slice: &EndpointSlice, wanted: Option<&PortRef>) -> Option<u16> {
         Some(PortRef::Name(name)) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
         Some(PortRef::Number(n)) => ports.iter().find(|p| p.port == Some(i32::from(*n))),
     }?;
-    found.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+    found
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
 }
 
 fn condition(endpoint: &Endpoint) -> Condition {
@@ -159,17 +170,24 @@ mod tests {
 
     #[test]
     fn conditions_follow_kube_proxy_semantics() {
-        let s = web_slice("web-a", "10", json!([
-            { "addresses": ["10.0.0.1"], "conditions": { "ready": true },
-              "targetRef": { "kind": "Pod", "name": "web-1" } },
-            { "addresses": ["10.0.0.2"] },
-            { "addresses": ["10.0.0.3"], "conditions": { "ready": false } },
-            { "addresses": ["10.0.0.4"], "conditions": { "ready": false, "serving": true, "terminating": true } },
-            { "addresses": ["10.0.0.5"], "conditions": { "ready": false, "serving": false, "terminating": true } },
-        ]));
+        let s = web_slice(
+            "web-a",
+            "10",
+            json!([
+                { "addresses": ["10.0.0.1"], "conditions": { "ready": true },
+                  "targetRef": { "kind": "Pod", "name": "web-1" } },
+                { "addresses": ["10.0.0.2"] },
+                { "addresses": ["10.0.0.3"], "conditions": { "ready": false } },
+                { "addresses": ["10.0.0.4"], "conditions": { "ready": false, "serving": true, "terminating": true } },
+                { "addresses": ["10.0.0.5"], "conditions": { "ready": false, "serving": false, "terminating": true } },
+            ]),
+        );
         let (eps, skipped) = merge([&s], Some(&http()));
         assert!(skipped.is_empty());
-        let got: Vec<_> = eps.iter().map(|e| (e.address.to_string(), e.condition)).collect();
+        let got: Vec<_> = eps
+            .iter()
+            .map(|e| (e.address.to_string(), e.condition))
+            .collect();
         assert_eq!(
             got,
             [
@@ -185,23 +203,49 @@ mod tests {
 
     #[test]
     fn an_address_in_two_slices_takes_the_newest_condition() {
-        let old = web_slice("web-a", "10", json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": true } }]));
-        let new = web_slice("web-b", "12", json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": false } }]));
+        let old = web_slice(
+            "web-a",
+            "10",
+            json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": true } }]),
+        );
+        let new = web_slice(
+            "web-b",
+            "12",
+            json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": false } }]),
+        );
         for order in [[&old, &new], [&new, &old]] {
             let (eps, _) = merge(order, Some(&http()));
             assert_eq!(eps.len(), 1, "one address, one endpoint");
-            assert_eq!(eps[0].condition, Condition::NotReady, "the newer slice wins");
+            assert_eq!(
+                eps[0].condition,
+                Condition::NotReady,
+                "the newer slice wins"
+            );
         }
     }
 
     #[test]
     fn ports_by_name_number_or_first_and_both_address_families() {
         let s = web_slice("web-a", "1", json!([{ "addresses": ["10.0.0.1"] }]));
-        assert_eq!(merge([&s], Some(&PortRef::Number(9090))).0[0].address.port(), 9090);
-        assert_eq!(merge([&s], None).0[0].address.port(), 9090, "no port configured: the first");
+        assert_eq!(
+            merge([&s], Some(&PortRef::Number(9090))).0[0]
+                .address
+                .port(),
+            9090
+        );
+        assert_eq!(
+            merge([&s], None).0[0].address.port(),
+            9090,
+            "no port configured: the first"
+        );
         let (eps, skipped) = merge([&s], Some(&PortRef::Name("grpc".into())));
         assert!(eps.is_empty());
-        assert_eq!(skipped, [Skipped::NoPort { slice: "web-a".into() }]);
+        assert_eq!(
+            skipped,
+            [Skipped::NoPort {
+                slice: "web-a".into()
+            }]
+        );
 
         let v6 = slice(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -209,7 +253,10 @@ mod tests {
             "ports": [{ "name": "http", "port": 8080 }],
             "endpoints": [{ "addresses": ["fd00::1"] }],
         }));
-        assert_eq!(merge([&v6], Some(&http())).0[0].address.to_string(), "[fd00::1]:8080");
+        assert_eq!(
+            merge([&v6], Some(&http())).0[0].address.to_string(),
+            "[fd00::1]:8080"
+        );
     }
 
     #[test]
@@ -220,9 +267,13 @@ mod tests {
             "ports": [{ "name": "http", "port": 8080 }],
             "endpoints": [{ "addresses": ["web.example.com"] }],
         }));
-        let bad = web_slice("web-a", "1", json!([
-            { "addresses": ["not-an-ip"] }, { "addresses": ["10.0.0.9"] },
-        ]));
+        let bad = web_slice(
+            "web-a",
+            "1",
+            json!([
+                { "addresses": ["not-an-ip"] }, { "addresses": ["10.0.0.9"] },
+            ]),
+        );
         let empty = slice(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": { "name": "web-empty" }, "addressType": "IPv4",
