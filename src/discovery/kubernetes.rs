@@ -421,6 +421,46 @@ impl Backoff for CappedBackoff {
 mod tests {
     use super::*;
 
+    fn slice(name: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": name }, "addressType": "IPv4",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_set_only_when_complete() {
+        let metrics = Metrics::new();
+        let mut store = Store::new("endpointslices", &metrics);
+        for e in [Event::Init, Event::InitApply(slice("a")), Event::InitApply(slice("b")), Event::InitDone] {
+            store.apply(Ok(e));
+        }
+        assert!(store.synced);
+        assert_eq!(store.live.len(), 2);
+
+        // A re-list after 410 Gone: nothing visible changes until InitDone.
+        assert!(!store.apply(Ok(Event::Init)));
+        assert!(!store.apply(Ok(Event::InitApply(slice("b")))));
+        assert_eq!(store.live.len(), 2, "a half-listed set must never be visible");
+        assert!(store.apply(Ok(Event::InitDone)));
+        assert_eq!(store.live.keys().collect::<Vec<_>>(), ["b"], "then it is replaced at once");
+    }
+
+    #[test]
+    fn watch_errors_keep_the_last_set_and_count() {
+        let metrics = Metrics::new();
+        let mut store = Store::new("endpointslices", &metrics);
+        store.apply(Ok(Event::Init));
+        store.apply(Ok(Event::InitApply(slice("a"))));
+        store.apply(Ok(Event::InitDone));
+        let error = watcher::Error::NoResourceVersion;
+        assert!(!store.apply(Err(error)), "an error changes nothing visible");
+        assert_eq!(store.live.len(), 1, "fail static: the last set stays");
+        assert!(!store.healthy);
+        assert_eq!(store.errors.get(), 1);
+    }
+
     #[test]
     fn backoff_is_capped_and_resets() {
         let mut b = CappedBackoff::default();
