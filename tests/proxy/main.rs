@@ -7,7 +7,11 @@
 mod support;
 
 mod cli;
+mod cluster;
+mod fake_api;
+mod fake_api_tests;
 mod faults;
+mod kubernetes;
 mod protocol;
 mod reload;
 mod routing;

@@ -46,17 +46,20 @@ pub fn pod_ip() -> Ipv4Addr {
 pub struct BackendBuilder {
     version: String,
     pod: Option<String>,
+    port: u16,
 }
 
 pub fn backend(version: &str) -> BackendBuilder {
     BackendBuilder {
         version: version.to_owned(),
         pod: None,
+        port: 0,
     }
 }
 
 #[derive(Default)]
 struct BackendState {
+    first_hit: Mutex<Option<Instant>>,
     hits: AtomicUsize,
     in_flight: AtomicUsize,
     last_headers: Mutex<Option<HeaderMap>>,
@@ -78,8 +81,14 @@ impl BackendBuilder {
         self
     }
 
+    /// Listen on this port (pods of one Service share a port, each on its own IP).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     pub async fn run(self) -> Backend {
-        let listener = TcpListener::bind((pod_ip(), 0))
+        let listener = TcpListener::bind((pod_ip(), self.port))
             .await
             .expect("bind backend");
         let addr = listener.local_addr().unwrap();
@@ -143,6 +152,11 @@ async fn answer(
     body: Bytes,
     pod: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    state
+        .first_hit
+        .lock()
+        .unwrap()
+        .get_or_insert_with(Instant::now);
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     *state.last_headers.lock().unwrap() = Some(req.headers().clone());
@@ -185,6 +199,11 @@ async fn answer(
 impl Backend {
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// When the first request arrived, if any did.
+    pub fn first_hit(&self) -> Option<Instant> {
+        *self.state.first_hit.lock().unwrap()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -234,6 +253,8 @@ impl Fnv {
 /// Describes a config; renders YAML with ephemeral loopback ports for the proxy and admin API.
 #[derive(Clone, Default)]
 pub struct TestProxy {
+    /// A whole `discovery:` block replacing the static endpoint list.
+    discovery: Option<String>,
     endpoints: Vec<(SocketAddr, String, bool)>,
     canary: Option<(String, f64)>,
     extra: Vec<String>,
@@ -265,6 +286,20 @@ impl TestProxy {
         self
     }
 
+    /// Kubernetes discovery through `kubeconfig`, with extra keys (e.g. `deployment: web`).
+    pub fn kubernetes(mut self, kubeconfig: &std::path::Path, service: &str, extra: &str) -> Self {
+        self.discovery = Some(format!(
+            "discovery:\n  kubernetes:\n    kubeconfig: {}\n    service: {service}\n    port: http\n{}",
+            kubeconfig.display(),
+            extra
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("    {}\n", l.trim()))
+                .collect::<String>()
+        ));
+        self
+    }
+
     pub fn canary(mut self, version: &str, weight: f64) -> Self {
         self.canary = Some((version.to_owned(), weight));
         self
@@ -279,14 +314,19 @@ impl TestProxy {
     pub fn render(&self) -> String {
         let mut y = String::from("listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\n");
         y.push_str("reload: { interval: 50ms }\n");
-        y.push_str("discovery:\n  static:\n    endpoints:\n");
-        if self.endpoints.is_empty() {
-            y.push_str("      []\n");
-        }
-        for (addr, version, ready) in &self.endpoints {
-            y.push_str(&format!(
-                "      - {{ address: \"{addr}\", version: {version}, ready: {ready} }}\n"
-            ));
+        match &self.discovery {
+            Some(discovery) => y.push_str(discovery),
+            None => {
+                y.push_str("discovery:\n  static:\n    endpoints:\n");
+                if self.endpoints.is_empty() {
+                    y.push_str("      []\n");
+                }
+                for (addr, version, ready) in &self.endpoints {
+                    y.push_str(&format!(
+                        "      - {{ address: \"{addr}\", version: {version}, ready: {ready} }}\n"
+                    ));
+                }
+            }
         }
         if let Some((version, weight)) = &self.canary {
             y.push_str(&format!(
@@ -310,6 +350,14 @@ impl TestProxy {
         std::fs::write(&config, self.render()).unwrap();
         RunningProxy::spawn(dir, config).await
     }
+
+    /// Starts without waiting for `/readyz` (for tests of readiness itself).
+    pub async fn start_unready(self) -> RunningProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tidegate.yaml");
+        std::fs::write(&config, self.render()).unwrap();
+        RunningProxy::launch(dir, config).await
+    }
 }
 
 pub fn binary() -> &'static str {
@@ -327,8 +375,27 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// Starts `tidegate proxy --config <config>` and waits for its listeners.
+    /// Starts `tidegate proxy --config <config>` and waits until it is ready.
     pub async fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Self {
+        let proxy = Self::launch(dir, config).await;
+        proxy
+            .wait_until(
+                "the admin API reports ready",
+                Duration::from_secs(10),
+                || async {
+                    proxy
+                        .admin_get("/readyz")
+                        .await
+                        .map(|(s, _)| s == StatusCode::OK)
+                        .unwrap_or(false)
+                },
+            )
+            .await;
+        proxy
+    }
+
+    /// Starts `tidegate proxy --config <config>` and waits for its listeners.
+    pub async fn launch(dir: tempfile::TempDir, config: PathBuf) -> Self {
         let mut child = Command::new(binary())
             .args(["--log-format", "json", "proxy", "--config"])
             .arg(&config)
@@ -370,7 +437,7 @@ impl RunningProxy {
                 break (field("listen"), field("admin"));
             }
         };
-        let proxy = Self {
+        Self {
             child,
             dir,
             config,
@@ -378,21 +445,7 @@ impl RunningProxy {
             admin,
             logs,
             client: client(),
-        };
-        proxy
-            .wait_until(
-                "the admin API reports ready",
-                Duration::from_secs(10),
-                || async {
-                    proxy
-                        .admin_get("/readyz")
-                        .await
-                        .map(|(s, _)| s == StatusCode::OK)
-                        .unwrap_or(false)
-                },
-            )
-            .await;
-        proxy
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,392 @@
+//! The tutorials' rolling updates, run through tidegate under load against a fake API server that
+//! speaks the real list/watch protocol, with a real backend per pod.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, Strategy, Termination};
+use crate::support::*;
+
+const ONE_SURGE: Strategy = Strategy {
+    max_surge: 1,
+    max_unavailable: 0,
+};
+
+/// Sends `n` requests now and counts which versions answered.
+async fn burst(proxy: &RunningProxy, n: usize) -> LoadReport {
+    run_load(&proxy.url("/"), 4, n).await
+}
+
+/// Waits until `n` requests in a row are all served by `version`.
+async fn wait_all_served_by(proxy: &RunningProxy, version: &str, limit: Duration) {
+    wait_until(
+        &format!("every request is served by {version}"),
+        limit,
+        || async {
+            let r = burst(proxy, 40).await;
+            r.failures.is_empty() && r.count_containing(&format!("This is {version} ")) == 40
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootcamp_v1_to_v2_then_v10_image_pull_backoff_then_undo() {
+    let mut cluster = Cluster::new("bootcamp", 2, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
+    wait_until("load reaches v1", Duration::from_secs(10), || async {
+        cluster.hits("v1") > 50
+    })
+    .await;
+
+    cluster.set_image("v2", true).await;
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
+
+    // v10's image cannot be pulled: its pod never becomes ready and the rollout stalls.
+    cluster.set_image("v10", false).await;
+    let stalled_at = load.sent();
+    wait_until(
+        "load flows during the stalled rollout",
+        Duration::from_secs(10),
+        || async { load.sent() > stalled_at + 400 },
+    )
+    .await;
+    assert_eq!(
+        cluster.hits("v10"),
+        0,
+        "a pod that never became ready must receive no request"
+    );
+
+    cluster.undo().await;
+    let undone_at = load.sent();
+    wait_until(
+        "load flows after the undo",
+        Duration::from_secs(10),
+        || async { load.sent() > undone_at + 400 },
+    )
+    .await;
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty(),
+        "a rolling update must drop nothing: {:?}",
+        report.failures
+    );
+    assert_eq!(cluster.hits("v10"), 0, "no request may ever reach v10");
+    assert_eq!(cluster.live_versions(), ["v2"]);
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_1_14_2_to_1_16_1_with_three_replicas() {
+    // 25% of 3 replicas: maxSurge rounds up to 1, maxUnavailable rounds down to 0.
+    let mut cluster = Cluster::new("nginx", 3, ONE_SURGE).await;
+    cluster.deploy("1.14.2").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 200
+    })
+    .await;
+
+    cluster.set_image("1.16.1", true).await;
+    wait_all_served_by(&proxy, "1.16.1", Duration::from_secs(10)).await;
+    let report = load.stop().await;
+
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(cluster.hits("1.14.2") > 0 && cluster.hits("1.16.1") > 0);
+    let listed = proxy.endpoints_json().await;
+    let versions: Vec<_> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].clone())
+        .collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "one version left, labelled by pod-template-hash: {listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubia_v1_to_v2_with_min_ready_seconds_then_failing_v3_gets_nothing() {
+    let mut cluster = Cluster::new("kubia", 3, ONE_SURGE).await;
+    cluster.min_ready = Duration::from_secs(1);
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 200
+    })
+    .await;
+
+    cluster.set_image("v2", true).await;
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
+
+    // v3's readiness probe fails: the rollout stalls with v3 never ready.
+    cluster.set_image("v3", false).await;
+    let stalled_at = load.sent();
+    wait_until(
+        "load flows during the stalled rollout",
+        Duration::from_secs(10),
+        || async { load.sent() > stalled_at + 400 },
+    )
+    .await;
+    let report = load.stop().await;
+
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        cluster.hits("v3"),
+        0,
+        "a pod failing its readiness probe must receive no request"
+    );
+    assert!(cluster.hits("v2") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_endpoints_get_traffic_only_after_min_ready() {
+    let mut cluster = Cluster::new("kubia-warm", 2, ONE_SURGE).await;
+    cluster.min_ready = Duration::from_secs(1);
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(30));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 100
+    })
+    .await;
+
+    cluster.scale(3).await;
+    let report = load.stop().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    let newest = cluster.pods.iter().max_by_key(|p| p.name.clone()).unwrap();
+    let ready_at = newest.ready_at().expect("the new pod became ready");
+    let first_hit = newest
+        .backend
+        .first_hit()
+        .expect("the new pod gets traffic once available");
+    // Watch delay may add to the hold, never subtract from it.
+    assert!(
+        first_hit >= ready_at + cluster.min_ready - Duration::from_millis(50),
+        "a pod ready for less than minReadySeconds must be held back while others serve \
+         (first request {:?} after ready)",
+        first_hit.saturating_duration_since(ready_at)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_dying_as_its_endpoint_turns_terminating_costs_clients_nothing() {
+    let mut cluster = Cluster::new("abrupt", 3, ONE_SURGE).await;
+    cluster.termination = Termination::Abrupt;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 8, 200_000, Duration::from_secs(60));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 200
+    })
+    .await;
+
+    cluster.set_image("v2", true).await;
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty(),
+        "no preStop hook, still nothing dropped: {:?}",
+        report.failures
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
+    let mut cluster = Cluster::new("flaky", 3, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 200
+    })
+    .await;
+
+    let api = cluster.api.clone();
+    let chaos = tokio::spawn(async move {
+        for round in 0..12 {
+            if round % 4 == 3 {
+                // History lost (etcd compaction): the next watch gets 410 Gone and must re-list.
+                api.set_gone_as_http_status(round % 8 == 7);
+                api.compact();
+            }
+            api.drop_watches();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    cluster.set_image("v2", true).await;
+    chaos.await.unwrap();
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
+    let report = load.stop().await;
+
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let relists = cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("endpointslices") && !r.contains("watch=true"))
+        .count();
+    assert!(
+        relists >= 2,
+        "410 Gone must have forced a re-list: {relists}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
+    let mut cluster = Cluster::new("outage", 2, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let load = start_load(&proxy.url("/"), 4, 500_000, Duration::from_secs(60));
+    wait_until("load flows", Duration::from_secs(10), || async {
+        load.sent() > 200
+    })
+    .await;
+
+    cluster.api.stop().await;
+    let down_since = Instant::now();
+    // A change the API server will only report once it is back.
+    cluster.add_ready_pod().await;
+    cluster.publish();
+    wait_until(
+        "the outage shows in metrics",
+        Duration::from_secs(10),
+        || async {
+            proxy
+                .metric(r#"tidegate_discovery_errors_total{resource="endpointslices"}"#)
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
+    assert_eq!(
+        proxy.endpoints_json().await["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "fail static"
+    );
+
+    cluster.api.restart().await;
+    let back = Instant::now();
+    wait_until(
+        "the change made during the outage is applied",
+        Duration::from_secs(5),
+        || async {
+            proxy.endpoints_json().await["endpoints"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 3
+        },
+    )
+    .await;
+    let caught_up = back.elapsed();
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty(),
+        "an API outage must not drop requests: {:?}",
+        report.failures
+    );
+    assert!(
+        caught_up < Duration::from_secs(5),
+        "first change after recovery took {caught_up:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_that_never_answers_is_noticed_and_the_last_snapshot_serves() {
+    let mut cluster = Cluster::new("silent", 2, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+
+    cluster.api.hang(true);
+    cluster.api.drop_watches();
+    let load = start_load(&proxy.url("/"), 2, 100_000, Duration::from_secs(30));
+    wait_until(
+        "the silent API server shows in metrics",
+        Duration::from_secs(15),
+        || async {
+            proxy
+                .metric(r#"tidegate_discovery_errors_total{resource="endpointslices"}"#)
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        },
+    )
+    .await;
+    let synced = proxy
+        .metric("tidegate_discovery_last_sync_timestamp_seconds")
+        .await
+        .unwrap();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    // The scenario itself is time passing with a silent server.
+    wait_until(
+        "2 s of silence pass under load",
+        Duration::from_secs(10),
+        || async { unix_now() - synced > 2.0 },
+    )
+    .await;
+    let still = proxy
+        .metric("tidegate_discovery_last_sync_timestamp_seconds")
+        .await
+        .unwrap();
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty() && report.ok > 0,
+        "the last snapshot must keep serving: {:?}",
+        report.failures
+    );
+    assert_eq!(
+        still, synced,
+        "last sync must not advance while the API server is silent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_first_complete_sync() {
+    let mut cluster = Cluster::new("late", 1, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    cluster.api.hang(true);
+    let proxy = cluster.proxy("").start_unready().await;
+
+    let (status, _) = proxy.admin_get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "not ready before the first sync");
+    let (status, _, body) = proxy.get("/").await.unwrap();
+    assert_eq!((status.as_u16(), body.trim()), (503, "no ready endpoints"));
+
+    cluster.api.hang(false);
+    cluster.api.drop_watches();
+    proxy
+        .wait_until(
+            "ready after the first sync",
+            Duration::from_secs(15),
+            || async {
+                proxy
+                    .admin_get("/readyz")
+                    .await
+                    .map(|(s, _)| s == 200)
+                    .unwrap_or(false)
+            },
+        )
+        .await;
+    assert!(proxy.get("/").await.unwrap().2.contains("This is v1"));
+}
