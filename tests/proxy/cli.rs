@@ -150,3 +150,29 @@ fn shipped_example_configs_are_valid() {
     }
     assert!(checked >= 2, "the examples in config/ must be checked");
 }
+
+#[test]
+fn an_unreadable_kubeconfig_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k8s.yaml");
+    let missing = dir.path().join("no-such-kubeconfig");
+    let config = TestProxy::new().kubernetes(&missing, "web", "").render();
+    std::fs::write(&path, config).unwrap();
+
+    let out = Command::new(binary())
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a runtime failure, not a config error: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot read kubeconfig") && stderr.contains("no-such-kubeconfig"),
+        "{stderr}"
+    );
+}
