@@ -95,40 +95,36 @@ pub async fn run(
     let mut streams: SelectAll<BoxStream<'static, Change>> = SelectAll::new();
     let service_label = format!("kubernetes.io/service-name={}", config.service);
     streams.push(
-        watcher::watcher(
+        watch_resource(
             Api::<EndpointSlice>::namespaced(client.clone(), namespace),
             watch.clone().labels(&service_label),
         )
-        .backoff(CappedBackoff::default())
         .map(Change::Slices)
         .boxed(),
     );
     if let Some(deployment) = &config.deployment {
         // Pods and ReplicaSets of any Deployment carry this label; ownership is checked later.
         streams.push(
-            watcher::watcher(
+            watch_resource(
                 Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), namespace),
                 watch.clone().labels(POD_TEMPLATE_HASH),
             )
-            .backoff(CappedBackoff::default())
             .map(Change::Pods)
             .boxed(),
         );
         streams.push(
-            watcher::watcher(
+            watch_resource(
                 Api::<ReplicaSet>::namespaced(client.clone(), namespace),
                 watch.clone().labels(POD_TEMPLATE_HASH),
             )
-            .backoff(CappedBackoff::default())
             .map(Change::ReplicaSets)
             .boxed(),
         );
         streams.push(
-            watcher::watcher(
+            watch_resource(
                 Api::<Deployment>::namespaced(client.clone(), namespace),
                 watch.clone().fields(&format!("metadata.name={deployment}")),
             )
-            .backoff(CappedBackoff::default())
             .map(Change::Deployments)
             .boxed(),
         );
@@ -167,6 +163,42 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A watcher with capped backoff that starts over with a fresh list when the API server answers
+/// a watch request with HTTP `410 Gone` (kube's watcher would retry the expired resourceVersion
+/// forever; a `410` error *event* it handles itself).
+fn watch_resource<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> BoxStream<'static, watcher::Result<Event<K>>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let start = move || {
+        watcher::watcher(api.clone(), config.clone())
+            .backoff(CappedBackoff::default())
+            .boxed()
+    };
+    let first = start();
+    futures::stream::unfold(first, move |mut inner| {
+        let start = start.clone();
+        async move {
+            let item = inner.next().await?;
+            if is_gone(&item) {
+                inner = start();
+            }
+            Some((item, inner))
+        }
+    })
+    .boxed()
+}
+
+fn is_gone<K>(item: &watcher::Result<Event<K>>) -> bool {
+    matches!(
+        item,
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) if status.code == 410
+    )
 }
 
 /// One resource's objects, with a buffer so that a re-list replaces them in one step.
@@ -433,7 +465,12 @@ mod tests {
     fn a_relist_replaces_the_set_only_when_complete() {
         let metrics = Metrics::new();
         let mut store = Store::new("endpointslices", &metrics);
-        for e in [Event::Init, Event::InitApply(slice("a")), Event::InitApply(slice("b")), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(slice("a")),
+            Event::InitApply(slice("b")),
+            Event::InitDone,
+        ] {
             store.apply(Ok(e));
         }
         assert!(store.synced);
@@ -442,9 +479,17 @@ mod tests {
         // A re-list after 410 Gone: nothing visible changes until InitDone.
         assert!(!store.apply(Ok(Event::Init)));
         assert!(!store.apply(Ok(Event::InitApply(slice("b")))));
-        assert_eq!(store.live.len(), 2, "a half-listed set must never be visible");
+        assert_eq!(
+            store.live.len(),
+            2,
+            "a half-listed set must never be visible"
+        );
         assert!(store.apply(Ok(Event::InitDone)));
-        assert_eq!(store.live.keys().collect::<Vec<_>>(), ["b"], "then it is replaced at once");
+        assert_eq!(
+            store.live.keys().collect::<Vec<_>>(),
+            ["b"],
+            "then it is replaced at once"
+        );
     }
 
     #[test]

@@ -136,12 +136,6 @@ struct Store {
     next_uid: u64,
 }
 
-impl Store {
-    fn record(&mut self, change: Change) {
-        self.history.push(change);
-    }
-}
-
 /// A request as the fake received it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -332,7 +326,7 @@ impl FakeApi {
             }
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
             store.objects.insert(key, object.clone());
-            store.record(Change {
+            store.history.push(Change {
                 rv,
                 kind: info.kind,
                 namespace,
@@ -364,7 +358,7 @@ impl FakeApi {
             let rv = store.rv;
             let mut object = previous.clone();
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            store.record(Change {
+            store.history.push(Change {
                 rv,
                 kind: info.kind,
                 namespace: namespace.to_owned(),
@@ -445,8 +439,8 @@ impl FakeApi {
         let listener = loop {
             match TcpListener::bind(self.inner.addr).await {
                 Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                // The old socket may linger a moment; retry until the deadline.
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => panic!(

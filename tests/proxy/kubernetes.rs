@@ -390,3 +390,34 @@ async fn readyz_waits_for_the_first_complete_sync() {
         .await;
     assert!(proxy.get("/").await.unwrap().2.contains("This is v1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_410_gone_at_watch_start_forces_a_fresh_list() {
+    // Some API servers answer an expired watch with HTTP 410 rather than an ERROR event; kube's
+    // watcher alone would retry the expired resourceVersion forever.
+    let mut cluster = Cluster::new("gone", 2, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+
+    cluster.api.set_gone_as_http_status(true);
+    cluster.api.compact();
+    cluster.api.drop_watches();
+    cluster.add_ready_pod().await;
+    cluster.publish();
+
+    proxy
+        .wait_until(
+            "the change behind the 410 is seen",
+            Duration::from_secs(10),
+            || async {
+                proxy.endpoints_json().await["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 3
+            },
+        )
+        .await;
+    let report = burst(&proxy, 100).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
