@@ -11,7 +11,6 @@ mod replay;
 mod request;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,9 +81,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let forwarder = forwarder.clone();
+        // Per connection, not per request: the client address as a header value.
+        let client = request::Client::new(peer.ip());
         let service = service_fn(move |req| {
-            let forwarder = forwarder.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(req, peer).await) }
+            let (forwarder, client) = (forwarder.clone(), client.clone());
+            async move { Ok::<_, Infallible>(forwarder.handle(req, &client).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -129,10 +130,14 @@ impl Forwarder {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: &request::Client,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let mut req = req.map(Either::Left);
-        request::prepare(&mut req, peer.ip());
+        request::prepare(&mut req, client);
         let replay = Replay::capture(&req);
         let mut rng = Rng::new();
         // Endpoints this request failed to connect to; allocates only on a retry.

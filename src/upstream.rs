@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,20 +50,26 @@ pub struct Connection {
 /// Idle connections to one address.
 pub struct Pool {
     address: SocketAddr,
-    idle: ArrayQueue<Sender>,
+    /// Allocated on first use: most endpoints of a large snapshot never see a connection from
+    /// this instance, and building a snapshot should not pay for their queues.
+    idle: OnceLock<ArrayQueue<Sender>>,
 }
 
 impl Pool {
     pub fn new(address: SocketAddr) -> Self {
         Self {
             address,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: OnceLock::new(),
         }
+    }
+
+    fn queue(&self) -> &ArrayQueue<Sender> {
+        self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE))
     }
 
     /// An idle connection that is ready for a request, or a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
-        while let Some(sender) = self.idle.pop() {
+        while let Some(sender) = self.idle.get().and_then(ArrayQueue::pop) {
             if sender.is_ready() {
                 return Ok(Connection {
                     sender,
@@ -82,13 +89,13 @@ impl Pool {
     pub fn put(&self, sender: Sender) {
         if sender.is_ready() {
             // Full pool: the rejected connection is dropped, which closes it.
-            let _ = self.idle.push(sender);
+            let _ = self.queue().push(sender);
         }
     }
 
     /// Idle connections currently pooled.
     pub fn idle(&self) -> usize {
-        self.idle.len()
+        self.idle.get().map_or(0, ArrayQueue::len)
     }
 }
 

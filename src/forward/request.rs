@@ -13,7 +13,9 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_COUNT: usize = 7;
+// A static, not a const: a const array of `HeaderName` is rebuilt and dropped at every use.
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     header::TE,
@@ -23,8 +25,27 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_CONNECTION,
 ];
 
+/// The client side of a connection, computed once per connection.
+#[derive(Clone)]
+pub(super) struct Client {
+    ip: IpAddr,
+    /// `X-Forwarded-For` when the client sent none.
+    forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub(super) fn new(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        Self {
+            ip,
+            forwarded_for: HeaderValue::try_from(ip.to_string())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
 /// Rewrites a client request for the upstream hop.
-pub(super) fn prepare<B>(req: &mut Request<B>, client: IpAddr) {
+pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
     let via = match req.version() {
         Version::HTTP_2 => HeaderValue::from_static("2 tidegate"),
         Version::HTTP_10 => HeaderValue::from_static("1.0 tidegate"),
@@ -49,9 +70,8 @@ pub(super) fn prepare<B>(req: &mut Request<B>, client: IpAddr) {
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
     // tidegate answers `Expect: 100-continue` itself when it starts reading the body.
-    headers.remove(header::EXPECT);
+    strip_hop_by_hop(headers, Some(&header::EXPECT));
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
@@ -63,35 +83,61 @@ pub(super) fn prepare<B>(req: &mut Request<B>, client: IpAddr) {
 /// Rewrites an upstream response for the client hop.
 pub(super) fn prepare_response<B>(resp: &mut Response<B>) {
     let headers = resp.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, None);
     headers.append(header::VIA, HeaderValue::from_static("1.1 tidegate"));
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Headers named by Connection are hop-by-hop too; collecting them allocates only when
-        // the client sent such a list.
+/// Removes hop-by-hop headers (and `also`). One pass over the names finds which are present;
+/// only those are then removed, and nothing allocates unless `Connection` names custom headers.
+fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
+    let mut present = [false; HOP_COUNT];
+    let (mut any, mut proxy, mut also_present) = (false, false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        } else if is_proxy_header(name) {
+            proxy = true;
+            any = true;
+        } else if also == Some(name) {
+            also_present = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    // HOP_BY_HOP[0] is Connection: the headers it names are hop-by-hop too. `close` and
+    // `keep-alive` are connection options, not header names worth a lookup.
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
-    if headers.keys().any(is_proxy_header) {
-        let proxy: Vec<HeaderName> = headers
+    if let (Some(also), true) = (also, also_present) {
+        headers.remove(also);
+    }
+    if proxy {
+        let names: Vec<HeaderName> = headers
             .keys()
             .filter(|k| is_proxy_header(k))
             .cloned()
             .collect();
-        for name in proxy {
+        for name in names {
             headers.remove(name);
         }
     }
@@ -101,20 +147,19 @@ fn is_proxy_header(name: &HeaderName) -> bool {
     name.as_str().starts_with("proxy-")
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_canonical();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client.to_string(),
+fn append_forwarded_for(headers: &mut HeaderMap, client: &Client) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+        None => client.forwarded_for.clone(),
+        Some(Ok(prior)) if !prior.trim().is_empty() => {
+            match HeaderValue::try_from(format!("{prior}, {}", client.ip)) {
+                Ok(v) => v,
+                Err(_) => client.forwarded_for.clone(),
+            }
+        }
+        // An empty or non-text value is replaced: the chain restarts here.
+        Some(_) => client.forwarded_for.clone(),
     };
-    match HeaderValue::try_from(value) {
-        Ok(v) => {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        Err(_) => {
-            headers.remove(X_FORWARDED_FOR);
-        }
-    }
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 #[cfg(test)]
@@ -129,8 +174,8 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    fn ip() -> IpAddr {
-        "10.1.2.3".parse().unwrap()
+    fn ip() -> Client {
+        Client::new("10.1.2.3".parse().unwrap())
     }
 
     #[test]
@@ -151,7 +196,7 @@ mod tests {
                 ("x-end-to-end", "kept"),
             ],
         );
-        prepare(&mut req, ip());
+        prepare(&mut req, &ip());
         let h = req.headers();
         for gone in [
             "connection",
@@ -178,6 +223,17 @@ mod tests {
     }
 
     #[test]
+    fn expect_is_answered_here_not_forwarded() {
+        let mut req = request(
+            Version::HTTP_11,
+            "/",
+            &[("host", "h"), ("expect", "100-continue")],
+        );
+        prepare(&mut req, &ip());
+        assert!(!req.headers().contains_key("expect"));
+    }
+
+    #[test]
     fn forwarded_for_is_appended_and_via_kept() {
         let mut req = request(
             Version::HTTP_11,
@@ -188,7 +244,7 @@ mod tests {
                 ("via", "1.0 edge"),
             ],
         );
-        prepare(&mut req, ip());
+        prepare(&mut req, &ip());
         assert_eq!(req.headers()["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         let via: Vec<_> = req.headers().get_all("via").iter().collect();
         assert_eq!(via, ["1.0 edge", "1.1 tidegate"]);
@@ -197,7 +253,7 @@ mod tests {
     #[test]
     fn http2_requests_become_http11_with_a_host_header() {
         let mut req = request(Version::HTTP_2, "http://shop.example:8080/x", &[]);
-        prepare(&mut req, ip());
+        prepare(&mut req, &ip());
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()["host"], "shop.example:8080");
         assert_eq!(req.uri(), "/x", "upstream requests use origin form");
