@@ -69,6 +69,7 @@ fn one_slice_event(c: &mut Criterion) {
                                 _ => EndpointState::NotReady,
                             },
                             name: e.pod.map(Arc::from),
+                            image: None,
                         };
                         (spec, Role::Stable)
                     })

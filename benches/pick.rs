@@ -48,6 +48,7 @@ fn publish(n: usize) -> (Publisher, Snapshots) {
                 version,
                 state: EndpointState::Ready,
                 name: None,
+                image: None,
             };
             (spec, role)
         })

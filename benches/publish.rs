@@ -43,6 +43,7 @@ fn desired(first: usize) -> Desired {
                 version,
                 state: EndpointState::Ready,
                 name: None,
+                image: None,
             };
             (spec, role)
         })

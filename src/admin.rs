@@ -136,6 +136,8 @@ struct CanaryView<'a> {
 #[derive(Serialize)]
 struct VersionView<'a> {
     version: &'a str,
+    /// The container image tag, when discovery knows it.
+    image: Option<&'a str>,
     role: &'static str,
     ready: usize,
     total: usize,
@@ -146,6 +148,7 @@ struct EndpointView<'a> {
     address: String,
     name: Option<&'a str>,
     version: &'a str,
+    image: Option<&'a str>,
     role: &'static str,
     state: &'static str,
     in_flight: usize,
@@ -172,6 +175,7 @@ impl<'a> EndpointsView<'a> {
                 }
                 None => versions.push(VersionView {
                     version,
+                    image: l.endpoint.image(),
                     role: l.role.as_str(),
                     ready,
                     total: 1,
@@ -194,6 +198,7 @@ impl<'a> EndpointsView<'a> {
                     address: l.endpoint.address().to_string(),
                     name: l.endpoint.name(),
                     version: l.endpoint.version().as_str(),
+                    image: l.endpoint.image(),
                     role: l.role.as_str(),
                     state: l.state.as_str(),
                     in_flight: l.endpoint.in_flight(),

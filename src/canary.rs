@@ -67,6 +67,7 @@ mod tests {
             version: Version::new(version).unwrap(),
             state: EndpointState::Ready,
             name: None,
+            image: None,
         }
     }
 

@@ -569,6 +569,7 @@ impl RawConfig {
                             EndpointState::NotReady
                         },
                         name: e.name.map(Arc::from),
+                        image: None,
                     })
                     .collect(),
             },

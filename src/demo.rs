@@ -38,6 +38,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
             version: Version::new(version).expect("demo versions are valid"),
             state: EndpointState::Ready,
             name: Some(Arc::from(pod)),
+            image: None,
         });
     }
     let mut config = Config::with_discovery(DiscoveryConfig::Static { endpoints });

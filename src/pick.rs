@@ -35,17 +35,19 @@ pub fn pick<'s>(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::snapshot::{EndpointState, Listed, Settings, Split, Version, Weight};
+    use crate::snapshot::{EndpointSpec, EndpointState, Listed, Settings, Split, Version, Weight};
 
     fn endpoint(addr: &str, version: &str) -> Arc<Endpoint> {
         let metrics = Metrics::new();
         let v = Version::new(version).unwrap();
-        Arc::new(Endpoint::new(
-            addr.parse().unwrap(),
-            v.clone(),
-            None,
-            Arc::new(metrics.version(&v)),
-        ))
+        let spec = EndpointSpec {
+            address: addr.parse().unwrap(),
+            version: v.clone(),
+            state: EndpointState::Ready,
+            name: None,
+            image: None,
+        };
+        Arc::new(Endpoint::new(&spec, Arc::new(metrics.version(&v))))
     }
 
     fn snapshot(stable: usize, canary: usize, split: Split) -> Snapshot {

@@ -143,6 +143,8 @@ pub struct EndpointSpec {
     pub state: EndpointState,
     /// A human name (a pod name), shown in `/endpoints`.
     pub name: Option<Arc<str>>,
+    /// The container image tag behind the version, when the source knows it; for display.
+    pub image: Option<Arc<str>>,
 }
 
 /// Forwarding settings that a config reload may change; they travel in the snapshot so that a
@@ -323,9 +325,13 @@ mod tests {
         let v = Version::new("v1").unwrap();
         Listed {
             endpoint: Arc::new(Endpoint::new(
-                SocketAddr::from(([127, 0, 0, n], 80)),
-                v.clone(),
-                None,
+                &EndpointSpec {
+                    address: SocketAddr::from(([127, 0, 0, n], 80)),
+                    version: v.clone(),
+                    state,
+                    name: None,
+                    image: None,
+                },
                 Arc::new(metrics.version(&v)),
             )),
             role,

@@ -384,11 +384,17 @@ impl State {
                     Condition::ServingTerminating => EndpointState::Terminating,
                     Condition::NotReady => EndpointState::NotReady,
                 };
+                let version = self.version_of(e.pod.as_deref());
+                let image = view
+                    .as_ref()
+                    .and_then(|v| v.images.get(version.as_str()))
+                    .map(|tag| Arc::from(tag.as_str()));
                 EndpointSpec {
                     address: e.address,
-                    version: self.version_of(e.pod.as_deref()),
+                    version,
                     state,
                     name: e.pod.as_deref().map(Arc::from),
+                    image,
                 }
             })
             .collect();

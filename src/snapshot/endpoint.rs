@@ -9,32 +9,30 @@ use std::sync::Arc;
 use crate::metrics::VersionMetrics;
 use crate::upstream::Pool;
 
-use super::Version;
+use super::{EndpointSpec, Version};
 
 /// The per-endpoint state that outlives snapshot swaps. All mutable parts are atomics or lock-free.
 pub struct Endpoint {
     address: SocketAddr,
     version: Version,
     name: Option<Arc<str>>,
+    image: Option<Arc<str>>,
     in_flight: AtomicUsize,
     metrics: Arc<VersionMetrics>,
     pool: Pool,
 }
 
 impl Endpoint {
-    pub fn new(
-        address: SocketAddr,
-        version: Version,
-        name: Option<Arc<str>>,
-        metrics: Arc<VersionMetrics>,
-    ) -> Self {
+    /// A cell for what `spec` describes (its state aside, which belongs to each snapshot).
+    pub fn new(spec: &EndpointSpec, metrics: Arc<VersionMetrics>) -> Self {
         Self {
-            address,
-            version,
-            name,
+            address: spec.address,
+            version: spec.version.clone(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
             in_flight: AtomicUsize::new(0),
             metrics,
-            pool: Pool::new(address),
+            pool: Pool::new(spec.address),
         }
     }
 
@@ -48,6 +46,10 @@ impl Endpoint {
 
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    pub fn image(&self) -> Option<&str> {
+        self.image.as_deref()
     }
 
     /// Requests sent to this endpoint whose response has not finished yet.

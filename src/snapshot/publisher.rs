@@ -97,12 +97,7 @@ impl Publisher {
                         .entry(spec.version.clone())
                         .or_insert_with(|| Arc::new(self.metrics.version(&spec.version)))
                         .clone();
-                    Arc::new(Endpoint::new(
-                        spec.address,
-                        spec.version.clone(),
-                        spec.name.clone(),
-                        metrics,
-                    ))
+                    Arc::new(Endpoint::new(&spec, metrics))
                 }
             };
             if !live_versions.contains(&spec.version) {
@@ -177,6 +172,7 @@ mod tests {
             version: Version::new(version).unwrap(),
             state,
             name: None,
+            image: None,
         }
     }
 

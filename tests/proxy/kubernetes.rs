@@ -108,6 +108,10 @@ async fn nginx_1_14_2_to_1_16_1_with_three_replicas() {
         1,
         "one version left, labelled by pod-template-hash: {listed}"
     );
+    assert_eq!(
+        listed["versions"][0]["image"], "1.16.1",
+        "the image tag is shown beside the hash: {listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
