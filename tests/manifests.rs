@@ -8,11 +8,8 @@
 //! point at ports tidegate really listens on, and grace periods that outlast the drain.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe, Service, ServiceAccount};
@@ -21,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tidegate::config::{Config, DiscoveryConfig};
 
 // ---------------------------------------------------------------------------------------------
 // Loading: every document, typed by kind, with the schema (round-trip) check.
@@ -270,57 +268,9 @@ fn pre_stop_seconds(container: &Container) -> i64 {
 // ---------------------------------------------------------------------------------------------
 // tidegate configs embedded in ConfigMaps.
 
-/// Parses `<number><unit>` with unit ms, s, m or h, as tidegate does.
-fn duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()
-}
-
-/// The parts of a tidegate config these checks reason about, with tidegate's defaults.
-struct TidegateConfig {
-    listen: SocketAddr,
-    admin: SocketAddr,
-    drain: Duration,
-    raw: serde_yaml_ng::Value,
-}
-
-fn parse_config(text: &str) -> Result<TidegateConfig, String> {
-    let raw: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-    let address = |value: Option<&serde_yaml_ng::Value>, default: &str, field: &str| {
-        value
-            .and_then(serde_yaml_ng::Value::as_str)
-            .unwrap_or(default)
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("{field}: {e}"))
-    };
-    let listen = address(raw.get("listen"), "127.0.0.1:8080", "listen")?;
-    let admin = address(
-        raw.get("admin").and_then(|a| a.get("listen")),
-        "127.0.0.1:9901",
-        "admin.listen",
-    )?;
-    let drain = match raw.get("timeouts").and_then(|t| t.get("drain")) {
-        None => Duration::from_secs(30),
-        Some(value) => value
-            .as_str()
-            .and_then(duration)
-            .ok_or_else(|| format!("timeouts.drain: not a duration: {value:?}"))?,
-    };
-    Ok(TidegateConfig {
-        listen,
-        admin,
-        drain,
-        raw,
-    })
+/// An embedded config through tidegate's own parser and validation.
+fn parse_config(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("tidegate.yaml")).map_err(|e| e.to_string())
 }
 
 /// Every `tidegate.yaml` held by a ConfigMap: (origin, namespace, text).
@@ -412,85 +362,21 @@ fn run_validate(text: &str) -> std::process::Output {
         .expect("tidegate runs")
 }
 
-/// Printed straight to stderr so that it shows even when the test passes and output is captured.
-fn note(message: &str) {
-    let _ = writeln!(std::io::stderr(), "note: {message}");
-}
-
-const DISCOVERY_KUBERNETES_KEYS: [&str; 7] = [
-    "namespace",
-    "service",
-    "port",
-    "deployment",
-    "kubeconfig",
-    "min_ready",
-    "api_timeout",
-];
-
-/// The `discovery.kubernetes` block against the documented contract (what `validate` cannot yet
-/// check), returning the problems.
-fn check_kubernetes_discovery(
-    origin: &str,
-    namespace: &str,
-    raw: &serde_yaml_ng::Value,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let Some(kubernetes) = raw.get("discovery").and_then(|d| d.get("kubernetes")) else {
-        return problems; // static discovery: validate checks it all
-    };
-    let Some(map) = kubernetes.as_mapping() else {
-        return vec![format!("{origin}: discovery.kubernetes is not a mapping")];
-    };
-    for key in map.keys() {
-        let key = key.as_str().unwrap_or("<not a string>");
-        if !DISCOVERY_KUBERNETES_KEYS.contains(&key) {
-            problems.push(format!(
-                "{origin}: discovery.kubernetes.{key} is not a known key"
-            ));
+/// What `validate` cannot know: that the watched namespace is the one the Role grants.
+fn check_kubernetes_discovery(origin: &str, namespace: &str, config: &Config) -> Vec<String> {
+    match &config.discovery {
+        DiscoveryConfig::Kubernetes(k) if k.namespace != namespace => vec![format!(
+            "{origin}: discovery.kubernetes.namespace {:?} is not the namespace the manifests \
+             (and so the Role) are in, {namespace:?}",
+            k.namespace
+        )],
+        DiscoveryConfig::Kubernetes(_) => Vec::new(),
+        DiscoveryConfig::Static { .. } => {
+            vec![format!(
+                "{origin}: the config does not use discovery.kubernetes"
+            )]
         }
     }
-    let string = |key: &str| kubernetes.get(key).and_then(serde_yaml_ng::Value::as_str);
-    if string("service").is_none_or(str::is_empty) {
-        problems.push(format!(
-            "{origin}: discovery.kubernetes.service must name the Service"
-        ));
-    }
-    match kubernetes.get("port") {
-        Some(port) if port.is_u64() || port.as_str().is_some_and(|s| !s.is_empty()) => {}
-        other => problems.push(format!(
-            "{origin}: discovery.kubernetes.port must be a port name or number, not {other:?}"
-        )),
-    }
-    if let Some(ns) = kubernetes.get("namespace") {
-        if ns.as_str() != Some(namespace) {
-            problems.push(format!(
-                "{origin}: discovery.kubernetes.namespace {ns:?} is not the namespace the \
-                 manifests (and so the Role) are in, {namespace:?}"
-            ));
-        }
-    }
-    if let Some(min_ready) = kubernetes.get("min_ready") {
-        let ok = min_ready
-            .as_str()
-            .is_some_and(|s| s == "deployment" || duration(s).is_some());
-        if !ok {
-            problems.push(format!(
-                "{origin}: discovery.kubernetes.min_ready must be `deployment` or a duration"
-            ));
-        }
-    }
-    if let Some(timeout) = kubernetes.get("api_timeout") {
-        if timeout
-            .as_str()
-            .and_then(duration)
-            .is_none_or(|d| d.is_zero())
-        {
-            problems.push(format!(
-                "{origin}: discovery.kubernetes.api_timeout must be a duration above 0"
-            ));
-        }
-    }
-    problems
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,49 +542,20 @@ fn embedded_configs_pass_tidegate_validate() {
     assert!(!configs.is_empty(), "no ConfigMap holds a tidegate.yaml");
     let mut problems = Vec::new();
     for (origin, namespace, text) in &configs {
-        let raw: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                problems.push(format!("{origin}: tidegate.yaml is not YAML: {e}"));
-                continue;
-            }
-        };
-        problems.extend(check_kubernetes_discovery(origin, namespace, &raw));
-
+        // The real binary, as an operator would check the file...
         let output = run_validate(text);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        match output.status.code() {
-            Some(0) => {}
-            // Only while `validate` does not know discovery.kubernetes at all: this one check is
-            // then pending. Any other exit 2 (a bad value inside discovery.kubernetes too) fails.
-            Some(2) if stderr.contains("unknown variant `kubernetes`") => {
-                note(&format!(
-                    "PENDING {origin}: `tidegate validate` does not accept discovery.kubernetes \
-                     yet ({}); checked the rest of the file with a stand-in static discovery",
-                    stderr.trim()
-                ));
-                // Everything but discovery must already be valid.
-                let mut rest = raw.clone();
-                let stand_in: serde_yaml_ng::Value =
-                    serde_yaml_ng::from_str("static: { endpoints: [] }").unwrap();
-                if let Some(map) = rest.as_mapping_mut() {
-                    map.insert("discovery".into(), stand_in);
-                }
-                let rest = serde_yaml_ng::to_string(&rest).unwrap();
-                let output = run_validate(&rest);
-                if !output.status.success() {
-                    problems.push(format!(
-                        "{origin}: apart from discovery, tidegate validate rejects it ({:?}): {}",
-                        output.status.code(),
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ));
-                }
-            }
-            code => problems.push(format!(
-                "{origin}: tidegate validate exited {code:?}: {}{}",
-                String::from_utf8_lossy(&output.stdout).trim(),
-                stderr.trim()
-            )),
+        if !output.status.success() {
+            problems.push(format!(
+                "{origin}: tidegate validate exited {:?}: {}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+            continue;
+        }
+        // ...and the typed config, for what only the manifests can tell.
+        match parse_config(text) {
+            Ok(config) => problems.extend(check_kubernetes_discovery(origin, namespace, &config)),
+            Err(e) => problems.push(format!("{origin}: {e}")),
         }
     }
     assert_no_problems("embedded tidegate configs", &problems);
@@ -824,28 +681,28 @@ fn tidegate_containers_run_their_config_and_are_probed_where_it_listens() {
                     ));
                 }
                 let port = resolve_port(&get.port, std::iter::once(container));
-                if port != Some(i32::from(config.admin.port())) {
+                if port != Some(i32::from(config.admin.listen.port())) {
                     problems.push(format!(
                         "{at}: probe port {:?} is {port:?}, but admin.listen is {}",
-                        get.port, config.admin
+                        get.port, config.admin.listen
                     ));
                 }
-                if config.admin.ip().is_loopback() {
+                if config.admin.listen.ip().is_loopback() {
                     problems.push(format!(
                         "{at}: probes target admin.listen {}, which the kubelet cannot reach",
-                        config.admin
+                        config.admin.listen
                     ));
                 }
             }
             // Declared ports are the ones tidegate listens on.
             for port in container.ports.iter().flatten() {
-                let listens = [config.listen, config.admin]
+                let listens = [config.listen, config.admin.listen]
                     .iter()
                     .any(|a| i32::from(a.port()) == port.container_port && !a.ip().is_loopback());
                 if !listens {
                     problems.push(format!(
                         "{at}: port {:?} {} is not where tidegate listens (listen {}, admin {})",
-                        port.name, port.container_port, config.listen, config.admin
+                        port.name, port.container_port, config.listen, config.admin.listen
                     ));
                 }
             }
@@ -855,20 +712,15 @@ fn tidegate_containers_run_their_config_and_are_probed_where_it_listens() {
                 .map(pre_stop_seconds)
                 .max()
                 .unwrap_or(0);
-            let needed = config.drain.as_secs_f64() + pre_stop as f64;
+            let needed = config.timeouts.drain.as_secs_f64() + pre_stop as f64;
             if (grace as f64) <= needed {
                 problems.push(format!(
                     "{at}: terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop}s \
                      + timeouts.drain {:?}",
-                    config.drain
+                    config.timeouts.drain
                 ));
             }
-            if config
-                .raw
-                .get("discovery")
-                .and_then(|d| d.get("kubernetes"))
-                .is_none()
-            {
+            if !matches!(config.discovery, DiscoveryConfig::Kubernetes(_)) {
                 problems.push(format!(
                     "{at}: the config does not use discovery.kubernetes"
                 ));

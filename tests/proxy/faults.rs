@@ -1,7 +1,5 @@
 //! Pods that die under load: connect failures are retried elsewhere, clients see nothing.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,20 +14,10 @@ async fn killing_a_backend_mid_load_gives_zero_client_errors() {
         .endpoints(&[&pods[0], &pods[1], &pods[2]])
         .start()
         .await;
-    let load = start_load(&proxy.url("/"), 8, 20_000, Duration::from_secs(30));
-    wait_until("load is flowing", Duration::from_secs(10), || async {
-        load.sent() > 300
-    })
-    .await;
+    let load = steady_load(&proxy, 8).await;
 
     pods[1].kill();
-    let killed_at = load.sent();
-    wait_until(
-        "load continues after the kill",
-        Duration::from_secs(20),
-        || async { load.sent() > killed_at + 1500 },
-    )
-    .await;
+    load.run_for(1500, "after the kill").await;
     let report = load.stop().await;
 
     assert!(
@@ -37,7 +25,10 @@ async fn killing_a_backend_mid_load_gives_zero_client_errors() {
         "a dead pod must cost clients nothing: {:?}",
         report.failures
     );
-    assert!(report.ok > 1800);
+    assert!(
+        report.ok >= 1500,
+        "the load must have run on after the kill"
+    );
     let retried = proxy
         .metric(r#"tidegate_retries_total{reason="connect"}"#)
         .await

@@ -34,24 +34,14 @@ async fn bootcamp_v1_to_v2_then_v10_image_pull_backoff_then_undo() {
     let mut cluster = Cluster::new("bootcamp", 2, ONE_SURGE).await;
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
-    wait_until("load reaches v1", Duration::from_secs(10), || async {
-        cluster.hits("v1") > 50
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     cluster.set_image("v2", true).await;
     wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
 
     // v10's image cannot be pulled: its pod never becomes ready and the rollout stalls.
     cluster.set_image("v10", false).await;
-    let stalled_at = load.sent();
-    wait_until(
-        "load flows during the stalled rollout",
-        Duration::from_secs(10),
-        || async { load.sent() > stalled_at + 400 },
-    )
-    .await;
+    load.run_for(400, "during the stalled rollout").await;
     assert_eq!(
         cluster.hits("v10"),
         0,
@@ -59,13 +49,7 @@ async fn bootcamp_v1_to_v2_then_v10_image_pull_backoff_then_undo() {
     );
 
     cluster.undo().await;
-    let undone_at = load.sent();
-    wait_until(
-        "load flows after the undo",
-        Duration::from_secs(10),
-        || async { load.sent() > undone_at + 400 },
-    )
-    .await;
+    load.run_for(400, "after the undo").await;
     let report = load.stop().await;
 
     assert!(
@@ -84,11 +68,7 @@ async fn nginx_1_14_2_to_1_16_1_with_three_replicas() {
     let mut cluster = Cluster::new("nginx", 3, ONE_SURGE).await;
     cluster.deploy("1.14.2").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 200
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     cluster.set_image("1.16.1", true).await;
     wait_all_served_by(&proxy, "1.16.1", Duration::from_secs(10)).await;
@@ -120,24 +100,14 @@ async fn kubia_v1_to_v2_with_min_ready_seconds_then_failing_v3_gets_nothing() {
     cluster.min_ready = Duration::from_secs(1);
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 200
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     cluster.set_image("v2", true).await;
     wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
 
     // v3's readiness probe fails: the rollout stalls with v3 never ready.
     cluster.set_image("v3", false).await;
-    let stalled_at = load.sent();
-    wait_until(
-        "load flows during the stalled rollout",
-        Duration::from_secs(10),
-        || async { load.sent() > stalled_at + 400 },
-    )
-    .await;
+    load.run_for(400, "during the stalled rollout").await;
     let report = load.stop().await;
 
     assert!(report.failures.is_empty(), "{:?}", report.failures);
@@ -155,11 +125,7 @@ async fn warming_endpoints_get_traffic_only_after_min_ready() {
     cluster.min_ready = Duration::from_secs(1);
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(30));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 100
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     cluster.scale(3).await;
     let report = load.stop().await;
@@ -186,11 +152,7 @@ async fn pod_dying_as_its_endpoint_turns_terminating_costs_clients_nothing() {
     cluster.termination = Termination::Abrupt;
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 8, 200_000, Duration::from_secs(60));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 200
-    })
-    .await;
+    let load = steady_load(&proxy, 8).await;
 
     cluster.set_image("v2", true).await;
     wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
@@ -208,11 +170,7 @@ async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
     let mut cluster = Cluster::new("flaky", 3, ONE_SURGE).await;
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 200_000, Duration::from_secs(60));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 200
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     let api = cluster.api.clone();
     let chaos = tokio::spawn(async move {
@@ -249,11 +207,7 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
     let mut cluster = Cluster::new("outage", 2, ONE_SURGE).await;
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = start_load(&proxy.url("/"), 4, 500_000, Duration::from_secs(60));
-    wait_until("load flows", Duration::from_secs(10), || async {
-        load.sent() > 200
-    })
-    .await;
+    let load = steady_load(&proxy, 4).await;
 
     cluster.api.stop().await;
     let down_since = Instant::now();

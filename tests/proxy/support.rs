@@ -694,6 +694,17 @@ pub fn start_load(url: &str, concurrency: usize, max_requests: usize, max_time: 
 }
 
 impl Load {
+    /// Waits until `n` more requests have started, failing the test after 20 s.
+    pub async fn run_for(&self, n: usize, what: &str) {
+        let from = self.sent();
+        wait_until(
+            &format!("{n} more requests flow {what}"),
+            Duration::from_secs(20),
+            || async { self.sent() >= from + n },
+        )
+        .await
+    }
+
     /// Requests started so far.
     pub fn sent(&self) -> usize {
         self.sent.load(Ordering::SeqCst)
@@ -718,6 +729,18 @@ impl Load {
         }
         total
     }
+}
+
+/// Steady load through `proxy` (bounded: at most 500,000 requests or 60 s), once it flows.
+pub async fn steady_load(proxy: &RunningProxy, concurrency: usize) -> Load {
+    let load = start_load(
+        &proxy.url("/"),
+        concurrency,
+        500_000,
+        Duration::from_secs(60),
+    );
+    load.run_for(100, "before the scenario").await;
+    load
 }
 
 /// Sends `total` GETs with `concurrency` workers and reports what came back.
