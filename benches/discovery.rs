@@ -78,6 +78,7 @@ fn one_slice_event(c: &mut Criterion) {
                     endpoints,
                     split: Split::ByEndpointCount,
                     canary_version: None,
+                    canary_header: None,
                     settings: Settings::default(),
                 })
             },

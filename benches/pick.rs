@@ -57,6 +57,7 @@ fn publish(n: usize) -> (Publisher, Snapshots) {
         endpoints,
         split: Split::Weighted(Weight::new(10.0).expect("valid weight")),
         canary_version: Some(v2),
+        canary_header: None,
         settings: Settings::default(),
     });
     let snapshot = snapshots.load();

@@ -52,6 +52,7 @@ fn desired(first: usize) -> Desired {
         endpoints,
         split: Split::Weighted(Weight::new(10.0).expect("valid weight")),
         canary_version: Some(v2),
+        canary_header: None,
         settings: Settings::default(),
     }
 }

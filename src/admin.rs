@@ -1,31 +1,30 @@
 //! The admin API on its own listener (loopback by default): health, readiness, metrics and a JSON
-//! view of the current snapshot. Read-only for now; mutating calls will require the configured token.
+//! view of the current snapshot, and the canary weight override. Mutating calls need the configured
+//! token when one is set.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::canary::CanaryStatus;
+use crate::control::Command;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{EndpointState, Role, Snapshot, Snapshots, Split};
+use crate::snapshot::{EndpointState, Role, Snapshot, Snapshots, Split, Weight};
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    snapshots: Snapshots,
-    metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
-) {
-    let admin = Arc::new(Admin { snapshots, metrics });
+pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: Shutdown) {
+    let admin = Arc::new(admin);
     loop {
         let stream = tokio::select! {
             _ = shutdown.wait() => return,
@@ -42,7 +41,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(&req)) }
+                async move { Ok::<_, Infallible>(admin.route(req).await) }
             });
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -57,17 +56,62 @@ pub async fn serve(
     }
 }
 
-struct Admin {
-    snapshots: Snapshots,
-    metrics: Arc<Metrics>,
+/// What the admin API reads and whom it asks to change things.
+pub struct Admin {
+    pub snapshots: Snapshots,
+    pub metrics: Arc<Metrics>,
+    pub canary: watch::Receiver<CanaryStatus>,
+    pub commands: mpsc::Sender<Command>,
+    /// When set, mutating calls need `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
 }
 
+/// Why an admin call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the control loop is not running")]
+    Unavailable,
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 4096;
+
 impl Admin {
-    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if path == "/canary" && (req.method() == Method::PUT || req.method() == Method::DELETE) {
+            return match self.change_canary(req).await {
+                Ok(status) => json(&status),
+                Err(error) => {
+                    let mut response = Response::new(Full::from(format!("{error}\n")));
+                    *response.status_mut() = error.status();
+                    if matches!(error, AdminError::Unauthorized) {
+                        response
+                            .headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    response
+                }
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
-        match req.uri().path() {
+        match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 if self.snapshots.load().generation() > 0 {
@@ -89,21 +133,85 @@ impl Admin {
             }
             "/endpoints" => {
                 let snapshot = self.snapshots.load();
-                let view = EndpointsView::of(&snapshot);
-                let json = serde_json::to_vec_pretty(&view).expect("the view serializes");
-                let mut response = Response::new(Full::from(json));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                response
+                json(&EndpointsView::of(&snapshot))
             }
+            "/canary" => json(&*self.canary.borrow()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /metrics /endpoints\n",
+                "not found; try /healthz /readyz /metrics /endpoints /canary\n",
             ),
         }
     }
+
+    /// `PUT /canary {"weight": N}` sets this instance's override; `DELETE /canary` clears it.
+    async fn change_canary(&self, req: Request<Incoming>) -> Result<CanaryStatus, AdminError> {
+        self.authorize(req.headers())?;
+        let weight = if req.method() == Method::DELETE {
+            None
+        } else {
+            let body = Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| AdminError::BadRequest(format!("cannot read the body: {e}")))?
+                .to_bytes();
+            Some(parse_weight_body(&body)?)
+        };
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SetCanaryWeight(weight, reply))
+            .await
+            .map_err(|_| AdminError::Unavailable)?;
+        answer.await.map_err(|_| AdminError::Unavailable)
+    }
+
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), AdminError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AdminError::Unauthorized)?;
+        if constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(AdminError::Unauthorized)
+        }
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `{"weight": N}` with N a percentage from 0 to 100.
+fn parse_weight_body(body: &[u8]) -> Result<Weight, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        weight: f64,
+    }
+    let body: Body = serde_json::from_slice(body).map_err(|e| {
+        AdminError::BadRequest(format!("expected a JSON body like {{\"weight\": 25}}: {e}"))
+    })?;
+    Weight::new(body.weight).ok_or_else(|| {
+        AdminError::BadRequest(format!(
+            "weight must be a percentage from 0 to 100, got {}",
+            body.weight
+        ))
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).expect("admin views serialize");
+    let mut response = Response::new(Full::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -206,5 +314,41 @@ impl<'a> EndpointsView<'a> {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bodies_are_validated() {
+        assert_eq!(
+            parse_weight_body(br#"{"weight": 25}"#).unwrap().percent(),
+            25.0
+        );
+        assert_eq!(
+            parse_weight_body(br#"{"weight": 0.5}"#).unwrap().percent(),
+            0.5
+        );
+        for bad in [
+            &br#"{"weight": 120}"#[..],
+            br#"{"weight": -1}"#,
+            b"25",
+            br#"{"wieght": 1}"#,
+            b"",
+        ] {
+            assert!(
+                matches!(parse_weight_body(bad), Err(AdminError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret-longer"));
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
 use crate::snapshot::{EndpointSpec, EndpointState, Settings, Version, Weight};
@@ -109,6 +110,21 @@ pub struct CanaryConfig {
     /// The version that is the canary in static mode.
     pub version: Option<Version>,
     pub weight: Weight,
+    /// When a followed Deployment's weight applies.
+    pub apply: Apply,
+    /// A request header that forces the role: `always` → canary, `never` → stable.
+    pub header: Option<HeaderName>,
+}
+
+/// When the canary weight applies to a followed Deployment. (A static file has no rollout to
+/// pause, so there the weight always applies.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Apply {
+    /// Only while the rollout is paused mid-way (`kubectl rollout pause`); otherwise traffic is
+    /// shared by ready endpoint count, as a Service would.
+    #[default]
+    Paused,
+    Always,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -384,6 +400,32 @@ struct RawCanary {
     version: Option<Version>,
     #[serde(default, deserialize_with = "weight")]
     weight: Weight,
+    #[serde(default = "apply_paused", deserialize_with = "apply")]
+    apply: Apply,
+    #[serde(default, deserialize_with = "header_name")]
+    header: Option<HeaderName>,
+}
+
+fn apply_paused() -> Apply {
+    Apply::Paused
+}
+
+fn apply<'de, D: Deserializer<'de>>(d: D) -> Result<Apply, D::Error> {
+    validated(d, "`paused` or `always`", |s| match s {
+        Scalar::Str("paused") => Ok(Apply::Paused),
+        Scalar::Str("always") => Ok(Apply::Always),
+        _ => Err("must be `paused` or `always`".to_owned()),
+    })
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderName>, D::Error> {
+    validated(d, "a header name", |s| match s {
+        Scalar::Null => Ok(None),
+        Scalar::Str(s) => HeaderName::from_bytes(s.as_bytes())
+            .map(Some)
+            .map_err(|_| format!("{s:?} is not a valid header name")),
+        _ => Err("must be a header name".to_owned()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -584,6 +626,8 @@ impl RawConfig {
             canary: CanaryConfig {
                 version: self.canary.version,
                 weight: self.canary.weight,
+                apply: self.canary.apply,
+                header: self.canary.header,
             },
             timeouts: Timeouts {
                 connect: self.timeouts.connect.0,

@@ -1,17 +1,26 @@
 //! The control loop: the sole owner of the mutable routing model.
 //!
-//! Config reloads and discovery updates arrive over channels; each one that changes the model
-//! produces exactly one new snapshot through the [`Publisher`]. Nothing here is on the request path.
+//! Config reloads, discovery updates and admin commands arrive over channels; each one that
+//! changes the model produces exactly one new snapshot through the [`Publisher`], and a new
+//! [`CanaryStatus`] for the admin API. Nothing here is on the request path.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::canary::CanaryPolicy;
+use crate::canary::{self, CanaryPolicy, CanaryStatus};
 use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::{self, Rollout, Update};
 use crate::metrics::Metrics;
-use crate::snapshot::{Desired, EndpointSpec, Publisher};
+use crate::snapshot::{Desired, EndpointSpec, Publisher, Role, Weight};
+
+/// What the admin API asks of the control loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Sets (`Some`) or clears (`None`) this instance's canary weight override; the reply is the
+    /// status once the new snapshot is published.
+    SetCanaryWeight(Option<Weight>, oneshot::Sender<CanaryStatus>),
+}
 
 /// The model the next snapshot is built from.
 pub struct Control {
@@ -21,18 +30,25 @@ pub struct Control {
     policy: CanaryPolicy,
     endpoints: Vec<EndpointSpec>,
     rollout: Option<Rollout>,
+    /// The last invalid annotation value seen, so that it is reported once, not per update.
+    rejected_annotation: Option<String>,
+    status: watch::Sender<CanaryStatus>,
 }
 
 impl Control {
     /// Takes the startup config. Static endpoints are published at once; a watched source's are
     /// published when its first complete set arrives, so `/readyz` stays 503 until then.
     pub fn start(config: Config, publisher: Publisher, metrics: Arc<Metrics>) -> Self {
+        let policy = CanaryPolicy::from_config(&config.canary);
+        let (status, _) = watch::channel(policy.plan(None, &[]).status);
         let mut control = Self {
             publisher,
             metrics,
-            policy: CanaryPolicy::from_config(&config.canary),
+            policy,
             endpoints: Vec::new(),
             rollout: None,
+            rejected_annotation: None,
+            status,
             config,
         };
         if let Some(update) = discovery::static_file::update(&control.config) {
@@ -42,14 +58,20 @@ impl Control {
         control
     }
 
-    /// Applies config reloads and discovery updates until both channels close.
+    /// The canary status after every publish.
+    pub fn status(&self) -> watch::Receiver<CanaryStatus> {
+        self.status.subscribe()
+    }
+
+    /// Applies config reloads, discovery updates and admin commands until all channels close.
     pub async fn run(
         mut self,
         mut configs: mpsc::Receiver<Config>,
         mut updates: mpsc::Receiver<Update>,
+        mut commands: mpsc::Receiver<Command>,
     ) {
-        let (mut configs_open, mut updates_open) = (true, true);
-        while configs_open || updates_open {
+        let (mut configs_open, mut updates_open, mut commands_open) = (true, true, true);
+        while configs_open || updates_open || commands_open {
             tokio::select! {
                 config = configs.recv(), if configs_open => match config {
                     Some(config) => {
@@ -65,13 +87,22 @@ impl Control {
                     }
                     None => updates_open = false,
                 },
+                command = commands.recv(), if commands_open => match command {
+                    Some(Command::SetCanaryWeight(weight, reply)) => {
+                        tracing::info!(weight = ?weight.map(Weight::percent), "admin canary weight override");
+                        self.policy.admin = weight;
+                        let status = self.publish();
+                        let _ = reply.send(status);
+                    }
+                    None => commands_open = false,
+                },
             }
         }
     }
 
     fn apply_config(&mut self, config: Config) {
         warn_on_restart_only_changes(&self.config, &config);
-        self.policy = CanaryPolicy::from_config(&config.canary);
+        self.policy.reconfigure(&config.canary);
         if let Some(update) = discovery::static_file::update(&config) {
             if matches!(self.config.discovery, DiscoveryConfig::Static { .. }) {
                 self.apply_update(update);
@@ -86,21 +117,48 @@ impl Control {
                 self.endpoints = endpoints;
                 self.metrics
                     .set_rollout_paused(rollout.as_ref().is_some_and(|r| r.paused));
+                self.apply_annotation(
+                    rollout
+                        .as_ref()
+                        .and_then(|r| r.weight_annotation.as_deref()),
+                );
                 self.rollout = rollout;
             }
         }
     }
 
-    fn publish(&mut self) {
+    /// An absent annotation clears its weight; an invalid one is reported once and ignored, so the
+    /// previous weight stays.
+    fn apply_annotation(&mut self, raw: Option<&str>) {
+        let Some(raw) = raw else {
+            self.policy.annotation = None;
+            self.rejected_annotation = None;
+            return;
+        };
+        match canary::parse_annotation(raw) {
+            Ok(weight) => {
+                self.policy.annotation = Some(weight);
+                self.rejected_annotation = None;
+            }
+            Err(error) if self.rejected_annotation.as_deref() != Some(raw) => {
+                tracing::warn!(%error, "ignoring the canary weight annotation; the previous weight stays");
+                self.metrics.config_error("annotation");
+                self.rejected_annotation = Some(raw.to_owned());
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn publish(&mut self) -> CanaryStatus {
         let plan = self.policy.plan(self.rollout.as_ref(), &self.endpoints);
         let endpoints = self
             .endpoints
             .iter()
             .map(|spec| {
                 let role = if plan.canary.as_ref() == Some(&spec.version) {
-                    crate::snapshot::Role::Canary
+                    Role::Canary
                 } else {
-                    crate::snapshot::Role::Stable
+                    Role::Stable
                 };
                 (spec.clone(), role)
             })
@@ -109,15 +167,21 @@ impl Control {
             endpoints,
             split: plan.split,
             canary_version: plan.canary.clone(),
+            canary_header: self.config.canary.header.clone(),
             settings: self.config.settings(),
         });
+        self.metrics
+            .set_canary_weight_configured(plan.status.configured_weight);
         tracing::info!(
             generation,
             endpoints = self.endpoints.len(),
             canary = ?plan.canary,
             split = ?plan.split,
+            source = ?plan.status.source,
             "published snapshot"
         );
+        self.status.send_replace(plan.status.clone());
+        plan.status
     }
 }
 

@@ -28,4 +28,6 @@ pub struct Rollout {
     pub paused: bool,
     /// Only the newest ReplicaSet still has pods.
     pub complete: bool,
+    /// The Deployment's `tidegate.io/canary-weight` annotation, unparsed.
+    pub weight_annotation: Option<String>,
 }

@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpListener;
 
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::pick::{pick, Rng};
+use crate::pick::{pick_role, Rng};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Endpoint, Snapshots};
 
@@ -148,7 +148,9 @@ impl Forwarder {
         loop {
             let picked = {
                 let snapshot = self.snapshots.load();
-                pick(&snapshot, &mut rng, &tried).map(|ep| (ep.clone(), *snapshot.settings()))
+                let requested = snapshot.requested_role(req.headers());
+                pick_role(&snapshot, &mut rng, &tried, requested)
+                    .map(|ep| (ep.clone(), *snapshot.settings()))
             };
             let Some((endpoint, settings)) = picked else {
                 // Every candidate failed: the client hears about the last failure.

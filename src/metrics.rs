@@ -32,6 +32,8 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
+    canary_weight_configured: Gauge,
+    config_errors: IntCounterVec,
     discovery_errors: IntCounterVec,
     discovery_skipped: IntCounterVec,
     discovery_last_sync: Gauge,
@@ -109,6 +111,21 @@ impl Metrics {
             "1 while the followed Deployment is paused (kubectl rollout pause), else 0.",
         )
         .expect("valid metric definition");
+        let canary_weight_configured = Gauge::new(
+            "tidegate_canary_weight_configured",
+            "The canary weight in force (admin override, else the Deployment annotation, else \
+             canary.weight), in percent, whether or not it applies right now.",
+        )
+        .expect("valid metric definition");
+        let config_errors = IntCounterVec::new(
+            Opts::new(
+                "tidegate_config_errors_total",
+                "Settings ignored because they were invalid, by source (annotation); the previous \
+                 value stays in force.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric definition");
         let discovery_errors = IntCounterVec::new(
             Opts::new(
                 "tidegate_discovery_errors_total",
@@ -153,6 +170,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
+            Box::new(canary_weight_configured.clone()),
+            Box::new(config_errors.clone()),
             Box::new(discovery_errors.clone()),
             Box::new(discovery_skipped.clone()),
             Box::new(discovery_last_sync.clone()),
@@ -166,6 +185,7 @@ impl Metrics {
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        config_errors.with_label_values(&["annotation"]);
         Self {
             registry,
             requests,
@@ -176,6 +196,8 @@ impl Metrics {
             config_reloads,
             canary_weight,
             rollout_paused,
+            canary_weight_configured,
+            config_errors,
             discovery_errors,
             discovery_skipped,
             discovery_last_sync,
@@ -231,6 +253,15 @@ impl Metrics {
 
     pub fn set_canary_weight(&self, percent: f64) {
         self.canary_weight.set(percent);
+    }
+
+    pub fn set_canary_weight_configured(&self, percent: f64) {
+        self.canary_weight_configured.set(percent);
+    }
+
+    /// Counts an invalid setting from `source` that was ignored.
+    pub fn config_error(&self, source: &str) {
+        self.config_errors.with_label_values(&[source]).inc();
     }
 
     pub fn set_rollout_paused(&self, paused: bool) {

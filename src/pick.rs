@@ -22,7 +22,22 @@ pub fn pick<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
 ) -> Option<&'s Arc<Endpoint>> {
-    let preferred = split::role(snapshot.canary_threshold(), rng.u32(..));
+    pick_role(snapshot, rng, avoid, None)
+}
+
+/// Like [`pick`], but a `requested` role (from the canary header) replaces the split's choice;
+/// the other role still serves if the requested one has nothing routable.
+#[inline]
+pub fn pick_role<'s>(
+    snapshot: &'s Snapshot,
+    rng: &mut Rng,
+    avoid: &[Arc<Endpoint>],
+    requested: Option<Role>,
+) -> Option<&'s Arc<Endpoint>> {
+    let preferred = match requested {
+        Some(role) => role,
+        None => split::role(snapshot.canary_threshold(), rng.u32(..)),
+    };
     let other = match preferred {
         Role::Canary => Role::Stable,
         Role::Stable => Role::Canary,
@@ -131,6 +146,27 @@ mod tests {
         }
         let all: Vec<_> = snap.routable(Role::Stable).to_vec();
         assert!(pick(&snap, &mut rng, &all).is_none());
+    }
+
+    #[test]
+    fn a_requested_role_overrides_the_split_but_never_strands_a_request() {
+        let snap = snapshot(3, 1, weighted(0.0));
+        let mut rng = Rng::with_seed(9);
+        for _ in 0..100 {
+            let ep = pick_role(&snap, &mut rng, &[], Some(Role::Canary)).unwrap();
+            assert_eq!(
+                ep.version().as_str(),
+                "v2",
+                "`always` goes to the canary at weight 0"
+            );
+        }
+        let only_stable = snapshot(2, 0, weighted(100.0));
+        let ep = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary)).unwrap();
+        assert_eq!(
+            ep.version().as_str(),
+            "v1",
+            "no canary endpoint: stable serves"
+        );
     }
 
     #[test]

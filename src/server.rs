@@ -107,12 +107,20 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        let token = config.admin.token.clone();
         let control = Control::start(config, publisher, metrics.clone());
-        tokio::spawn(control.run(configs_rx, updates_rx));
+        let canary = control.status();
+        let (commands, commands_rx) = mpsc::channel(4);
+        tokio::spawn(control.run(configs_rx, updates_rx, commands_rx));
         tokio::spawn(admin::serve(
             self.admin,
-            snapshots.clone(),
-            metrics.clone(),
+            admin::Admin {
+                snapshots: snapshots.clone(),
+                metrics: metrics.clone(),
+                canary,
+                commands,
+                token,
+            },
             shutdown.clone(),
         ));
         forward::serve(self.listener, snapshots, &metrics, options, shutdown).await;

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
+
 pub use endpoint::{Endpoint, InFlight};
 pub use publisher::{Desired, Publisher, Snapshots};
 
@@ -197,6 +199,7 @@ pub struct Snapshot {
     settings: Settings,
     listed: Box<[Listed]>,
     tier: EndpointState,
+    canary_header: Option<HeaderName>,
 }
 
 /// `2^32`: the threshold that sends every draw of a `u32` to the canary.
@@ -215,6 +218,7 @@ impl Snapshot {
             settings,
             listed: Box::new([]),
             tier: EndpointState::Ready,
+            canary_header: None,
         }
     }
 
@@ -257,6 +261,25 @@ impl Snapshot {
             settings,
             listed: listed.into_boxed_slice(),
             tier,
+            canary_header: None,
+        }
+    }
+
+    /// Sets the header that lets a request pick its role.
+    pub fn with_canary_header(mut self, header: Option<HeaderName>) -> Self {
+        self.canary_header = header;
+        self
+    }
+
+    /// The role a request asks for through the canary header, if it is configured and present:
+    /// `always` → canary, `never` → stable.
+    #[inline]
+    pub fn requested_role(&self, headers: &http::HeaderMap) -> Option<Role> {
+        let value = headers.get(self.canary_header.as_ref()?)?;
+        match value.as_bytes() {
+            b"always" => Some(Role::Canary),
+            b"never" => Some(Role::Stable),
+            _ => None,
         }
     }
 

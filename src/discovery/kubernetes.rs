@@ -404,6 +404,7 @@ impl State {
             newest: v.newest.as_deref().and_then(|h| Version::new(h).ok()),
             paused: v.paused,
             complete: v.complete,
+            weight_annotation: v.weight_annotation,
         });
         (Update::Reset { endpoints, rollout }, wake)
     }

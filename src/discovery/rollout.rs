@@ -23,6 +23,8 @@ pub struct RolloutView {
     pub min_ready: Duration,
     /// Container image tag per pod-template-hash, for display.
     pub images: BTreeMap<String, String>,
+    /// The canary weight annotation, unparsed.
+    pub weight_annotation: Option<String>,
 }
 
 /// Reads the rollout of `deployment` from its object and the ReplicaSets it owns.
@@ -104,6 +106,10 @@ pub fn view<'a>(
                 .unwrap_or(0),
         ),
         images,
+        weight_annotation: deployment
+            .and_then(|d| d.metadata.annotations.as_ref())
+            .and_then(|a| a.get(crate::canary::WEIGHT_ANNOTATION))
+            .cloned(),
     }
 }
 

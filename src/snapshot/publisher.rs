@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+use http::HeaderName;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, VersionMetrics};
@@ -41,6 +42,8 @@ pub struct Desired {
     pub endpoints: Vec<(EndpointSpec, Role)>,
     pub split: Split,
     pub canary_version: Option<Version>,
+    /// A request header that forces the role (`always` → canary, `never` → stable).
+    pub canary_header: Option<HeaderName>,
     pub settings: Settings,
 }
 
@@ -122,7 +125,8 @@ impl Publisher {
             desired.split,
             desired.canary_version,
             desired.settings,
-        );
+        )
+        .with_canary_header(desired.canary_header);
         self.swap.store(Arc::new(snapshot));
         self.generation.send_replace(generation);
         generation
@@ -181,6 +185,7 @@ mod tests {
             endpoints,
             split: Split::Weighted(Weight::new(10.0).unwrap()),
             canary_version: None,
+            canary_header: None,
             settings: Settings::default(),
         }
     }

@@ -70,6 +70,8 @@ pub struct Cluster {
     pub termination: Termination,
     port: u16,
     paused: bool,
+    /// The Deployment's `tidegate.io/canary-weight` annotation.
+    pub weight_annotation: Option<String>,
     revision: u64,
     sets: Vec<Set>,
     pub pods: Vec<Pod>,
@@ -97,6 +99,7 @@ impl Cluster {
             termination: Termination::Graceful,
             port,
             paused: false,
+            weight_annotation: None,
             revision: 0,
             sets: Vec::new(),
             pods: Vec::new(),
@@ -319,6 +322,19 @@ impl Cluster {
         }
     }
 
+    /// `kubectl annotate deployment/NAME tidegate.io/canary-weight=VALUE --overwrite`.
+    pub fn annotate_weight(&mut self, value: &str) {
+        self.weight_annotation = Some(value.to_owned());
+        self.publish();
+    }
+
+    /// Flips `spec.paused` without letting the controller move (a snapshot of a rollout between
+    /// steps).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.publish();
+    }
+
     /// `kubectl rollout resume`.
     pub async fn resume(&mut self) {
         self.paused = false;
@@ -365,10 +381,15 @@ impl Cluster {
             })
         };
         let newest = self.newest();
+        let mut annotations =
+            json!({ "deployment.kubernetes.io/revision": newest.revision.to_string() });
+        if let Some(weight) = &self.weight_annotation {
+            annotations["tidegate.io/canary-weight"] = json!(weight);
+        }
         self.api.apply(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": { "name": self.name, "namespace": NS, "uid": format!("uid-{}", self.name),
-                          "annotations": { "deployment.kubernetes.io/revision": newest.revision.to_string() } },
+                          "annotations": annotations },
             "spec": {
                 "replicas": self.replicas, "paused": self.paused,
                 "minReadySeconds": self.min_ready.as_secs(),

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod canary;
 mod cli;
 mod cluster;
 mod fake_api;

@@ -257,6 +257,7 @@ pub struct TestProxy {
     discovery: Option<String>,
     endpoints: Vec<(SocketAddr, String, bool)>,
     canary: Option<(String, f64)>,
+    admin_token: Option<String>,
     extra: Vec<String>,
 }
 
@@ -300,6 +301,12 @@ impl TestProxy {
         self
     }
 
+    /// The bearer token mutating admin calls need.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_owned());
+        self
+    }
+
     pub fn canary(mut self, version: &str, weight: f64) -> Self {
         self.canary = Some((version.to_owned(), weight));
         self
@@ -312,7 +319,9 @@ impl TestProxy {
     }
 
     pub fn render(&self) -> String {
-        let mut y = String::from("listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\n");
+        let token = self.admin_token.as_deref().unwrap_or("null");
+        let mut y =
+            format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: {token} }}\n");
         y.push_str("reload: { interval: 50ms }\n");
         match &self.discovery {
             Some(discovery) => y.push_str(discovery),
@@ -594,6 +603,12 @@ pub fn h2_client() -> HttpClient {
 
 pub fn empty() -> ClientBody {
     Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+pub fn full(body: &str) -> ClientBody {
+    Full::new(Bytes::from(body.to_owned()))
+        .map_err(|e| match e {})
+        .boxed()
 }
 
 pub fn get_request(url: &str) -> Request<ClientBody> {

@@ -1,0 +1,252 @@
+//! Weighted canaries: the annotation, config and admin weights, when they apply, the header
+//! override, and the admin API's guard.
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+
+use crate::cluster::{Cluster, Strategy};
+use crate::support::*;
+
+const ONE_SURGE: Strategy = Strategy {
+    max_surge: 1,
+    max_unavailable: 0,
+};
+
+/// The canary's share of `n` requests, and its binomial tolerance (5σ, at least 2 points is the
+/// rule the issue sets; whichever is tighter would make a correct proxy fail now and then).
+async fn share(proxy: &RunningProxy, version: &str, n: usize) -> f64 {
+    let report = run_load(&proxy.url("/"), 8, n).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    report.count_containing(&format!("This is {version} ")) as f64 / n as f64
+}
+
+async fn canary_json(proxy: &RunningProxy) -> serde_json::Value {
+    let (status, body) = proxy.admin_get("/canary").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// kubia: 4 replicas, `kubectl set image` then `kubectl rollout pause` after the first new pod.
+async fn paused_kubia() -> Cluster {
+    let mut cluster = Cluster::new("kubia-canary", 4, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    cluster.weight_annotation = Some("10".into());
+    cluster.set_image_and_pause_after("v2", 1).await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubia_paused_rollout_sends_the_annotated_weight_to_the_canary() {
+    let mut cluster = paused_kubia().await;
+    let proxy = cluster.proxy("").start().await;
+    let replica = cluster.proxy("").start().await;
+    for p in [&proxy, &replica] {
+        p.wait_until(
+            "the annotated weight applies",
+            Duration::from_secs(10),
+            || async {
+                let c = canary_json(p).await;
+                c["applies"] == true
+                    && c["source"] == "annotation"
+                    && c["configured_weight"] == 10.0
+            },
+        )
+        .await;
+    }
+
+    // A Service would give the 1-of-4 (or 1-of-5) new pods 20-25%. Every replica holds 10% on its
+    // own traffic. At n = 5000, σ ≈ 0.42 points, so 2 points is over 4.7σ.
+    for p in [&proxy, &replica] {
+        let s = share(p, "v2", 5000).await;
+        assert!(
+            (s - 0.10).abs() <= 0.02,
+            "canary share {s:.4} must be 10% ± 2 points"
+        );
+    }
+
+    // Raising the annotation under load takes effect within a second, without reconnects.
+    let load = steady_load(&proxy, 4).await;
+    cluster.annotate_weight("50");
+    let changed = Instant::now();
+    proxy
+        .wait_until(
+            "the new weight is in force",
+            Duration::from_secs(5),
+            || async { canary_json(&proxy).await["configured_weight"] == 50.0 },
+        )
+        .await;
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        changed.elapsed()
+    );
+    let s = share(&proxy, "v2", 4000).await;
+    assert!(
+        (s - 0.50).abs() <= 0.03,
+        "canary share {s:.4} must follow the annotation to 50%"
+    );
+
+    // A bad annotation is ignored with a warning and a metric; the previous weight stays.
+    cluster.annotate_weight("lots");
+    proxy
+        .wait_until(
+            "the bad annotation is counted",
+            Duration::from_secs(5),
+            || async {
+                proxy
+                    .metric(r#"tidegate_config_errors_total{source="annotation"}"#)
+                    .await
+                    == Some(1.0)
+            },
+        )
+        .await;
+    assert_eq!(canary_json(&proxy).await["configured_weight"], 50.0);
+    let report = load.stop().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_0_and_100_are_exact() {
+    let mut cluster = paused_kubia().await;
+    let proxy = cluster.proxy("").start().await;
+    for (weight, expected) in [("0", 0.0), ("100", 1.0)] {
+        cluster.annotate_weight(weight);
+        proxy
+            .wait_until("the weight is in force", Duration::from_secs(5), || async {
+                canary_json(&proxy).await["configured_weight"].as_f64() == weight.parse().ok()
+            })
+            .await;
+        assert_eq!(share(&proxy, "v2", 1000).await, expected, "weight {weight}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_paused_shares_by_pod_count_while_moving_and_apply_always_keeps_the_weight() {
+    let mut cluster = paused_kubia().await;
+    // Between two controller steps, no longer paused: 1 new pod of 4.
+    cluster.set_paused(false);
+    let paused_only = cluster.proxy("").start().await;
+    let always = cluster
+        .proxy("")
+        .yaml("canary: { weight: 10, apply: always }")
+        .start()
+        .await;
+    paused_only
+        .wait_until(
+            "the unpaused rollout is seen",
+            Duration::from_secs(10),
+            || async { canary_json(&paused_only).await["applies"] == false },
+        )
+        .await;
+    let ready_new = cluster.pods.iter().filter(|p| p.version == "v2").count() as f64;
+    let expected = ready_new / cluster.pods.len() as f64;
+
+    let s = share(&paused_only, "v2", 4000).await;
+    assert!(
+        (s - expected).abs() <= 0.03,
+        "not paused: share {s:.4} must follow pod count ({expected})"
+    );
+    let s = share(&always, "v2", 4000).await;
+    assert!(
+        (s - 0.10).abs() <= 0.02,
+        "apply: always: share {s:.4} must be the weight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_override_needs_the_token_and_validates_its_body() {
+    let stable = [backend("v1").run().await, backend("v1").run().await];
+    let canary = backend("v2").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable[0], &stable[1], &canary])
+        .canary("v2", 10.0)
+        .admin_token("s3cret")
+        .start()
+        .await;
+    let url = format!("http://{}/canary", proxy.admin);
+    let put = |token: Option<&str>, body: &str| {
+        let mut b = Request::put(&url);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(full(body)).unwrap()
+    };
+
+    let (status, headers, _) = send(proxy.client(), put(None, r#"{"weight": 50}"#))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "no token, no change");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = send(proxy.client(), put(Some("guess"), r#"{"weight": 50}"#))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _, body) = send(proxy.client(), put(Some("s3cret"), r#"{"weight": 120}"#))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("0 to 100"), "{body}");
+    let (status, _, body) = send(proxy.client(), put(Some("s3cret"), "fifty"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        canary_json(&proxy).await["configured_weight"],
+        10.0,
+        "refused calls change nothing"
+    );
+
+    let (status, _, body) = send(proxy.client(), put(Some("s3cret"), r#"{"weight": 50}"#))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (c["source"].as_str(), c["configured_weight"].as_f64()),
+        (Some("admin"), Some(50.0))
+    );
+    assert_eq!(proxy.metric("tidegate_canary_weight").await, Some(50.0));
+    let s = share(&proxy, "v2", 4000).await;
+    assert!(
+        (s - 0.50).abs() <= 0.03,
+        "share {s:.4} must follow the override"
+    );
+
+    let delete = Request::delete(&url)
+        .header("authorization", "Bearer s3cret")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(proxy.client(), delete).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(canary_json(&proxy).await["source"], "config");
+    assert_eq!(
+        proxy.metric("tidegate_canary_weight_configured").await,
+        Some(10.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_header_forces_a_role() {
+    let stable = backend("v1").run().await;
+    let canary = backend("v2").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable, &canary])
+        .yaml("canary: { version: v2, weight: 50, header: x-tidegate-canary }")
+        .start()
+        .await;
+    for (value, version) in [("always", "v2"), ("never", "v1")] {
+        for _ in 0..100 {
+            let req = Request::get(proxy.url("/"))
+                .header("x-tidegate-canary", value)
+                .body(empty())
+                .unwrap();
+            let (status, _, body) = send(proxy.client(), req).await.unwrap();
+            assert_eq!(status, 200);
+            assert!(
+                body.contains(&format!("This is {version} ")),
+                "`{value}` must go to {version}: {body}"
+            );
+        }
+    }
+}
