@@ -258,6 +258,7 @@ mod tests {
             weight: w(1.0),
             apply: Apply::Always,
             header: None,
+            sticky: false,
         });
         assert_eq!(p.admin, Some(w(55.5)), "a reload keeps the override");
     }

@@ -114,6 +114,8 @@ pub struct CanaryConfig {
     pub apply: Apply,
     /// A request header that forces the role: `always` → canary, `never` → stable.
     pub header: Option<HeaderName>,
+    /// Pin clients to the version they were first served by (cookie `tidegate-version`).
+    pub sticky: bool,
 }
 
 /// When the canary weight applies to a followed Deployment. (A static file has no rollout to
@@ -180,6 +182,7 @@ impl Config {
             connect_timeout: self.timeouts.connect,
             request_timeout: self.timeouts.request,
             connect_attempts: self.retries.connect_attempts,
+            sticky: self.canary.sticky,
         }
     }
 
@@ -404,6 +407,8 @@ struct RawCanary {
     apply: Apply,
     #[serde(default, deserialize_with = "header_name")]
     header: Option<HeaderName>,
+    #[serde(default)]
+    sticky: bool,
 }
 
 fn apply_paused() -> Apply {
@@ -628,6 +633,7 @@ impl RawConfig {
                 weight: self.canary.weight,
                 apply: self.canary.apply,
                 header: self.canary.header,
+                sticky: self.canary.sticky,
             },
             timeouts: Timeouts {
                 connect: self.timeouts.connect.0,

@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpListener;
 
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::pick::{pick_role, Rng};
+use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Endpoint, Snapshots};
 
@@ -148,11 +148,22 @@ impl Forwarder {
         loop {
             let picked = {
                 let snapshot = self.snapshots.load();
+                let settings = *snapshot.settings();
+                // The canary header beats the sticky cookie, which beats the split.
                 let requested = snapshot.requested_role(req.headers());
-                pick_role(&snapshot, &mut rng, &tried, requested)
-                    .map(|ep| (ep.clone(), *snapshot.settings()))
+                let pinned = (settings.sticky && requested.is_none())
+                    .then(|| sticky::pinned_version(req.headers()))
+                    .flatten();
+                pinned
+                    .and_then(|version| pick_version(&snapshot, version, &mut rng, &tried))
+                    .or_else(|| pick_role(&snapshot, &mut rng, &tried, requested))
+                    .map(|ep| {
+                        // A client not (or no longer) pinned to what served it gets a new cookie.
+                        let cookie = settings.sticky && pinned != Some(ep.version().as_str());
+                        (ep.clone(), settings, cookie)
+                    })
             };
-            let Some((endpoint, settings)) = picked else {
+            let Some((endpoint, settings, set_cookie)) = picked else {
                 // Every candidate failed: the client hears about the last failure.
                 if let (Some(error), Some(failed)) = (&retrying, tried.last()) {
                     return self.local_error(error, failed.metrics(), start);
@@ -184,6 +195,11 @@ impl Forwarder {
             match sent.await {
                 Ok(Ok(mut response)) => {
                     request::prepare_response(&mut response);
+                    if set_cookie {
+                        response
+                            .headers_mut()
+                            .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
+                    }
                     endpoint.metrics().count(response.status().as_u16());
                     return response.map(|body| {
                         Either::Left(UpstreamBody::new(body, sender, in_flight, start))

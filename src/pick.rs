@@ -5,6 +5,7 @@
 
 mod p2c;
 mod split;
+pub mod sticky;
 
 use std::sync::Arc;
 
@@ -44,6 +45,17 @@ pub fn pick_role<'s>(
     };
     p2c::choose(snapshot.routable(preferred), rng, avoid)
         .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid))
+}
+
+/// An endpoint of the version a sticky client is pinned to, if that version is routable.
+#[inline]
+pub fn pick_version<'s>(
+    snapshot: &'s Snapshot,
+    version: &str,
+    rng: &mut Rng,
+    avoid: &[Arc<Endpoint>],
+) -> Option<&'s Arc<Endpoint>> {
+    p2c::choose(snapshot.version_group(version)?, rng, avoid)
 }
 
 #[cfg(test)]
@@ -166,6 +178,32 @@ mod tests {
             ep.version().as_str(),
             "v1",
             "no canary endpoint: stable serves"
+        );
+    }
+
+    #[test]
+    fn a_pinned_version_is_served_while_routable() {
+        let snap = snapshot(3, 1, weighted(50.0));
+        let mut rng = Rng::with_seed(4);
+        for _ in 0..100 {
+            assert_eq!(
+                pick_version(&snap, "v2", &mut rng, &[])
+                    .unwrap()
+                    .version()
+                    .as_str(),
+                "v2"
+            );
+            assert_eq!(
+                pick_version(&snap, "v1", &mut rng, &[])
+                    .unwrap()
+                    .version()
+                    .as_str(),
+                "v1"
+            );
+        }
+        assert!(
+            pick_version(&snap, "v9", &mut rng, &[]).is_none(),
+            "gone: re-pick"
         );
     }
 

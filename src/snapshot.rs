@@ -157,6 +157,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Endpoints tried for one request when connecting fails (1 = no retry).
     pub connect_attempts: u32,
+    /// Pin clients to the version they were first served by, with a cookie.
+    pub sticky: bool,
 }
 
 impl Default for Settings {
@@ -165,6 +167,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             connect_attempts: 2,
+            sticky: false,
         }
     }
 }
@@ -186,6 +189,16 @@ pub struct Listed {
     pub state: EndpointState,
 }
 
+/// The cookie that pins a client to the version it was first served by.
+pub const STICKY_COOKIE: &str = "tidegate-version";
+
+/// The routable endpoints of one version, for sticky clients.
+#[derive(Debug)]
+pub struct VersionGroup {
+    pub version: Version,
+    pub endpoints: Box<[Arc<Endpoint>]>,
+}
+
 /// An immutable view of where traffic may go. Built off the request path by the [`Publisher`].
 #[derive(Debug)]
 pub struct Snapshot {
@@ -200,6 +213,7 @@ pub struct Snapshot {
     listed: Box<[Listed]>,
     tier: EndpointState,
     canary_header: Option<HeaderName>,
+    versions: Box<[VersionGroup]>,
 }
 
 /// `2^32`: the threshold that sends every draw of a `u32` to the canary.
@@ -219,6 +233,7 @@ impl Snapshot {
             listed: Box::new([]),
             tier: EndpointState::Ready,
             canary_header: None,
+            versions: Box::new([]),
         }
     }
 
@@ -244,6 +259,21 @@ impl Snapshot {
         };
         let stable = routable(Role::Stable);
         let canary = routable(Role::Canary);
+        // Few versions (usually one or two): a linear search beats hashing every endpoint.
+        let mut grouped: Vec<(Version, Vec<Arc<Endpoint>>)> = Vec::new();
+        for ep in stable.iter().chain(canary.iter()) {
+            match grouped.iter_mut().find(|(v, _)| v == ep.version()) {
+                Some((_, members)) => members.push(ep.clone()),
+                None => grouped.push((ep.version().clone(), vec![ep.clone()])),
+            }
+        }
+        let versions: Box<[VersionGroup]> = grouped
+            .into_iter()
+            .map(|(version, endpoints)| VersionGroup {
+                version,
+                endpoints: endpoints.into_boxed_slice(),
+            })
+            .collect();
         let canary_threshold = match split {
             Split::Weighted(w) => (w.percent() / 100.0 * ALL_DRAWS as f64).round() as u64,
             Split::ByEndpointCount if canary.is_empty() && stable.is_empty() => 0,
@@ -262,7 +292,17 @@ impl Snapshot {
             listed: listed.into_boxed_slice(),
             tier,
             canary_header: None,
+            versions,
         }
+    }
+
+    /// The routable endpoints of the version named `version` (a cookie's value), if any.
+    #[inline]
+    pub fn version_group(&self, version: &str) -> Option<&[Arc<Endpoint>]> {
+        self.versions
+            .iter()
+            .find(|g| g.version.as_str() == version)
+            .map(|g| &*g.endpoints)
     }
 
     /// Sets the header that lets a request pick its role.

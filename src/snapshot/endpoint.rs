@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::metrics::VersionMetrics;
 use crate::upstream::Pool;
 
-use super::{EndpointSpec, Version};
+use http::HeaderValue;
+
+use super::{EndpointSpec, Version, STICKY_COOKIE};
 
 /// The per-endpoint state that outlives snapshot swaps. All mutable parts are atomics or lock-free.
 pub struct Endpoint {
@@ -20,6 +22,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     metrics: Arc<VersionMetrics>,
     pool: Pool,
+    /// `Set-Cookie` pinning a client to this endpoint's version, built once per cell.
+    sticky_cookie: HeaderValue,
 }
 
 impl Endpoint {
@@ -33,6 +37,11 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             metrics,
             pool: Pool::new(spec.address),
+            sticky_cookie: HeaderValue::try_from(format!(
+                "{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
+                spec.version
+            ))
+            .expect("a version label is a valid cookie value"),
         }
     }
 
@@ -67,6 +76,11 @@ impl Endpoint {
 
     pub fn metrics(&self) -> &VersionMetrics {
         &self.metrics
+    }
+
+    /// The `Set-Cookie` value that pins a client to this endpoint's version.
+    pub fn sticky_cookie(&self) -> &HeaderValue {
+        &self.sticky_cookie
     }
 
     /// Idle keep-alive connections to this endpoint; dropped (and closed) with the endpoint.

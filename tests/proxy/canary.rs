@@ -250,3 +250,83 @@ async fn the_canary_header_forces_a_role() {
         }
     }
 }
+
+/// One sticky client: `n` requests carrying whatever cookie it was last given; the versions seen.
+async fn sticky_client(url: String, n: usize) -> Vec<String> {
+    let client = client();
+    let mut cookie: Option<String> = None;
+    let mut seen = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut req = Request::get(&url);
+        if let Some(c) = &cookie {
+            req = req.header("cookie", format!("session=1; {c}"));
+        }
+        let (status, headers, body) = send(&client, req.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        if let Some(set) = headers.get("set-cookie") {
+            cookie = Some(set.to_str().unwrap().split(';').next().unwrap().to_owned());
+        }
+        seen.push(body.split_whitespace().nth(2).unwrap().to_owned());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_never_flip_while_their_version_is_ready() {
+    let stable = [backend("v1").run().await, backend("v1").run().await];
+    let canary = backend("v2").run().await;
+    let sticky = |canary_too: bool| {
+        let p = TestProxy::new().endpoints(&[&stable[0], &stable[1]]);
+        let p = if canary_too {
+            p.endpoints(&[&canary])
+        } else {
+            p
+        };
+        p.yaml("canary: { version: v2, weight: 50, sticky: true }")
+    };
+    let proxy = sticky(true).start().await;
+
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(sticky_client(proxy.url("/"), 1000)))
+        .collect();
+    let mut pinned_to_canary = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert!(
+            seen.iter().all(|v| v == &seen[0]),
+            "a sticky client flipped versions: {:?}",
+            {
+                let mut flips: Vec<_> = seen.clone();
+                flips.dedup();
+                flips
+            }
+        );
+        pinned_to_canary += usize::from(seen[0] == "v2");
+    }
+    assert!(
+        pinned_to_canary > 0 && pinned_to_canary < 8,
+        "the first pick still follows the weight"
+    );
+
+    // The canary goes away: its sticky clients are re-picked and re-cookied.
+    proxy.rewrite_config(&sticky(false));
+    proxy
+        .wait_until("the canary is gone", Duration::from_secs(10), || async {
+            proxy.generation().await >= 2
+        })
+        .await;
+    let req = Request::get(proxy.url("/"))
+        .header("cookie", "tidegate-version=v2")
+        .body(empty())
+        .unwrap();
+    let (status, headers, body) = send(proxy.client(), req).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("This is v1 "), "{body}");
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("tidegate-version=v1;"),
+        "{headers:?}"
+    );
+}
