@@ -3,9 +3,12 @@
 //! Pure control-plane logic (no I/O, no clock): config, rollout state, the Deployment annotation
 //! and the admin override in; the canary version, a [`Split`] and a [`CanaryStatus`] out.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
-use crate::config::{Apply, CanaryConfig};
+use crate::config::{AbortConfig, Apply, CanaryConfig};
 use crate::discovery::Rollout;
 use crate::snapshot::{EndpointSpec, EndpointState, Split, Version, Weight};
 
@@ -36,6 +39,58 @@ pub struct CanaryPolicy {
     pub admin: Option<Weight>,
     /// The last valid annotation value, if the Deployment carries one.
     pub annotation: Option<Weight>,
+    /// Set when the canary was aborted; its weight is then 0 until the intent changes.
+    pub aborted: Option<Aborted>,
+}
+
+/// An automatic abort and the figures that caused it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Aborted {
+    pub error_rate: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub window_seconds: f64,
+    /// What was aborted: a change of any part of it clears the abort.
+    #[serde(skip)]
+    pub intent: Intent,
+}
+
+/// The canary intent an abort applies to: the canary version and the weight in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Intent {
+    pub canary: Option<Version>,
+    pub weight: Weight,
+    pub source: WeightSource,
+}
+
+/// Canary outcomes over a sliding window, from periodic samples of running totals.
+#[derive(Debug, Default)]
+pub struct AbortWindow {
+    samples: VecDeque<(Instant, u64, u64)>,
+}
+
+impl AbortWindow {
+    /// Adds a sample of (requests, errors) totals at `now`; returns the requests and errors of
+    /// the last `window`.
+    pub fn observe(&mut self, now: Instant, totals: (u64, u64), window: Duration) -> (u64, u64) {
+        self.samples.push_back((now, totals.0, totals.1));
+        // Keep one sample at or before the window's start as the baseline.
+        while self.samples.len() > 2 && self.samples[1].0 + window <= now {
+            self.samples.pop_front();
+        }
+        let (_, r0, e0) = self.samples[0];
+        (totals.0.saturating_sub(r0), totals.1.saturating_sub(e0))
+    }
+
+    pub fn reset(&mut self) {
+        self.samples.clear();
+    }
+}
+
+/// The abort decision: `Some` when the window's error rate is over the limit with enough requests.
+pub fn should_abort(config: &AbortConfig, requests: u64, errors: u64) -> Option<f64> {
+    let rate = errors as f64 / requests.max(1) as f64;
+    (requests >= config.min_requests && rate > config.max_error_rate).then_some(rate)
 }
 
 /// Which version is the canary now, how traffic is split, and the status that explains it.
@@ -44,6 +99,8 @@ pub struct Plan {
     pub canary: Option<Version>,
     pub split: Split,
     pub status: CanaryStatus,
+    /// What an abort decided now would apply to.
+    pub intent: Intent,
 }
 
 /// What `GET /canary` shows.
@@ -62,6 +119,8 @@ pub struct CanaryStatus {
     pub stable_versions: Vec<String>,
     /// The admin override is per instance: other replicas keep their own.
     pub admin_override: Option<f64>,
+    /// Set while the canary is aborted (its weight is then 0).
+    pub aborted: Option<Aborted>,
 }
 
 impl CanaryPolicy {
@@ -72,6 +131,7 @@ impl CanaryPolicy {
             apply: config.apply,
             admin: None,
             annotation: None,
+            aborted: None,
         }
     }
 
@@ -110,8 +170,16 @@ impl CanaryPolicy {
                 self.apply == Apply::Always || rollout.paused,
             ),
         };
-        let split = match (&canary, applies) {
-            (Some(_), true) => Split::Weighted(weight),
+        let intent = Intent {
+            canary: canary.clone(),
+            weight,
+            source,
+        };
+        // An abort holds only for the intent it was made against.
+        let aborted = self.aborted.as_ref().filter(|a| a.intent == intent);
+        let split = match (&canary, applies, aborted) {
+            (Some(_), _, Some(_)) => Split::Weighted(Weight::ZERO),
+            (Some(_), true, None) => Split::Weighted(weight),
             _ => Split::ByEndpointCount,
         };
         let ready = |canary_side: bool| {
@@ -151,11 +219,13 @@ impl CanaryPolicy {
             canary_version: canary.as_ref().map(Version::to_string),
             stable_versions,
             admin_override: self.admin.map(Weight::percent),
+            aborted: aborted.cloned(),
         };
         Plan {
             canary,
             split,
             status,
+            intent,
         }
     }
 }
@@ -200,6 +270,7 @@ mod tests {
             apply,
             admin: None,
             annotation: None,
+            aborted: None,
         }
     }
 
@@ -259,8 +330,58 @@ mod tests {
             apply: Apply::Always,
             header: None,
             sticky: false,
+            abort: None,
         });
         assert_eq!(p.admin, Some(w(55.5)), "a reload keeps the override");
+    }
+
+    #[test]
+    fn an_abort_zeroes_the_canary_until_the_intent_changes() {
+        let mut p = policy(Some("v2"), 10.0, Apply::Always);
+        let endpoints = [spec("v1"), spec("v2")];
+        let plan = p.plan(None, &endpoints);
+        p.aborted = Some(Aborted {
+            error_rate: 0.5,
+            requests: 100,
+            errors: 50,
+            window_seconds: 30.0,
+            intent: plan.intent,
+        });
+        let aborted = p.plan(None, &endpoints);
+        assert_eq!(aborted.split, Split::Weighted(Weight::ZERO));
+        assert_eq!(aborted.status.effective_weight, 0.0);
+        assert!(aborted.status.aborted.is_some());
+        p.admin = Some(w(5.0));
+        let retried = p.plan(None, &endpoints);
+        assert_eq!(
+            retried.split,
+            Split::Weighted(w(5.0)),
+            "a new weight clears the abort"
+        );
+        assert!(retried.status.aborted.is_none());
+    }
+
+    #[test]
+    fn the_window_slides_and_the_threshold_needs_enough_requests() {
+        let config = AbortConfig {
+            max_error_rate: 0.05,
+            min_requests: 50,
+            window: Duration::from_secs(30),
+        };
+        let t0 = Instant::now();
+        let mut window = AbortWindow::default();
+        assert_eq!(window.observe(t0, (0, 0), config.window), (0, 0));
+        assert_eq!(
+            window.observe(t0 + Duration::from_secs(10), (40, 10), config.window),
+            (40, 10)
+        );
+        assert_eq!(should_abort(&config, 40, 10), None, "too few requests");
+        let (r, e) = window.observe(t0 + Duration::from_secs(20), (100, 10), config.window);
+        assert_eq!(should_abort(&config, r, e), Some(0.1));
+        // 40 s later, the early errors have left the window.
+        let (r, e) = window.observe(t0 + Duration::from_secs(60), (400, 12), config.window);
+        assert_eq!((r, e), (300, 2));
+        assert_eq!(should_abort(&config, r, e), None);
     }
 
     #[test]

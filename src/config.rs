@@ -116,6 +116,18 @@ pub struct CanaryConfig {
     pub header: Option<HeaderName>,
     /// Pin clients to the version they were first served by (cookie `tidegate-version`).
     pub sticky: bool,
+    /// Automatic abort on a high canary error rate; off when absent.
+    pub abort: Option<AbortConfig>,
+}
+
+/// When to abort a canary automatically.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AbortConfig {
+    /// 5xx responses and upstream failures over requests, 0 to 1.
+    pub max_error_rate: f64,
+    /// Fewer canary requests than this in the window never abort.
+    pub min_requests: u64,
+    pub window: Duration,
 }
 
 /// When the canary weight applies to a followed Deployment. (A static file has no rollout to
@@ -409,6 +421,30 @@ struct RawCanary {
     header: Option<HeaderName>,
     #[serde(default)]
     sticky: bool,
+    #[serde(default)]
+    abort: Option<RawAbort>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbort {
+    #[serde(deserialize_with = "error_rate")]
+    max_error_rate: f64,
+    #[serde(default = "fifty")]
+    min_requests: u64,
+    #[serde(default = "secs::<30>")]
+    window: Dur,
+}
+
+fn fifty() -> u64 {
+    50
+}
+
+fn error_rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    validated(d, "an error rate", |s| match s {
+        Scalar::Number(n) if (0.0..=1.0).contains(&n) => Ok(n),
+        _ => Err("must be a fraction from 0 to 1, such as 0.05 for 5%".to_owned()),
+    })
 }
 
 fn apply_paused() -> Apply {
@@ -582,6 +618,14 @@ impl RawConfig {
         if self.timeouts.header_read.0.is_zero() {
             return Err(invalid("timeouts.header_read", "must be greater than 0"));
         }
+        if self
+            .canary
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.window.0 < Duration::from_secs(1))
+        {
+            return Err(invalid("canary.abort.window", "must be at least 1s"));
+        }
         if self.reload.interval.0 < Duration::from_millis(10) {
             return Err(invalid("reload.interval", "must be at least 10ms"));
         }
@@ -634,6 +678,11 @@ impl RawConfig {
                 apply: self.canary.apply,
                 header: self.canary.header,
                 sticky: self.canary.sticky,
+                abort: self.canary.abort.map(|a| AbortConfig {
+                    max_error_rate: a.max_error_rate,
+                    min_requests: a.min_requests,
+                    window: a.window.0,
+                }),
             },
             timeouts: Timeouts {
                 connect: self.timeouts.connect.0,

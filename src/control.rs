@@ -8,11 +8,17 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::canary::{self, CanaryPolicy, CanaryStatus};
+use std::time::{Duration, Instant};
+
+use crate::canary::{self, AbortWindow, Aborted, CanaryPolicy, CanaryStatus, Intent};
 use crate::config::{Config, DiscoveryConfig};
+use crate::discovery::kubernetes::EventRecorder;
 use crate::discovery::{self, Rollout, Update};
 use crate::metrics::Metrics;
-use crate::snapshot::{Desired, EndpointSpec, Publisher, Role, Weight};
+use crate::snapshot::{CanaryStats, Desired, EndpointSpec, Publisher, Role, Weight};
+
+/// How often the canary's outcomes are sampled for the abort decision.
+const ABORT_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What the admin API asks of the control loop.
 #[derive(Debug)]
@@ -33,12 +39,24 @@ pub struct Control {
     /// The last invalid annotation value seen, so that it is reported once, not per update.
     rejected_annotation: Option<String>,
     status: watch::Sender<CanaryStatus>,
+    canary_stats: Arc<CanaryStats>,
+    abort_window: AbortWindow,
+    /// The intent the abort window is counting for; a new one starts a fresh window.
+    intent: Option<Intent>,
+    /// Where abort events go (a Kubernetes Event on the Deployment), if anywhere.
+    events: Option<EventRecorder>,
 }
 
 impl Control {
     /// Takes the startup config. Static endpoints are published at once; a watched source's are
     /// published when its first complete set arrives, so `/readyz` stays 503 until then.
-    pub fn start(config: Config, publisher: Publisher, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        config: Config,
+        publisher: Publisher,
+        metrics: Arc<Metrics>,
+        canary_stats: Arc<CanaryStats>,
+        events: Option<EventRecorder>,
+    ) -> Self {
         let policy = CanaryPolicy::from_config(&config.canary);
         let (status, _) = watch::channel(policy.plan(None, &[]).status);
         let mut control = Self {
@@ -49,6 +67,10 @@ impl Control {
             rollout: None,
             rejected_annotation: None,
             status,
+            canary_stats,
+            abort_window: AbortWindow::default(),
+            intent: None,
+            events,
             config,
         };
         if let Some(update) = discovery::static_file::update(&control.config) {
@@ -71,8 +93,10 @@ impl Control {
         mut commands: mpsc::Receiver<Command>,
     ) {
         let (mut configs_open, mut updates_open, mut commands_open) = (true, true, true);
+        let mut tick = tokio::time::interval(ABORT_SAMPLE_INTERVAL);
         while configs_open || updates_open || commands_open {
             tokio::select! {
+                _ = tick.tick() => self.check_abort(),
                 config = configs.recv(), if configs_open => match config {
                     Some(config) => {
                         self.apply_config(config);
@@ -149,8 +173,57 @@ impl Control {
         }
     }
 
+    /// Samples the canary's outcomes and aborts it when its error rate is over the limit.
+    fn check_abort(&mut self) {
+        let Some(config) = self.config.canary.abort else {
+            return;
+        };
+        let (requests, errors) =
+            self.abort_window
+                .observe(Instant::now(), self.canary_stats.totals(), config.window);
+        if self.policy.aborted.is_some() {
+            return;
+        }
+        let Some(error_rate) = canary::should_abort(&config, requests, errors) else {
+            return;
+        };
+        let plan = self.policy.plan(self.rollout.as_ref(), &self.endpoints);
+        let Some(version) = plan.intent.canary.clone() else {
+            return;
+        };
+        let message = format!(
+            "canary {version} aborted: error rate {:.1}% ({errors} of {requests} requests in the \
+             last {:?}) is over the {:.1}% limit; its weight is 0 until the weight or the revision \
+             changes",
+            error_rate * 100.0,
+            config.window,
+            config.max_error_rate * 100.0
+        );
+        tracing::error!(%version, error_rate, requests, errors, "{message}");
+        self.policy.aborted = Some(Aborted {
+            error_rate,
+            requests,
+            errors,
+            window_seconds: config.window.as_secs_f64(),
+            intent: plan.intent,
+        });
+        if let Some(events) = &self.events {
+            events.canary_aborted(message);
+        }
+        self.publish();
+    }
+
     fn publish(&mut self) -> CanaryStatus {
         let plan = self.policy.plan(self.rollout.as_ref(), &self.endpoints);
+        if self.intent.as_ref() != Some(&plan.intent) {
+            if self.policy.aborted.take().is_some() {
+                tracing::info!("canary intent changed: the abort is cleared");
+            }
+            self.abort_window.reset();
+            self.intent = Some(plan.intent.clone());
+        }
+        self.metrics
+            .set_canary_aborted(plan.status.aborted.is_some());
         let endpoints = self
             .endpoints
             .iter()

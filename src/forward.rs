@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Endpoint, Snapshots};
+use crate::snapshot::{CanaryStats, Endpoint, Role, Snapshots};
 
 use replay::Replay;
 
@@ -49,15 +49,16 @@ pub struct ServeOptions {
 const STALE_CONNECTION_RETRIES: u32 = 2;
 
 /// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
-/// `drain_timeout`.
+/// `drain_timeout`. Canary outcomes are counted into `canary_stats` for the abort check.
 pub async fn serve(
     listener: TcpListener,
     snapshots: Snapshots,
     metrics: &Metrics,
     options: ServeOptions,
+    canary_stats: Arc<CanaryStats>,
     mut shutdown: Shutdown,
 ) {
-    let forwarder = Arc::new(Forwarder::new(snapshots, metrics));
+    let forwarder = Arc::new(Forwarder::new(snapshots, metrics, canary_stats));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -117,12 +118,14 @@ struct Forwarder {
     errors: [IntCounter; ErrorKind::ALL.len()],
     connect_retries: IntCounter,
     reset_retries: IntCounter,
+    canary_stats: Arc<CanaryStats>,
 }
 
 impl Forwarder {
-    fn new(snapshots: Snapshots, metrics: &Metrics) -> Self {
+    fn new(snapshots: Snapshots, metrics: &Metrics, canary_stats: Arc<CanaryStats>) -> Self {
         Self {
             snapshots,
+            canary_stats,
             unrouted: metrics.unrouted(),
             errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
             connect_retries: metrics.retry("connect"),
@@ -143,8 +146,9 @@ impl Forwarder {
         // Endpoints this request failed to connect to; allocates only on a retry.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut stale_retries = 0;
-        // The failure that sent this request round the loop again.
+        // The failure that sent this request round the loop again, and the role it happened in.
         let mut retrying: Option<ProxyError> = None;
+        let mut failed_role = Role::Stable;
         loop {
             let picked = {
                 let snapshot = self.snapshots.load();
@@ -157,20 +161,20 @@ impl Forwarder {
                 pinned
                     .and_then(|version| pick_version(&snapshot, version, &mut rng, &tried))
                     .or_else(|| pick_role(&snapshot, &mut rng, &tried, requested))
-                    .map(|ep| {
+                    .map(|(ep, role)| {
                         // A client not (or no longer) pinned to what served it gets a new cookie.
                         let cookie = settings.sticky && pinned != Some(ep.version().as_str());
-                        (ep.clone(), settings, cookie)
+                        (ep.clone(), role, settings, cookie)
                     })
             };
-            let Some((endpoint, settings, set_cookie)) = picked else {
+            let Some((endpoint, role, settings, set_cookie)) = picked else {
                 // Every candidate failed: the client hears about the last failure.
                 if let (Some(error), Some(failed)) = (&retrying, tried.last()) {
-                    return self.local_error(error, failed.metrics(), start);
+                    return self.local_error(error, failed.metrics(), failed_role, start);
                 }
                 let error = ProxyError::NoEndpoints;
                 self.count(&error);
-                return self.local_error(&error, &self.unrouted, start);
+                return self.local_error(&error, &self.unrouted, Role::Stable, start);
             };
             if let Some(cause) = retrying.take() {
                 self.count_retry(&cause);
@@ -184,10 +188,11 @@ impl Forwarder {
                     if tried.len() + 1 < settings.connect_attempts as usize {
                         tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
                         retrying = Some(error);
+                        failed_role = role;
                         tried.push(endpoint);
                         continue;
                     }
-                    return self.local_error(&error, endpoint.metrics(), start);
+                    return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             };
             let mut sender = connection.sender;
@@ -200,9 +205,9 @@ impl Forwarder {
                             .headers_mut()
                             .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
                     }
-                    endpoint.metrics().count(response.status().as_u16());
+                    self.record(endpoint.metrics(), role, response.status().as_u16());
                     return response.map(|body| {
-                        Either::Left(UpstreamBody::new(body, sender, in_flight, start))
+                        Either::Left(UpstreamBody::new(body, sender, in_flight, role, start))
                     });
                 }
                 Ok(Err(mut failed)) => {
@@ -226,16 +231,17 @@ impl Forwarder {
                         }
                         Some(again) if tried.len() + 1 < settings.connect_attempts as usize => {
                             retrying = Some(error);
+                            failed_role = role;
                             tried.push(endpoint);
                             req = again;
                         }
-                        _ => return self.local_error(&error, endpoint.metrics(), start),
+                        _ => return self.local_error(&error, endpoint.metrics(), role, start),
                     }
                 }
                 Err(_elapsed) => {
                     let error = ProxyError::Timeout(settings.request_timeout);
                     self.count(&error);
-                    return self.local_error(&error, endpoint.metrics(), start);
+                    return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             }
         }
@@ -252,16 +258,26 @@ impl Forwarder {
         }
     }
 
+    /// Counts a response: the metric by version, role and code, and the canary's outcome.
+    #[inline]
+    fn record(&self, metrics: &VersionMetrics, role: Role, status: u16) {
+        metrics.count(status, role);
+        if role == Role::Canary {
+            self.canary_stats.record(status);
+        }
+    }
+
     /// tidegate's own answer for a request it could not forward.
     fn local_error(
         &self,
         error: &ProxyError,
         metrics: &VersionMetrics,
+        role: Role,
         start: Instant,
     ) -> Response<ResponseBody> {
         let kind = error.kind();
-        metrics.count(kind.status().as_u16());
-        metrics.observe(start.elapsed());
+        self.record(metrics, role, kind.status().as_u16());
+        metrics.observe(start.elapsed(), role);
         let mut response = Response::new(body::local(format!("{error}\n")));
         *response.status_mut() = kind.status();
         let headers = response.headers_mut();

@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::snapshot::Version;
+use crate::snapshot::{Role, Version};
 
 /// Latency buckets in seconds: sub-millisecond proxying up to the default 30 s request timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +33,7 @@ pub struct Metrics {
     canary_weight: Gauge,
     rollout_paused: IntGauge,
     canary_weight_configured: Gauge,
+    canary_aborted: IntGauge,
     config_errors: IntCounterVec,
     discovery_errors: IntCounterVec,
     discovery_skipped: IntCounterVec,
@@ -54,7 +55,7 @@ impl Metrics {
                 "Requests answered to clients, by the version that served them (\"none\" when \
                  tidegate answered itself) and HTTP status code; counted when the response starts.",
             ),
-            &["version", "code"],
+            &["version", "code", "role"],
         )
         .expect("valid metric definition");
         let duration = HistogramVec::new(
@@ -63,7 +64,7 @@ impl Metrics {
                 "Time from receiving a request to the end of its response body, by serving version.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["version"],
+            &["version", "role"],
         )
         .expect("valid metric definition");
         let endpoints = IntGaugeVec::new(
@@ -115,6 +116,11 @@ impl Metrics {
             "tidegate_canary_weight_configured",
             "The canary weight in force (admin override, else the Deployment annotation, else \
              canary.weight), in percent, whether or not it applies right now.",
+        )
+        .expect("valid metric definition");
+        let canary_aborted = IntGauge::new(
+            "tidegate_canary_aborted",
+            "1 while the canary is aborted because of its error rate (its weight is then 0).",
         )
         .expect("valid metric definition");
         let config_errors = IntCounterVec::new(
@@ -171,6 +177,7 @@ impl Metrics {
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
             Box::new(canary_weight_configured.clone()),
+            Box::new(canary_aborted.clone()),
             Box::new(config_errors.clone()),
             Box::new(discovery_errors.clone()),
             Box::new(discovery_skipped.clone()),
@@ -197,6 +204,7 @@ impl Metrics {
             canary_weight,
             rollout_paused,
             canary_weight_configured,
+            canary_aborted,
             config_errors,
             discovery_errors,
             discovery_skipped,
@@ -206,20 +214,21 @@ impl Metrics {
 
     /// Handles for one version, resolved once and shared by all of its endpoints.
     pub fn version(&self, version: &Version) -> VersionMetrics {
-        self.version_label(version.as_str())
+        self.version_label(version.as_str(), Role::ALL.map(Role::as_str))
     }
 
-    /// Handles for requests tidegate answers without an endpoint.
+    /// Handles for requests tidegate answers without an endpoint (version and role `none`).
     pub fn unrouted(&self) -> VersionMetrics {
-        self.version_label(UNROUTED)
+        self.version_label(UNROUTED, [UNROUTED; 2])
     }
 
-    fn version_label(&self, label: &str) -> VersionMetrics {
+    fn version_label(&self, label: &str, roles: [&'static str; 2]) -> VersionMetrics {
         VersionMetrics {
             label: label.to_owned(),
+            roles,
             requests: self.requests.clone(),
-            codes: (0..CODES).map(|_| OnceLock::new()).collect(),
-            duration: self.duration.with_label_values(&[label]),
+            codes: Role::ALL.map(|_| (0..CODES).map(|_| OnceLock::new()).collect()),
+            duration: roles.map(|role| self.duration.with_label_values(&[label, role])),
         }
     }
 
@@ -257,6 +266,10 @@ impl Metrics {
 
     pub fn set_canary_weight_configured(&self, percent: f64) {
         self.canary_weight_configured.set(percent);
+    }
+
+    pub fn set_canary_aborted(&self, aborted: bool) {
+        self.canary_aborted.set(i64::from(aborted));
     }
 
     /// Counts an invalid setting from `source` that was ignored.
@@ -304,33 +317,34 @@ const CODES: usize = 500;
 /// plain atomic load) and the latency histogram.
 pub struct VersionMetrics {
     label: String,
+    roles: [&'static str; 2],
     requests: IntCounterVec,
-    codes: Box<[OnceLock<IntCounter>]>,
-    duration: Histogram,
+    /// Per role, per status code.
+    codes: [Box<[OnceLock<IntCounter>]>; 2],
+    duration: [Histogram; 2],
 }
 
 impl VersionMetrics {
-    /// Counts a response with `status`.
+    /// Counts a response with `status`, served in `role`.
     #[inline]
-    pub fn count(&self, status: u16) {
+    pub fn count(&self, status: u16, role: Role) {
+        let resolve = || {
+            self.requests.with_label_values(&[
+                self.label.as_str(),
+                &status.to_string(),
+                self.roles[role.index()],
+            ])
+        };
         match (status as usize).checked_sub(100) {
-            Some(i) if i < CODES => self.codes[i]
-                .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[self.label.as_str(), &status.to_string()])
-                })
-                .inc(),
-            _ => self
-                .requests
-                .with_label_values(&[self.label.as_str(), &status.to_string()])
-                .inc(),
+            Some(i) if i < CODES => self.codes[role.index()][i].get_or_init(resolve).inc(),
+            _ => resolve().inc(),
         }
     }
 
     /// Records a finished request's duration.
     #[inline]
-    pub fn observe(&self, elapsed: Duration) {
-        self.duration.observe(elapsed.as_secs_f64());
+    pub fn observe(&self, elapsed: Duration, role: Role) {
+        self.duration[role.index()].observe(elapsed.as_secs_f64());
     }
 }
 
@@ -342,21 +356,23 @@ mod tests {
     fn version_handles_count_into_the_shared_family() {
         let metrics = Metrics::new();
         let v1 = metrics.version(&Version::new("v1").unwrap());
-        v1.count(200);
-        v1.count(200);
-        v1.count(503);
-        v1.observe(Duration::from_millis(3));
+        v1.count(200, Role::Stable);
+        v1.count(200, Role::Stable);
+        v1.count(503, Role::Canary);
+        v1.observe(Duration::from_millis(3), Role::Canary);
         let text = metrics.encode();
         assert!(
-            text.contains(r#"tidegate_requests_total{code="200",version="v1"} 2"#),
+            text.contains(r#"tidegate_requests_total{code="200",role="stable",version="v1"} 2"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"tidegate_requests_total{code="503",version="v1"} 1"#),
+            text.contains(r#"tidegate_requests_total{code="503",role="canary",version="v1"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"tidegate_request_duration_seconds_count{version="v1"} 1"#),
+            text.contains(
+                r#"tidegate_request_duration_seconds_count{role="canary",version="v1"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains(r#"tidegate_build_info{version=""#), "{text}");

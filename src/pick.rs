@@ -23,7 +23,7 @@ pub fn pick<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
 ) -> Option<&'s Arc<Endpoint>> {
-    pick_role(snapshot, rng, avoid, None)
+    pick_role(snapshot, rng, avoid, None).map(|(ep, _)| ep)
 }
 
 /// Like [`pick`], but a `requested` role (from the canary header) replaces the split's choice;
@@ -34,7 +34,7 @@ pub fn pick_role<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
     requested: Option<Role>,
-) -> Option<&'s Arc<Endpoint>> {
+) -> Option<(&'s Arc<Endpoint>, Role)> {
     let preferred = match requested {
         Some(role) => role,
         None => split::role(snapshot.canary_threshold(), rng.u32(..)),
@@ -44,7 +44,8 @@ pub fn pick_role<'s>(
         Role::Stable => Role::Canary,
     };
     p2c::choose(snapshot.routable(preferred), rng, avoid)
-        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid))
+        .map(|ep| (ep, preferred))
+        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid).map(|ep| (ep, other)))
 }
 
 /// An endpoint of the version a sticky client is pinned to, if that version is routable.
@@ -54,8 +55,9 @@ pub fn pick_version<'s>(
     version: &str,
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
-) -> Option<&'s Arc<Endpoint>> {
-    p2c::choose(snapshot.version_group(version)?, rng, avoid)
+) -> Option<(&'s Arc<Endpoint>, Role)> {
+    let group = snapshot.version_group(version)?;
+    p2c::choose(&group.endpoints, rng, avoid).map(|ep| (ep, group.role))
 }
 
 #[cfg(test)]
@@ -165,19 +167,25 @@ mod tests {
         let snap = snapshot(3, 1, weighted(0.0));
         let mut rng = Rng::with_seed(9);
         for _ in 0..100 {
-            let ep = pick_role(&snap, &mut rng, &[], Some(Role::Canary)).unwrap();
+            let (ep, role) = pick_role(&snap, &mut rng, &[], Some(Role::Canary)).unwrap();
             assert_eq!(
                 ep.version().as_str(),
                 "v2",
                 "`always` goes to the canary at weight 0"
             );
+            assert_eq!(role, Role::Canary);
         }
         let only_stable = snapshot(2, 0, weighted(100.0));
-        let ep = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary)).unwrap();
+        let (ep, role) = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary)).unwrap();
         assert_eq!(
             ep.version().as_str(),
             "v1",
             "no canary endpoint: stable serves"
+        );
+        assert_eq!(
+            role,
+            Role::Stable,
+            "the role reported is the one that served"
         );
     }
 
@@ -186,20 +194,10 @@ mod tests {
         let snap = snapshot(3, 1, weighted(50.0));
         let mut rng = Rng::with_seed(4);
         for _ in 0..100 {
-            assert_eq!(
-                pick_version(&snap, "v2", &mut rng, &[])
-                    .unwrap()
-                    .version()
-                    .as_str(),
-                "v2"
-            );
-            assert_eq!(
-                pick_version(&snap, "v1", &mut rng, &[])
-                    .unwrap()
-                    .version()
-                    .as_str(),
-                "v1"
-            );
+            let (ep, role) = pick_version(&snap, "v2", &mut rng, &[]).unwrap();
+            assert_eq!((ep.version().as_str(), role), ("v2", Role::Canary));
+            let (ep, role) = pick_version(&snap, "v1", &mut rng, &[]).unwrap();
+            assert_eq!((ep.version().as_str(), role), ("v1", Role::Stable));
         }
         assert!(
             pick_version(&snap, "v9", &mut rng, &[]).is_none(),

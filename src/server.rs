@@ -15,7 +15,7 @@ use crate::discovery::kubernetes::{self, DiscoveryError};
 use crate::forward::{self, ServeOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Publisher;
+use crate::snapshot::{CanaryStats, Publisher};
 use crate::{admin, reload};
 
 /// Why an instance could not start.
@@ -86,8 +86,10 @@ impl Server {
             drain_timeout: config.timeouts.drain,
         };
         let (updates, updates_rx) = mpsc::channel(16);
+        let mut events = None;
         if let DiscoveryConfig::Kubernetes(kube) = &config.discovery {
             let client = kubernetes::connect(kube).await?;
+            events = kubernetes::EventRecorder::new(client.clone(), kube);
             tokio::spawn(kubernetes::run(
                 client,
                 kube.clone(),
@@ -108,7 +110,14 @@ impl Server {
             ));
         }
         let token = config.admin.token.clone();
-        let control = Control::start(config, publisher, metrics.clone());
+        let canary_stats = Arc::new(CanaryStats::default());
+        let control = Control::start(
+            config,
+            publisher,
+            metrics.clone(),
+            canary_stats.clone(),
+            events,
+        );
         let canary = control.status();
         let (commands, commands_rx) = mpsc::channel(4);
         tokio::spawn(control.run(configs_rx, updates_rx, commands_rx));
@@ -123,7 +132,15 @@ impl Server {
             },
             shutdown.clone(),
         ));
-        forward::serve(self.listener, snapshots, &metrics, options, shutdown).await;
+        forward::serve(
+            self.listener,
+            snapshots,
+            &metrics,
+            options,
+            canary_stats,
+            shutdown,
+        )
+        .await;
         Ok(())
     }
 }

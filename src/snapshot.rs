@@ -9,6 +9,7 @@ mod publisher;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Both roles, in [`Role::index`] order.
+    pub const ALL: [Role; 2] = [Role::Stable, Role::Canary];
+
+    /// 0 for stable, 1 for canary: an index into per-role handle arrays.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Stable => "stable",
@@ -196,7 +206,36 @@ pub const STICKY_COOKIE: &str = "tidegate-version";
 #[derive(Debug)]
 pub struct VersionGroup {
     pub version: Version,
+    pub role: Role,
     pub endpoints: Box<[Arc<Endpoint>]>,
+}
+
+/// Running totals of the canary's outcomes, kept by the data plane and sampled by the control
+/// loop to decide on an automatic abort.
+#[derive(Debug, Default)]
+pub struct CanaryStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl CanaryStats {
+    /// Counts one canary response; 5xx (including tidegate's own 502/504) is an error.
+    #[inline]
+    pub fn record(&self, status: u16) {
+        // Relaxed: independent counters, read as a pair only approximately.
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (requests, errors) so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// An immutable view of where traffic may go. Built off the request path by the [`Publisher`].
@@ -260,17 +299,20 @@ impl Snapshot {
         let stable = routable(Role::Stable);
         let canary = routable(Role::Canary);
         // Few versions (usually one or two): a linear search beats hashing every endpoint.
-        let mut grouped: Vec<(Version, Vec<Arc<Endpoint>>)> = Vec::new();
-        for ep in stable.iter().chain(canary.iter()) {
-            match grouped.iter_mut().find(|(v, _)| v == ep.version()) {
-                Some((_, members)) => members.push(ep.clone()),
-                None => grouped.push((ep.version().clone(), vec![ep.clone()])),
+        let mut grouped: Vec<(Version, Role, Vec<Arc<Endpoint>>)> = Vec::new();
+        let tagged = (stable.iter().map(|ep| (ep, Role::Stable)))
+            .chain(canary.iter().map(|ep| (ep, Role::Canary)));
+        for (ep, role) in tagged {
+            match grouped.iter_mut().find(|(v, _, _)| v == ep.version()) {
+                Some((_, _, members)) => members.push(ep.clone()),
+                None => grouped.push((ep.version().clone(), role, vec![ep.clone()])),
             }
         }
         let versions: Box<[VersionGroup]> = grouped
             .into_iter()
-            .map(|(version, endpoints)| VersionGroup {
+            .map(|(version, role, endpoints)| VersionGroup {
                 version,
+                role,
                 endpoints: endpoints.into_boxed_slice(),
             })
             .collect();
@@ -298,11 +340,8 @@ impl Snapshot {
 
     /// The routable endpoints of the version named `version` (a cookie's value), if any.
     #[inline]
-    pub fn version_group(&self, version: &str) -> Option<&[Arc<Endpoint>]> {
-        self.versions
-            .iter()
-            .find(|g| g.version.as_str() == version)
-            .map(|g| &*g.endpoints)
+    pub fn version_group(&self, version: &str) -> Option<&VersionGroup> {
+        self.versions.iter().find(|g| g.version.as_str() == version)
     }
 
     /// Sets the header that lets a request pick its role.

@@ -70,6 +70,65 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Client, DiscoveryError
     Client::try_from(client_config).map_err(|e| DiscoveryError::Client(e.to_string()))
 }
 
+/// Records Kubernetes Events on the followed Deployment, where `kubectl describe` shows them.
+/// Failures are logged and never affect routing.
+#[derive(Clone)]
+pub struct EventRecorder {
+    client: Client,
+    namespace: String,
+    deployment: String,
+}
+
+impl EventRecorder {
+    pub fn new(client: Client, config: &KubernetesConfig) -> Option<Self> {
+        Some(Self {
+            client,
+            namespace: config.namespace.clone(),
+            deployment: config.deployment.clone()?,
+        })
+    }
+
+    /// A `Warning` Event with reason `CanaryAborted`, sent in the background.
+    pub fn canary_aborted(&self, message: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference};
+            use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            let event = KubeEvent {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}.", this.deployment)),
+                    namespace: Some(this.namespace.clone()),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: Some("Deployment".into()),
+                    name: Some(this.deployment.clone()),
+                    namespace: Some(this.namespace.clone()),
+                    ..Default::default()
+                },
+                reason: Some("CanaryAborted".into()),
+                message: Some(message),
+                type_: Some("Warning".into()),
+                source: Some(EventSource {
+                    component: Some("tidegate".into()),
+                    ..Default::default()
+                }),
+                reporting_component: Some("tidegate".into()),
+                first_timestamp: Some(now.clone()),
+                last_timestamp: Some(now),
+                count: Some(1),
+                ..Default::default()
+            };
+            let api = Api::<KubeEvent>::namespaced(this.client, &this.namespace);
+            if let Err(error) = api.create(&Default::default(), &event).await {
+                tracing::warn!(%error, "cannot record the CanaryAborted event; routing is unaffected");
+            }
+        });
+    }
+}
+
 /// One watch event, tagged with its resource.
 enum Change {
     Slices(watcher::Result<Event<EndpointSlice>>),

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::snapshot::{Endpoint, InFlight};
+use crate::snapshot::{Endpoint, InFlight, Role};
 use crate::upstream::Sender;
 
 /// What tidegate answers clients with.
@@ -28,6 +28,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     sender: Option<Sender>,
     in_flight: InFlight,
+    role: Role,
     start: Instant,
 }
 
@@ -36,12 +37,14 @@ impl UpstreamBody {
         inner: Incoming,
         sender: Sender,
         in_flight: InFlight,
+        role: Role,
         start: Instant,
     ) -> Self {
         Self {
             inner,
             sender: Some(sender),
             in_flight,
+            role,
             start,
         }
     }
@@ -92,7 +95,7 @@ impl Drop for UpstreamBody {
         self.in_flight
             .endpoint()
             .metrics()
-            .observe(self.start.elapsed());
+            .observe(self.start.elapsed(), self.role);
     }
 }
 

@@ -330,3 +330,96 @@ async fn sticky_clients_never_flip_while_their_version_is_ready() {
         "{headers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_aborted_and_then_gets_nothing() {
+    let stable = [backend("v1").run().await, backend("v1").run().await];
+    let canary = backend("v2").run().await;
+    canary.set_status(500);
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable[0], &stable[1], &canary])
+        .admin_token("t")
+        .yaml("canary: { version: v2, weight: 30, abort: { max_error_rate: 0.2, min_requests: 20, window: 5s } }")
+        .start()
+        .await;
+
+    let load = start_load(&proxy.url("/"), 4, 100_000, Duration::from_secs(30));
+    proxy
+        .wait_until("the canary is aborted", Duration::from_secs(10), || async {
+            !canary_json(&proxy).await["aborted"].is_null()
+        })
+        .await;
+    let before = canary.hits();
+    load.run_for(1000, "after the abort").await;
+    let report = load.stop().await;
+    // Requests already in flight to the canary when it was aborted may still land there.
+    assert!(
+        canary.hits() - before <= 8,
+        "an aborted canary must receive (almost) nothing"
+    );
+    assert!(
+        report.failures.iter().all(|f| f.starts_with("500")),
+        "{:?}",
+        report.failures
+    );
+    let status = canary_json(&proxy).await;
+    assert_eq!(status["effective_weight"], 0.0);
+    assert!(
+        status["aborted"]["error_rate"].as_f64().unwrap() > 0.2,
+        "{status}"
+    );
+    assert_eq!(proxy.metric("tidegate_canary_aborted").await, Some(1.0));
+
+    // A new weight (an operator's decision) clears the abort.
+    let req = Request::put(format!("http://{}/canary", proxy.admin))
+        .header("authorization", "Bearer t")
+        .body(full(r#"{"weight": 5}"#))
+        .unwrap();
+    let (status, _, body) = send(proxy.client(), req).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.metric("tidegate_canary_aborted").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_rollout_canary_is_reported_as_a_kubernetes_event() {
+    let cluster = paused_kubia().await;
+    let proxy = cluster
+        .proxy("")
+        .yaml(
+            "canary: { weight: 50, abort: { max_error_rate: 0.1, min_requests: 20, window: 5s } }",
+        )
+        .start()
+        .await;
+    proxy
+        .wait_until(
+            "the annotated weight applies",
+            Duration::from_secs(10),
+            || async { canary_json(&proxy).await["applies"] == true },
+        )
+        .await;
+    for pod in cluster.pods.iter().filter(|p| p.version == "v2") {
+        pod.backend.set_status(503);
+    }
+    let load = start_load(&proxy.url("/"), 4, 100_000, Duration::from_secs(30));
+    cluster
+        .api
+        .wait_request(
+            "the CanaryAborted event is created",
+            Duration::from_secs(15),
+            |r| r.method == "POST" && r.uri.contains("/events"),
+        )
+        .await;
+    load.stop().await;
+    let events = cluster.api.list("Event");
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "CanaryAborted")
+        .unwrap_or_else(|| panic!("no CanaryAborted event: {events:?}"));
+    assert_eq!(event["involvedObject"]["kind"], "Deployment");
+    assert_eq!(event["involvedObject"]["name"], "kubia-canary");
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"].as_str().unwrap().contains("error rate"),
+        "{event}"
+    );
+}

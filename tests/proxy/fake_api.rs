@@ -87,6 +87,11 @@ const KINDS: &[KindInfo] = &[
         api_version: "apps/v1",
         plural: "deployments",
     },
+    KindInfo {
+        kind: "Event",
+        api_version: "v1",
+        plural: "events",
+    },
 ];
 
 fn kind_info(kind: &str) -> &'static KindInfo {
@@ -270,7 +275,14 @@ impl FakeApi {
     /// `metadata.creationTimestamp` (kept from the previous state when replacing) and
     /// `metadata.generation` (kept as given, else from the previous state, else 1), and sets
     /// `metadata.resourceVersion`. Returns the new resourceVersion.
-    pub fn apply(&self, mut object: Value) -> u64 {
+    pub fn apply(&self, object: Value) -> u64 {
+        apply_object(&self.inner, object)
+    }
+}
+
+/// [`FakeApi::apply`], shared with the `POST` (create) handler.
+fn apply_object(inner: &Arc<Inner>, mut object: Value) -> u64 {
+    {
         let kind = object["kind"]
             .as_str()
             .expect("apply: the object has no kind")
@@ -294,7 +306,7 @@ impl FakeApi {
         meta.insert("namespace".into(), json!(namespace));
 
         let rv = {
-            let mut store = self.inner.store.lock().unwrap();
+            let mut store = inner.store.lock().unwrap();
             store.rv += 1;
             let rv = store.rv;
             let key: Key = (info.kind, namespace.clone(), name);
@@ -340,10 +352,12 @@ impl FakeApi {
             });
             rv
         };
-        self.inner.changed.send_replace(rv);
+        inner.changed.send_replace(rv);
         rv
     }
+}
 
+impl FakeApi {
     /// Deletes an object, emitting DELETED with its last state (stamped with the deletion's rv).
     /// Returns whether it existed.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
@@ -379,6 +393,18 @@ impl FakeApi {
             .objects
             .get(&(info.kind, namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// Every stored object of `kind`, in any namespace.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let info = kind_info(kind);
+        let store = self.inner.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == info.kind)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The current global resourceVersion.
@@ -702,7 +728,70 @@ async fn handle(
     let mut hang = inner.hang.subscribe();
     let _ = hang.wait_for(|hung| !*hung).await;
 
+    if req.method() == http::Method::POST {
+        return Ok(create(&inner, req).await.unwrap_or_else(|e| *e));
+    }
     Ok(respond(&inner, &req).unwrap_or_else(|e| *e))
+}
+
+/// `POST` to a collection: creates the object (honouring `metadata.generateName`), 201.
+async fn create(inner: &Arc<Inner>, req: Request<Incoming>) -> Answer {
+    let bad = |message: String| {
+        Box::new(status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            message,
+        ))
+    };
+    let route = Route::parse(req.uri().path())
+        .filter(|r| r.name.is_none())
+        .ok_or_else(|| bad("POST goes to a collection".into()))?;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| bad(format!("cannot read the body: {e}")))?
+        .to_bytes();
+    let mut object: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    object["kind"] = json!(route.kind.kind);
+    if let Some(ns) = &route.namespace {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    if object["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        let prefix = object["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let n = inner.store.lock().unwrap().rv + 1;
+        object["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
+    }
+    let (kind, namespace, name) = (
+        route.kind.kind,
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    apply_object(inner, object);
+    let stored = inner
+        .store
+        .lock()
+        .unwrap()
+        .objects
+        .get(&(kind, namespace, name))
+        .cloned();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &stored.unwrap_or(Value::Null),
+    ))
 }
 
 /// A response, or an error response.

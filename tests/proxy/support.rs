@@ -59,6 +59,8 @@ pub fn backend(version: &str) -> BackendBuilder {
 
 #[derive(Default)]
 struct BackendState {
+    /// When not 0, every response gets this status (a broken release).
+    status: std::sync::atomic::AtomicU16,
     first_hit: Mutex<Option<Instant>>,
     hits: AtomicUsize,
     in_flight: AtomicUsize,
@@ -188,6 +190,10 @@ async fn answer(
         }
         _ => Response::new(Full::new(body)),
     };
+    let forced = state.status.load(Ordering::SeqCst);
+    if forced != 0 {
+        *response.status_mut() = StatusCode::from_u16(forced).unwrap();
+    }
     response.headers_mut().insert("x-pod", pod.parse().unwrap());
     response
         .headers_mut()
@@ -199,6 +205,11 @@ async fn answer(
 impl Backend {
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// From now on, answer every request with `status` (0: back to normal).
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
     }
 
     /// When the first request arrived, if any did.
