@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tidegate::metrics::Metrics;
-use tidegate::pick::{pick, Rng};
+use tidegate::pick::{pick, pick_role, pick_version, sticky, Rng};
 use tidegate::snapshot::{
     Desired, EndpointSpec, EndpointState, Publisher, Role, Settings, Snapshots, Split, Version,
     Weight,
@@ -57,7 +58,7 @@ fn publish(n: usize) -> (Publisher, Snapshots) {
         endpoints,
         split: Split::Weighted(Weight::new(10.0).expect("valid weight")),
         canary_version: Some(v2),
-        canary_header: None,
+        canary_header: Some(HeaderName::from_static("x-tidegate-canary")),
         settings: Settings::default(),
     });
     let snapshot = snapshots.load();
@@ -92,8 +93,53 @@ fn bench_pick(c: &mut Criterion) {
                 Arc::clone(pick(&snapshot, &mut rng, &[]).expect("a ready endpoint"))
             })
         });
+        // The whole routing decision a request makes: canary header, sticky cookie, split, p2c.
+        for (name, cookie) in [
+            (
+                "decide_sticky",
+                "session=abc123; tidegate-version=v2; theme=dark",
+            ),
+            ("decide_split", "session=abc123; theme=dark"),
+        ] {
+            let headers = request_headers(cookie);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    let snapshot = black_box(&snapshots).load();
+                    let headers = black_box(&headers);
+                    let requested = snapshot.requested_role(headers);
+                    let pinned = requested
+                        .is_none()
+                        .then(|| sticky::pinned_version(headers))
+                        .flatten();
+                    let (endpoint, role) = pinned
+                        .and_then(|v| pick_version(&snapshot, v, &mut rng, &[]))
+                        .or_else(|| pick_role(&snapshot, &mut rng, &[], requested))
+                        .expect("a ready endpoint");
+                    (Arc::clone(endpoint), role)
+                })
+            });
+        }
     }
     group.finish();
+}
+
+/// A browser-like request head.
+fn request_headers(cookie: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in [
+        ("host", "shop.example"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-language", "ko-KR,ja;q=0.8"),
+        ("accept-encoding", "gzip, br"),
+        ("cookie", cookie),
+    ] {
+        h.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    h
 }
 
 criterion_group!(benches, bench_pick);

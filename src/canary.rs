@@ -119,6 +119,8 @@ pub struct CanaryStatus {
     pub stable_versions: Vec<String>,
     /// The admin override is per instance: other replicas keep their own.
     pub admin_override: Option<f64>,
+    /// Says so to whoever reads `GET /canary`: `instance`.
+    pub admin_override_scope: &'static str,
     /// Set while the canary is aborted (its weight is then 0).
     pub aborted: Option<Aborted>,
 }
@@ -219,6 +221,7 @@ impl CanaryPolicy {
             canary_version: canary.as_ref().map(Version::to_string),
             stable_versions,
             admin_override: self.admin.map(Weight::percent),
+            admin_override_scope: "instance",
             aborted: aborted.cloned(),
         };
         Plan {
