@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use crate::support::*;
 
+/// Runs the binary with `args` followed by `path`.
+fn tidegate<const N: usize>(args: [&str; N], path: &std::path::Path) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn validate_accepts_a_good_file_with_a_summary() {
     let dir = tempfile::tempdir().unwrap();
@@ -18,11 +27,7 @@ fn validate_accepts_a_good_file_with_a_summary() {
     )
     .unwrap();
 
-    let out = Command::new(binary())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = tidegate(["validate", "--config"], &path);
 
     assert_eq!(
         out.status.code(),
@@ -50,11 +55,7 @@ fn invalid_config_exits_2_naming_the_field_and_line() {
     std::fs::write(&path, text).unwrap();
 
     for command in ["validate", "proxy"] {
-        let out = Command::new(binary())
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = tidegate([command, "--config"], &path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -76,11 +77,7 @@ fn invalid_config_exits_2_naming_the_field_and_line() {
         "discovery: { static: { endpoints: [] } }\nlisten: 127.0.0.1:1\nlisten_backlog: 5\n",
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = tidegate(["validate", "--config"], &path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -133,11 +130,7 @@ fn shipped_example_configs_are_valid() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = Command::new(binary())
-                .args(["validate", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = tidegate(["validate", "--config"], &path);
             assert_eq!(
                 out.status.code(),
                 Some(0),
@@ -159,11 +152,7 @@ fn an_unreadable_kubeconfig_is_a_clear_startup_error() {
     let config = TestProxy::new().kubernetes(&missing, "web", "").render();
     std::fs::write(&path, config).unwrap();
 
-    let out = Command::new(binary())
-        .args(["proxy", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = tidegate(["proxy", "--config"], &path);
 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

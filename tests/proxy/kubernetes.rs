@@ -11,6 +11,15 @@ const ONE_SURGE: Strategy = Strategy {
     max_unavailable: 0,
 };
 
+/// Waits until a failed EndpointSlice watch shows in `tidegate_discovery_errors_total`.
+async fn wait_discovery_errors(proxy: &RunningProxy, what: &str, limit: Duration) {
+    let series = r#"tidegate_discovery_errors_total{resource="endpointslices"}"#;
+    wait_until(what, limit, || async {
+        proxy.metric(series).await.unwrap_or(0.0) > 0.0
+    })
+    .await
+}
+
 /// Sends `n` requests now and counts which versions answered.
 async fn burst(proxy: &RunningProxy, n: usize) -> LoadReport {
     run_load(&proxy.url("/"), 4, n).await
@@ -214,16 +223,10 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
     // A change the API server will only report once it is back.
     cluster.add_ready_pod().await;
     cluster.publish();
-    wait_until(
+    wait_discovery_errors(
+        &proxy,
         "the outage shows in metrics",
         Duration::from_secs(10),
-        || async {
-            proxy
-                .metric(r#"tidegate_discovery_errors_total{resource="endpointslices"}"#)
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
@@ -273,16 +276,10 @@ async fn api_server_that_never_answers_is_noticed_and_the_last_snapshot_serves()
     cluster.api.hang(true);
     cluster.api.drop_watches();
     let load = start_load(&proxy.url("/"), 2, 100_000, Duration::from_secs(30));
-    wait_until(
+    wait_discovery_errors(
+        &proxy,
         "the silent API server shows in metrics",
         Duration::from_secs(15),
-        || async {
-            proxy
-                .metric(r#"tidegate_discovery_errors_total{resource="endpointslices"}"#)
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
     )
     .await;
     let synced = proxy
