@@ -53,6 +53,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
     println!("  proxy:  http://{proxy}/");
     println!("  admin:  http://{admin}/endpoints  http://{admin}/metrics");
     println!("  try:    for i in $(seq 20); do curl -s http://{proxy}/; done | sort | uniq -c");
+    println!("  steer:  curl -X PUT -d '{{\"weight\": 50}}' http://{admin}/canary");
     println!("Ctrl-C stops everything.");
     tokio::spawn(async move {
         shutdown::signal().await;

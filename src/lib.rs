@@ -9,10 +9,11 @@
 //! - [`config`]: YAML → validated `Config`; errors name the field and line.
 //! - [`reload`]: watches the config file; valid changes go to the control loop.
 //! - [`discovery`]: the `Update` language every endpoint source speaks; static source.
-//! - [`canary`]: pure policy: which endpoints are canary and what share they get.
+//! - [`canary`]: pure policy: which endpoints are canary, what share they get (config, annotation,
+//!   admin override), and the automatic abort decision.
 //! - [`control`]: the control loop, sole owner of the routing model; publishes snapshots.
 //! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
-//! - [`pick`]: canary split + power-of-two-choices; arithmetic only.
+//! - [`pick`]: canary header, sticky cookie, canary split, power-of-two-choices; arithmetic only.
 //! - [`upstream`]: per-endpoint connections and idle pool.
 //! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
