@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
-use crate::snapshot::{EndpointSpec, EndpointState, Settings, Version, Weight};
+use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Settings, Version, Weight};
 
 use duration::Dur;
 use scalar::{validated, Scalar};
@@ -154,7 +154,9 @@ pub struct Timeouts {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Retries {
+    /// Endpoints tried per request, whatever the failure (1 = never retry).
     pub connect_attempts: u32,
+    pub policy: RetryPolicy,
 }
 
 impl Config {
@@ -195,6 +197,7 @@ impl Config {
             request_timeout: self.timeouts.request,
             connect_attempts: self.retries.connect_attempts,
             sticky: self.canary.sticky,
+            retry: self.retries.policy,
         }
     }
 
@@ -502,14 +505,65 @@ fn secs<const N: u64>() -> Dur {
 struct RawRetries {
     #[serde(default = "two", deserialize_with = "attempts")]
     connect_attempts: u32,
+    #[serde(default = "retry_on_default", deserialize_with = "retry_on")]
+    on: RetryOn,
+    #[serde(default = "twenty", deserialize_with = "percent")]
+    budget_percent: u32,
 }
 
 impl Default for RawRetries {
     fn default() -> Self {
         Self {
             connect_attempts: two(),
+            on: retry_on_default(),
+            budget_percent: twenty(),
         }
     }
+}
+
+/// `retries.on`: which failures of a sent request are retried.
+#[derive(Clone, Copy, Default)]
+struct RetryOn {
+    reset: bool,
+    s502: bool,
+    s503: bool,
+}
+
+fn retry_on_default() -> RetryOn {
+    RetryOn {
+        reset: true,
+        s502: true,
+        s503: true,
+    }
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+fn retry_on<'de, D: Deserializer<'de>>(d: D) -> Result<RetryOn, D::Error> {
+    let items = Vec::<serde_yaml_ng::Value>::deserialize(d)?;
+    let mut on = RetryOn::default();
+    for item in items {
+        match (item.as_str(), item.as_u64()) {
+            (Some("reset"), _) => on.reset = true,
+            (_, Some(502)) => on.s502 = true,
+            (_, Some(503)) => on.s503 = true,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "retries.on: {item:?} is not one of reset, 502, 503"
+                )))
+            }
+        }
+    }
+    Ok(on)
+}
+
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a percentage", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (0.0..=100.0).contains(&n) => Ok(n as u32),
+        _ => Err("must be a whole percentage from 0 to 100".to_owned()),
+    })
 }
 
 fn two() -> u32 {
@@ -692,6 +746,12 @@ impl RawConfig {
             },
             retries: Retries {
                 connect_attempts: self.retries.connect_attempts,
+                policy: RetryPolicy {
+                    on_reset: self.retries.on.reset,
+                    on_502: self.retries.on.s502,
+                    on_503: self.retries.on.s503,
+                    budget_percent: self.retries.budget_percent,
+                },
             },
             reload_interval: self.reload.interval.0,
         })
@@ -832,6 +892,26 @@ retries: { connect_attempts: 2 }
         assert!(msg.contains("unknown field `selector`"), "{msg}");
         let (msg, _) = error_of("discovery: { dns: { name: web } }");
         assert!(msg.contains("unknown variant `dns`"), "{msg}");
+    }
+
+    #[test]
+    fn retry_policy_parses_and_rejects_unknown_causes() {
+        let c = parse(
+            "discovery: { static: { endpoints: [] } }\nretries: { on: [502], budget_percent: 5 }",
+        )
+        .unwrap();
+        let p = c.retries.policy;
+        assert_eq!(
+            (p.on_reset, p.on_502, p.on_503, p.budget_percent),
+            (false, true, false, 5)
+        );
+        let (msg, line) =
+            error_of("discovery: { static: { endpoints: [] } }\nretries: { on: [reset, 504] }");
+        assert!(msg.contains("retries") && msg.contains("504"), "{msg}");
+        assert_eq!(line, Some(2), "{msg}");
+        let (msg, _) =
+            error_of("discovery: { static: { endpoints: [] } }\nretries: { budget_percent: 101 }");
+        assert!(msg.contains("retries.budget_percent"), "{msg}");
     }
 
     #[test]

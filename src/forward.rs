@@ -6,6 +6,7 @@
 //! handles.
 
 mod body;
+mod budget;
 mod error;
 mod replay;
 mod request;
@@ -14,7 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -29,6 +30,7 @@ use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{CanaryStats, Endpoint, Role, Snapshots};
 
+use budget::RetryBudget;
 use replay::Replay;
 
 pub use body::{ResponseBody, UpstreamBody};
@@ -116,9 +118,43 @@ struct Forwarder {
     snapshots: Snapshots,
     unrouted: VersionMetrics,
     errors: [IntCounter; ErrorKind::ALL.len()],
-    connect_retries: IntCounter,
-    reset_retries: IntCounter,
+    retries: [IntCounter; Retry::REASONS],
+    budget: RetryBudget,
+    budget_exhausted: IntCounter,
     canary_stats: Arc<CanaryStats>,
+}
+
+/// Why a request goes round again.
+enum Retry {
+    /// Nothing reached the endpoint (connect failed, or the request was handed back unsent).
+    Failed(ProxyError),
+    /// The endpoint answered 502 or 503; this is the answer to fall back on.
+    Status(Response<ResponseBody>, Arc<Endpoint>, Role),
+    /// A pooled keep-alive connection had been closed by the peer: not the endpoint's failure.
+    Stale(ProxyError),
+}
+
+impl Retry {
+    const REASONS: usize = 4;
+    const LABELS: [&'static str; Retry::REASONS] = ["connect", "reset", "502", "503"];
+
+    /// The status the failed attempt amounts to, if it was the endpoint's failure.
+    fn endpoint_status(&self) -> Option<StatusCode> {
+        match self {
+            Retry::Failed(e) => Some(e.kind().status()),
+            Retry::Status(r, _, _) => Some(r.status()),
+            Retry::Stale(_) => None,
+        }
+    }
+
+    fn reason(&self) -> usize {
+        match self {
+            Retry::Failed(e) if e.retryable() => 0,
+            Retry::Failed(_) | Retry::Stale(_) => 1,
+            Retry::Status(r, _, _) if r.status() == StatusCode::BAD_GATEWAY => 2,
+            Retry::Status(..) => 3,
+        }
+    }
 }
 
 impl Forwarder {
@@ -128,8 +164,9 @@ impl Forwarder {
             canary_stats,
             unrouted: metrics.unrouted(),
             errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
-            connect_retries: metrics.retry("connect"),
-            reset_retries: metrics.retry("reset"),
+            retries: Retry::LABELS.map(|reason| metrics.retry(reason)),
+            budget: RetryBudget::new(),
+            budget_exhausted: metrics.retry_budget_exhausted(),
         }
     }
 
@@ -139,15 +176,16 @@ impl Forwarder {
         client: &request::Client,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        self.budget.deposit(start);
         let mut req = req.map(Either::Left);
         request::prepare(&mut req, client);
         let replay = Replay::capture(&req);
         let mut rng = Rng::new();
-        // Endpoints this request failed to connect to; allocates only on a retry.
+        // Endpoints this request already failed on; allocates only on a retry.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut stale_retries = 0;
-        // The failure that sent this request round the loop again, and the role it happened in.
-        let mut retrying: Option<ProxyError> = None;
+        // What sent this request round the loop again, and the role it happened in.
+        let mut retrying: Option<Retry> = None;
         let mut failed_role = Role::Stable;
         loop {
             let picked = {
@@ -169,25 +207,34 @@ impl Forwarder {
             };
             let Some((endpoint, role, settings, set_cookie)) = picked else {
                 // Every candidate failed: the client hears about the last failure.
-                if let (Some(error), Some(failed)) = (&retrying, tried.last()) {
-                    return self.local_error(error, failed.metrics(), failed_role, start);
-                }
-                let error = ProxyError::NoEndpoints;
-                self.count(&error);
-                return self.local_error(&error, &self.unrouted, Role::Stable, start);
+                return match (retrying, tried.last()) {
+                    (Some(retry), Some(failed)) => {
+                        self.give_up(retry, failed.metrics(), failed_role, start)
+                    }
+                    _ => {
+                        let error = ProxyError::NoEndpoints;
+                        self.count(&error);
+                        self.local_error(&error, &self.unrouted, Role::Stable, start)
+                    }
+                };
             };
-            if let Some(cause) = retrying.take() {
-                self.count_retry(&cause);
+            if let Some(retry) = retrying.take() {
+                self.retries[retry.reason()].inc();
+                // The client may yet be served, but the attempt still failed where it went.
+                if let (Role::Canary, Some(status)) = (failed_role, retry.endpoint_status()) {
+                    self.canary_stats.record(status.as_u16());
+                }
             }
+            let can_retry = tried.len() + 1 < settings.connect_attempts as usize;
             let in_flight = endpoint.begin();
             let connection = match endpoint.pool().checkout(settings.connect_timeout).await {
                 Ok(connection) => connection,
                 Err(error) => {
                     let error = ProxyError::from(error);
                     self.count(&error);
-                    if tried.len() + 1 < settings.connect_attempts as usize {
+                    if can_retry {
                         tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
-                        retrying = Some(error);
+                        retrying = Some(Retry::Failed(error));
                         failed_role = role;
                         tried.push(endpoint);
                         continue;
@@ -205,19 +252,35 @@ impl Forwarder {
                             .headers_mut()
                             .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
                     }
-                    self.record(endpoint.metrics(), role, response.status().as_u16());
-                    return response.map(|body| {
+                    let status = response.status();
+                    let response = response.map(|body| {
                         Either::Left(UpstreamBody::new(body, sender, in_flight, role, start))
                     });
+                    let policy = settings.retry;
+                    let retry_status = (status == StatusCode::BAD_GATEWAY && policy.on_502)
+                        || (status == StatusCode::SERVICE_UNAVAILABLE && policy.on_503);
+                    if let (true, true, Some(again)) = (retry_status, can_retry, replay.as_ref()) {
+                        if self.budget.withdraw(Instant::now(), policy.budget_percent) {
+                            retrying = Some(Retry::Status(response, endpoint.clone(), role));
+                            failed_role = role;
+                            tried.push(endpoint);
+                            req = again.request();
+                            continue;
+                        }
+                        self.budget_exhausted.inc();
+                    }
+                    self.record(endpoint.metrics(), role, status.as_u16());
+                    return response;
                 }
                 Ok(Err(mut failed)) => {
                     let unsent = failed.take_message();
                     let error = ProxyError::exchange(failed.into_error());
                     self.count(&error);
+                    let sent_already = unsent.is_none();
                     // Safe to send again if it never left, or if it left with nothing to double
                     // (idempotent, no body) and the connection broke before any response byte.
                     let again = unsent.or_else(|| {
-                        let broke = error.kind() == ErrorKind::Reset;
+                        let broke = error.kind() == ErrorKind::Reset && settings.retry.on_reset;
                         replay.as_ref().filter(|_| broke).map(Replay::request)
                     });
                     match again {
@@ -226,11 +289,14 @@ impl Forwarder {
                             if connection.reused && stale_retries < STALE_CONNECTION_RETRIES =>
                         {
                             stale_retries += 1;
-                            retrying = Some(error);
+                            retrying = Some(Retry::Stale(error));
                             req = again;
                         }
-                        Some(again) if tried.len() + 1 < settings.connect_attempts as usize => {
-                            retrying = Some(error);
+                        Some(again)
+                            if can_retry
+                                && (!sent_already || self.spend(settings.retry.budget_percent)) =>
+                        {
+                            retrying = Some(Retry::Failed(error));
                             failed_role = role;
                             tried.push(endpoint);
                             req = again;
@@ -247,15 +313,37 @@ impl Forwarder {
         }
     }
 
-    fn count(&self, error: &ProxyError) {
-        self.errors[error.kind().index()].inc();
+    /// Takes a retry from the budget, counting a refusal.
+    fn spend(&self, percent: u32) -> bool {
+        let granted = self.budget.withdraw(Instant::now(), percent);
+        if !granted {
+            self.budget_exhausted.inc();
+        }
+        granted
     }
 
-    fn count_retry(&self, cause: &ProxyError) {
-        match cause.kind() {
-            ErrorKind::Connect | ErrorKind::ConnectTimeout => self.connect_retries.inc(),
-            _ => self.reset_retries.inc(),
+    /// The answer when no endpoint is left to retry on: the upstream's own 502/503 if there was
+    /// one, else tidegate's error for the last failure.
+    fn give_up(
+        &self,
+        retry: Retry,
+        metrics: &VersionMetrics,
+        role: Role,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        match retry {
+            Retry::Status(response, endpoint, role) => {
+                self.record(endpoint.metrics(), role, response.status().as_u16());
+                response
+            }
+            Retry::Failed(error) | Retry::Stale(error) => {
+                self.local_error(&error, metrics, role, start)
+            }
         }
+    }
+
+    fn count(&self, error: &ProxyError) {
+        self.errors[error.kind().index()].inc();
     }
 
     /// Counts a response: the metric by version, role and code, and the canary's outcome.

@@ -29,6 +29,7 @@ pub struct Metrics {
     endpoints: IntGaugeVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
+    retry_budget_exhausted: IntCounter,
     config_reloads: IntCounterVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
@@ -90,6 +91,12 @@ impl Metrics {
                 "Requests sent again to another endpoint, by the reason the previous attempt failed.",
             ),
             &["reason"],
+        )
+        .expect("valid metric definition");
+        let retry_budget_exhausted = IntCounter::new(
+            "tidegate_retry_budget_exhausted_total",
+            "Retries not made because the retry budget (retries.budget_percent of the last 10 s \
+             of requests, plus a floor) was spent; the failure went to the client.",
         )
         .expect("valid metric definition");
         let config_reloads = IntCounterVec::new(
@@ -173,6 +180,7 @@ impl Metrics {
             Box::new(endpoints.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(retries.clone()),
+            Box::new(retry_budget_exhausted.clone()),
             Box::new(config_reloads.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
@@ -200,6 +208,7 @@ impl Metrics {
             endpoints,
             upstream_errors,
             retries,
+            retry_budget_exhausted,
             config_reloads,
             canary_weight,
             rollout_paused,
@@ -235,6 +244,11 @@ impl Metrics {
     /// The counter for one upstream error kind; resolve once and keep it.
     pub fn upstream_error(&self, kind: &str) -> IntCounter {
         self.upstream_errors.with_label_values(&[kind])
+    }
+
+    /// Retries refused because the budget was spent; resolve once and keep it.
+    pub fn retry_budget_exhausted(&self) -> IntCounter {
+        self.retry_budget_exhausted.clone()
     }
 
     /// The counter for one retry reason; resolve once and keep it.

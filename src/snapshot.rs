@@ -169,6 +169,30 @@ pub struct Settings {
     pub connect_attempts: u32,
     /// Pin clients to the version they were first served by, with a cookie.
     pub sticky: bool,
+    pub retry: RetryPolicy,
+}
+
+/// Which failures of a sent request are retried on another endpoint (only for idempotent,
+/// bodyless requests; a failed connect is always retried), and how many retries the budget allows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// The connection broke before any response byte.
+    pub on_reset: bool,
+    pub on_502: bool,
+    pub on_503: bool,
+    /// Retries may add at most this percentage to the requests of the last 10 s (plus a floor).
+    pub budget_percent: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            on_reset: true,
+            on_502: true,
+            on_503: true,
+            budget_percent: 20,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -178,6 +202,7 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(30),
             connect_attempts: 2,
             sticky: false,
+            retry: RetryPolicy::default(),
         }
     }
 }

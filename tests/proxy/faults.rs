@@ -65,3 +65,128 @@ async fn without_retries_a_dead_pod_fails_requests() {
         report.failures
     );
 }
+
+async fn three_pods_one_answering(status: u16) -> [Backend; 3] {
+    let pods = [
+        backend("v1").run().await,
+        backend("v1").run().await,
+        backend("v1").run().await,
+    ];
+    pods[2].set_status(status);
+    pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_from_one_pod_is_retried_on_another() {
+    let pods = three_pods_one_answering(503).await;
+    // A third of the requests need a retry: more than the default 20% budget allows (which the
+    // budget test covers), so this test grants 50%.
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("retries: { connect_attempts: 2, budget_percent: 50 }")
+        .start()
+        .await;
+
+    let report = run_load(&proxy.url("/"), 4, 600).await;
+
+    assert!(
+        report.failures.is_empty(),
+        "idempotent GETs must be saved by a retry: {:?}",
+        report.failures
+    );
+    assert!(pods[2].hits() > 0, "the failing pod was tried");
+    let retried = proxy
+        .metric(r#"tidegate_retries_total{reason="503"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried as usize,
+        pods[2].hits(),
+        "every 503 was retried, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_503_in_retries_on_the_client_sees_it() {
+    let pods = three_pods_one_answering(503).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("retries: { connect_attempts: 2, on: [reset, 502] }")
+        .start()
+        .await;
+    let report = run_load(&proxy.url("/"), 4, 300).await;
+    assert!(
+        !report.failures.is_empty(),
+        "with the protection off, the 503s reach clients"
+    );
+    assert!(
+        report.failures.iter().all(|f| f.starts_with("503")),
+        "{:?}",
+        report.failures
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_idempotent_requests_are_not_retried_after_a_502() {
+    let pods = three_pods_one_answering(502).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .start()
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..90 {
+        let req = http::Request::post(proxy.url("/"))
+            .body(full("order=1"))
+            .unwrap();
+        statuses.push(send(proxy.client(), req).await.unwrap().0.as_u16());
+    }
+    let bad = statuses.iter().filter(|s| **s == 502).count();
+    assert_eq!(
+        bad,
+        pods[2].hits(),
+        "a POST that reached the failing pod must not be sent again"
+    );
+    assert!(bad > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_a_failing_fleet_from_being_stormed() {
+    let pods = three_pods_one_answering(503).await;
+    pods[0].set_status(503);
+    pods[1].set_status(503);
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("retries: { connect_attempts: 3, budget_percent: 20 }")
+        .start()
+        .await;
+
+    let n = 500;
+    let report = run_load(&proxy.url("/"), 4, n).await;
+
+    assert_eq!(
+        report.failures.len(),
+        n,
+        "every pod fails: so does every request"
+    );
+    let retried = proxy
+        .metric(r#"tidegate_retries_total{reason="503"}"#)
+        .await
+        .unwrap();
+    // Without a budget each request would be tried 3 times (1,000 retries). The budget allows a
+    // floor of 10 plus 20% per 10 s epoch; a run spanning an epoch edge may get the floor twice.
+    assert!(
+        retried <= (20 + n / 5) as f64,
+        "{retried} retries for {n} requests"
+    );
+    let exhausted = proxy
+        .metric("tidegate_retry_budget_exhausted_total")
+        .await
+        .unwrap();
+    assert!(exhausted > 0.0, "refusals are counted");
+    let sent: usize = pods.iter().map(Backend::hits).sum();
+    assert_eq!(
+        sent as f64,
+        n as f64 + retried,
+        "what reached the pods is requests plus retries"
+    );
+}
