@@ -10,6 +10,7 @@ mod budget;
 mod error;
 mod replay;
 mod request;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
@@ -67,7 +68,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
+    // one is dropped, `all_closed` yields None.
+    let (drain, draining) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -86,26 +90,35 @@ pub async fn serve(
         let forwarder = forwarder.clone();
         // Per connection, not per request: the client address as a header value.
         let client = request::Client::new(peer.ip());
+        let tunnels = open.clone();
         let service = service_fn(move |req| {
-            let (forwarder, client) = (forwarder.clone(), client.clone());
-            async move { Ok::<_, Infallible>(forwarder.handle(req, &client).await) }
+            let (forwarder, client, tunnels) = (forwarder.clone(), client.clone(), tunnels.clone());
+            async move { Ok::<_, Infallible>(forwarder.handle(req, &client, tunnels).await) }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let (open, mut draining) = (open.clone(), draining.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let _open = open;
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "client connection ended with an error");
             }
         });
     }
     drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        "stopped accepting; draining in-flight requests"
-    );
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+    tracing::info!("stopped accepting; draining in-flight requests");
+    drain.send_replace(true);
+    drop(open);
+    if tokio::time::timeout(options.drain_timeout, all_closed.recv())
         .await
         .is_err()
     {
@@ -174,11 +187,16 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         client: &request::Client,
+        tunnels: mpsc::Sender<()>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         self.budget.deposit(start);
         let mut req = req.map(Either::Left);
+        let mut upgrade = upgrade::requested(&mut req);
         request::prepare(&mut req, client);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore_request_headers(req.headers_mut());
+        }
         let replay = Replay::capture(&req);
         let mut rng = Rng::new();
         // Endpoints this request already failed on; allocates only on a retry.
@@ -246,6 +264,12 @@ impl Forwarder {
             let sent = tokio::time::timeout(settings.request_timeout, sender.try_send_request(req));
             match sent.await {
                 Ok(Ok(mut response)) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_side) = upgrade.take() {
+                            self.record(endpoint.metrics(), role, 101);
+                            return client_side.tunnel(response, in_flight, tunnels);
+                        }
+                    }
                     request::prepare_response(&mut response);
                     if set_cookie {
                         response

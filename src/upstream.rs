@@ -108,7 +108,8 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, Conne
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        // With upgrades, a `101` hands the socket over to the tunnel instead of closing it.
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%address, %error, "upstream connection ended with an error");
         }
     });

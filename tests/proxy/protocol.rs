@@ -157,3 +157,74 @@ async fn malformed_requests_get_a_4xx_and_slow_heads_are_cut_off() {
     // The proxy is unharmed.
     assert_eq!(proxy.get("/").await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_passes_through_and_stays_on_its_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pods = [backend("v1").run().await, backend("v1").run().await];
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1]])
+        .start()
+        .await;
+    let mut socket = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    socket
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            socket.read(&mut byte).await.unwrap(),
+            1,
+            "the proxy closed during the handshake: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let message = format!("ping-{i}");
+        socket.write_all(message.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .expect("an echo within 5 s")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (pod, echoed) = reply.split_once(':').unwrap();
+        assert_eq!(echoed, message);
+        served_by.insert(pod.to_owned());
+    }
+    assert_eq!(
+        served_by.len(),
+        1,
+        "an upgraded connection stays on one endpoint: {served_by:?}"
+    );
+    let busy: u64 = proxy.endpoints_json().await["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["in_flight"].as_u64().unwrap())
+        .sum();
+    assert_eq!(busy, 1, "the tunnel counts as in flight on its endpoint");
+
+    drop(socket);
+    proxy
+        .wait_until(
+            "the tunnel is released when the client closes",
+            std::time::Duration::from_secs(5),
+            || async {
+                proxy.endpoints_json().await["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["in_flight"] == 0)
+            },
+        )
+        .await;
+}

@@ -138,7 +138,8 @@ async fn accept_loop(
             let service =
                 service_fn(move |req| answer(req, state.clone(), body.clone(), pod.clone()));
             let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             // A killed pod's connections vanish mid-flight: dropping the future closes the socket.
             tokio::select! {
                 _ = connection => {}
@@ -149,11 +150,38 @@ async fn accept_loop(
 }
 
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     state: Arc<BackendState>,
     body: Bytes,
     pod: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        // A tiny upgraded protocol: every chunk comes back prefixed with the pod's name.
+        state.hits.fetch_add(1, Ordering::SeqCst);
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgraded.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let reply = [pod.as_bytes(), b":", &buf[..n]].concat();
+                if io.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        return Ok(response);
+    }
     state
         .first_hit
         .lock()
