@@ -88,12 +88,15 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let forwarder = forwarder.clone();
-        // Per connection, not per request: the client address as a header value.
-        let client = request::Client::new(peer.ip());
-        let tunnels = open.clone();
+        // Per connection, not per request: the client address as a header value, and the drain
+        // handle an upgraded tunnel keeps.
+        let conn = Arc::new(Conn {
+            client: request::Client::new(peer.ip()),
+            open: open.clone(),
+        });
         let service = service_fn(move |req| {
-            let (forwarder, client, tunnels) = (forwarder.clone(), client.clone(), tunnels.clone());
-            async move { Ok::<_, Infallible>(forwarder.handle(req, &client, tunnels).await) }
+            let (forwarder, conn) = (forwarder.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(forwarder.handle(req, &conn).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -124,6 +127,12 @@ pub async fn serve(
     {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
     }
+}
+
+/// Per-connection state shared by its requests.
+struct Conn {
+    client: request::Client,
+    open: mpsc::Sender<()>,
 }
 
 /// Per-listener state shared by all requests.
@@ -183,17 +192,12 @@ impl Forwarder {
         }
     }
 
-    async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client: &request::Client,
-        tunnels: mpsc::Sender<()>,
-    ) -> Response<ResponseBody> {
+    async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
         let start = Instant::now();
         self.budget.deposit(start);
         let mut req = req.map(Either::Left);
         let mut upgrade = upgrade::requested(&mut req);
-        request::prepare(&mut req, client);
+        request::prepare(&mut req, &conn.client);
         if let Some(upgrade) = &upgrade {
             upgrade.restore_request_headers(req.headers_mut());
         }
@@ -267,7 +271,7 @@ impl Forwarder {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_side) = upgrade.take() {
                             self.record(endpoint.metrics(), role, 101);
-                            return client_side.tunnel(response, in_flight, tunnels);
+                            return client_side.tunnel(response, in_flight, conn.open.clone());
                         }
                     }
                     request::prepare_response(&mut response);

@@ -22,6 +22,8 @@ pub(super) struct ClientUpgrade {
 /// Takes the upgrade a request asks for (`Connection: upgrade` plus `Upgrade: <protocol>` on
 /// HTTP/1.1), if any. Must run before the request's headers are rewritten.
 pub(super) fn requested<B>(req: &mut Request<B>) -> Option<ClientUpgrade> {
+    // Most requests carry no `Upgrade`: one lookup and out.
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -32,7 +34,6 @@ pub(super) fn requested<B>(req: &mut Request<B>) -> Option<ClientUpgrade> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = req.headers().get(header::UPGRADE)?.clone();
     asks.then(|| ClientUpgrade {
         protocol,
         on_upgrade: hyper::upgrade::on(req),
