@@ -102,6 +102,7 @@ fn bench_pick(c: &mut Criterion) {
             ("decide_split", "session=abc123; theme=dark"),
         ] {
             let headers = request_headers(cookie);
+            let now = tidegate::snapshot::health::now_ms(std::time::Instant::now());
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
                     let snapshot = black_box(&snapshots).load();
@@ -112,8 +113,8 @@ fn bench_pick(c: &mut Criterion) {
                         .then(|| sticky::pinned_version(headers))
                         .flatten();
                     let (endpoint, role) = pinned
-                        .and_then(|v| pick_version(&snapshot, v, &mut rng, &[]))
-                        .or_else(|| pick_role(&snapshot, &mut rng, &[], requested))
+                        .and_then(|v| pick_version(&snapshot, v, &mut rng, &[], now))
+                        .or_else(|| pick_role(&snapshot, &mut rng, &[], requested, now))
                         .expect("a ready endpoint");
                     (Arc::clone(endpoint), role)
                 })

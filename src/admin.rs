@@ -261,10 +261,13 @@ struct EndpointView<'a> {
     state: &'static str,
     in_flight: usize,
     idle_connections: usize,
+    /// Left out after consecutive failures (passive health).
+    ejected: bool,
 }
 
 impl<'a> EndpointsView<'a> {
     fn of(snapshot: &'a Snapshot) -> Self {
+        let now = crate::snapshot::health::now_ms(std::time::Instant::now());
         let (split, weight) = match snapshot.split() {
             Split::Weighted(w) => ("weighted", Some(w.percent())),
             Split::ByEndpointCount => ("by_endpoint_count", None),
@@ -311,6 +314,7 @@ impl<'a> EndpointsView<'a> {
                     state: l.state.as_str(),
                     in_flight: l.endpoint.in_flight(),
                     idle_connections: l.endpoint.pool().idle(),
+                    ejected: l.endpoint.health().ejected_at(now),
                 })
                 .collect(),
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
+use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Settings, Version, Weight};
 
 use duration::Dur;
@@ -53,6 +54,8 @@ pub struct Config {
     pub canary: CanaryConfig,
     pub timeouts: Timeouts,
     pub retries: Retries,
+    /// Passive outlier ejection; `None` when switched off with `outlier: null`.
+    pub outlier: Option<OutlierPolicy>,
     /// How often the config file is checked for changes.
     pub reload_interval: Duration,
 }
@@ -198,6 +201,7 @@ impl Config {
             connect_attempts: self.retries.connect_attempts,
             sticky: self.canary.sticky,
             retry: self.retries.policy,
+            outlier: self.outlier,
         }
     }
 
@@ -265,6 +269,8 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     retries: RawRetries,
+    #[serde(default = "default_outlier")]
+    outlier: Option<RawOutlier>,
     #[serde(default)]
     reload: RawReload,
 }
@@ -529,6 +535,40 @@ struct RetryOn {
     s503: bool,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    #[serde(default = "five", deserialize_with = "failures")]
+    consecutive_failures: u32,
+    #[serde(default = "secs::<10>")]
+    base_ejection: Dur,
+    #[serde(default = "fifty_percent", deserialize_with = "percent")]
+    max_ejected_percent: u32,
+}
+
+fn default_outlier() -> Option<RawOutlier> {
+    Some(RawOutlier {
+        consecutive_failures: five(),
+        base_ejection: secs::<10>(),
+        max_ejected_percent: fifty_percent(),
+    })
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn fifty_percent() -> u32 {
+    50
+}
+
+fn failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a count of failures", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=1000.0).contains(&n) => Ok(n as u32),
+        _ => Err("must be a whole number from 1 to 1000".to_owned()),
+    })
+}
+
 fn retry_on_default() -> RetryOn {
     RetryOn {
         reset: true,
@@ -744,6 +784,11 @@ impl RawConfig {
                 header_read: self.timeouts.header_read.0,
                 drain: self.timeouts.drain.0,
             },
+            outlier: self.outlier.map(|o| OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection.0,
+                max_ejected_percent: o.max_ejected_percent,
+            }),
             retries: Retries {
                 connect_attempts: self.retries.connect_attempts,
                 policy: RetryPolicy {

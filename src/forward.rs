@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{CanaryStats, Endpoint, Role, Snapshots};
+use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
 
 use budget::RetryBudget;
 use replay::Replay;
@@ -143,6 +143,7 @@ struct Forwarder {
     retries: [IntCounter; Retry::REASONS],
     budget: RetryBudget,
     budget_exhausted: IntCounter,
+    ejections: IntCounter,
     canary_stats: Arc<CanaryStats>,
 }
 
@@ -189,11 +190,13 @@ impl Forwarder {
             retries: Retry::LABELS.map(|reason| metrics.retry(reason)),
             budget: RetryBudget::new(),
             budget_exhausted: metrics.retry_budget_exhausted(),
+            ejections: metrics.ejections(),
         }
     }
 
     async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
         let start = Instant::now();
+        let now = health::now_ms(start);
         self.budget.deposit(start);
         let mut req = req.map(Either::Left);
         let mut upgrade = upgrade::requested(&mut req);
@@ -219,8 +222,8 @@ impl Forwarder {
                     .then(|| sticky::pinned_version(req.headers()))
                     .flatten();
                 pinned
-                    .and_then(|version| pick_version(&snapshot, version, &mut rng, &tried))
-                    .or_else(|| pick_role(&snapshot, &mut rng, &tried, requested))
+                    .and_then(|version| pick_version(&snapshot, version, &mut rng, &tried, now))
+                    .or_else(|| pick_role(&snapshot, &mut rng, &tried, requested, now))
                     .map(|(ep, role)| {
                         // A client not (or no longer) pinned to what served it gets a new cookie.
                         let cookie = settings.sticky && pinned != Some(ep.version().as_str());
@@ -254,6 +257,7 @@ impl Forwarder {
                 Err(error) => {
                     let error = ProxyError::from(error);
                     self.count(&error);
+                    self.observe_health(&endpoint, &settings, true, now);
                     if can_retry {
                         tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
                         retrying = Some(Retry::Failed(error));
@@ -281,6 +285,7 @@ impl Forwarder {
                             .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
                     }
                     let status = response.status();
+                    self.observe_health(&endpoint, &settings, status.is_server_error(), now);
                     let response = response.map(|body| {
                         Either::Left(UpstreamBody::new(body, sender, in_flight, role, start))
                     });
@@ -311,6 +316,10 @@ impl Forwarder {
                         let broke = error.kind() == ErrorKind::Reset && settings.retry.on_reset;
                         replay.as_ref().filter(|_| broke).map(Replay::request)
                     });
+                    let stale = connection.reused && stale_retries < STALE_CONNECTION_RETRIES;
+                    if !(stale && again.is_some()) {
+                        self.observe_health(&endpoint, &settings, true, now);
+                    }
                     match again {
                         // The peer closed an idle keep-alive connection as we used it.
                         Some(again)
@@ -335,9 +344,37 @@ impl Forwarder {
                 Err(_elapsed) => {
                     let error = ProxyError::Timeout(settings.request_timeout);
                     self.count(&error);
+                    self.observe_health(&endpoint, &settings, true, now);
                     return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             }
+        }
+    }
+
+    /// Feeds an attempt's outcome to passive health; may eject the endpoint.
+    fn observe_health(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        settings: &Settings,
+        failed: bool,
+        now: u64,
+    ) {
+        let Some(policy) = settings.outlier else {
+            return;
+        };
+        if !failed {
+            endpoint.health().success();
+            return;
+        }
+        // Failure path only: one more snapshot load to size the version.
+        let size = self
+            .snapshots
+            .load()
+            .version_group(endpoint.version().as_str())
+            .map_or(1, |g| g.endpoints.len());
+        if endpoint.health().failure(now, &policy, size) {
+            self.ejections.inc();
+            tracing::warn!(endpoint = %endpoint.address(), version = %endpoint.version(), "ejected after consecutive failures");
         }
     }
 

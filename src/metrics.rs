@@ -30,6 +30,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounter,
+    ejections: IntCounter,
     config_reloads: IntCounterVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
@@ -97,6 +98,11 @@ impl Metrics {
             "tidegate_retry_budget_exhausted_total",
             "Retries not made because the retry budget (retries.budget_percent of the last 10 s \
              of requests, plus a floor) was spent; the failure went to the client.",
+        )
+        .expect("valid metric definition");
+        let ejections = IntCounter::new(
+            "tidegate_ejections_total",
+            "Endpoints ejected (left out for a while) after consecutive failures.",
         )
         .expect("valid metric definition");
         let config_reloads = IntCounterVec::new(
@@ -181,6 +187,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
+            Box::new(ejections.clone()),
             Box::new(config_reloads.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
@@ -209,6 +216,7 @@ impl Metrics {
             upstream_errors,
             retries,
             retry_budget_exhausted,
+            ejections,
             config_reloads,
             canary_weight,
             rollout_paused,
@@ -249,6 +257,11 @@ impl Metrics {
     /// Retries refused because the budget was spent; resolve once and keep it.
     pub fn retry_budget_exhausted(&self) -> IntCounter {
         self.retry_budget_exhausted.clone()
+    }
+
+    /// Ejections; resolve once and keep it.
+    pub fn ejections(&self) -> IntCounter {
+        self.ejections.clone()
     }
 
     /// The counter for one retry reason; resolve once and keep it.

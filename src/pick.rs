@@ -9,7 +9,7 @@ pub mod sticky;
 
 use std::sync::Arc;
 
-use crate::snapshot::{Endpoint, Role, Snapshot};
+use crate::snapshot::{health, Endpoint, Role, Snapshot};
 
 pub use fastrand::Rng;
 
@@ -23,7 +23,8 @@ pub fn pick<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
 ) -> Option<&'s Arc<Endpoint>> {
-    pick_role(snapshot, rng, avoid, None).map(|(ep, _)| ep)
+    let now = health::now_ms(std::time::Instant::now());
+    pick_role(snapshot, rng, avoid, None, now).map(|(ep, _)| ep)
 }
 
 /// Like [`pick`], but a `requested` role (from the canary header) replaces the split's choice;
@@ -34,6 +35,7 @@ pub fn pick_role<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
     requested: Option<Role>,
+    now: u64,
 ) -> Option<(&'s Arc<Endpoint>, Role)> {
     let preferred = match requested {
         Some(role) => role,
@@ -43,9 +45,9 @@ pub fn pick_role<'s>(
         Role::Canary => Role::Stable,
         Role::Stable => Role::Canary,
     };
-    p2c::choose(snapshot.routable(preferred), rng, avoid)
+    p2c::choose(snapshot.routable(preferred), rng, avoid, now)
         .map(|ep| (ep, preferred))
-        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid).map(|ep| (ep, other)))
+        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid, now).map(|ep| (ep, other)))
 }
 
 /// An endpoint of the version a sticky client is pinned to, if that version is routable.
@@ -55,9 +57,10 @@ pub fn pick_version<'s>(
     version: &str,
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
+    now: u64,
 ) -> Option<(&'s Arc<Endpoint>, Role)> {
     let group = snapshot.version_group(version)?;
-    p2c::choose(&group.endpoints, rng, avoid).map(|ep| (ep, group.role))
+    p2c::choose(&group.endpoints, rng, avoid, now).map(|ep| (ep, group.role))
 }
 
 #[cfg(test)]
@@ -76,7 +79,11 @@ mod tests {
             name: None,
             image: None,
         };
-        Arc::new(Endpoint::new(&spec, Arc::new(metrics.version(&v))))
+        Arc::new(Endpoint::new(
+            &spec,
+            Arc::new(metrics.version(&v)),
+            Arc::default(),
+        ))
     }
 
     fn snapshot(stable: usize, canary: usize, split: Split) -> Snapshot {
@@ -167,7 +174,7 @@ mod tests {
         let snap = snapshot(3, 1, weighted(0.0));
         let mut rng = Rng::with_seed(9);
         for _ in 0..100 {
-            let (ep, role) = pick_role(&snap, &mut rng, &[], Some(Role::Canary)).unwrap();
+            let (ep, role) = pick_role(&snap, &mut rng, &[], Some(Role::Canary), 0).unwrap();
             assert_eq!(
                 ep.version().as_str(),
                 "v2",
@@ -176,7 +183,7 @@ mod tests {
             assert_eq!(role, Role::Canary);
         }
         let only_stable = snapshot(2, 0, weighted(100.0));
-        let (ep, role) = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary)).unwrap();
+        let (ep, role) = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary), 0).unwrap();
         assert_eq!(
             ep.version().as_str(),
             "v1",
@@ -194,13 +201,13 @@ mod tests {
         let snap = snapshot(3, 1, weighted(50.0));
         let mut rng = Rng::with_seed(4);
         for _ in 0..100 {
-            let (ep, role) = pick_version(&snap, "v2", &mut rng, &[]).unwrap();
+            let (ep, role) = pick_version(&snap, "v2", &mut rng, &[], 0).unwrap();
             assert_eq!((ep.version().as_str(), role), ("v2", Role::Canary));
-            let (ep, role) = pick_version(&snap, "v1", &mut rng, &[]).unwrap();
+            let (ep, role) = pick_version(&snap, "v1", &mut rng, &[], 0).unwrap();
             assert_eq!((ep.version().as_str(), role), ("v1", Role::Stable));
         }
         assert!(
-            pick_version(&snap, "v9", &mut rng, &[]).is_none(),
+            pick_version(&snap, "v9", &mut rng, &[], 0).is_none(),
             "gone: re-pick"
         );
     }

@@ -5,6 +5,7 @@
 //! [`Publisher`] is the only writer; readers do one atomic load and never block it.
 
 mod endpoint;
+pub mod health;
 mod publisher;
 
 use std::fmt;
@@ -170,6 +171,8 @@ pub struct Settings {
     /// Pin clients to the version they were first served by, with a cookie.
     pub sticky: bool,
     pub retry: RetryPolicy,
+    /// Passive outlier ejection; off when `None`.
+    pub outlier: Option<health::OutlierPolicy>,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -203,6 +206,7 @@ impl Default for Settings {
             connect_attempts: 2,
             sticky: false,
             retry: RetryPolicy::default(),
+            outlier: None,
         }
     }
 }
@@ -460,6 +464,7 @@ mod tests {
                     image: None,
                 },
                 Arc::new(metrics.version(&v)),
+                Arc::default(),
             )),
             role,
             state,

@@ -15,13 +15,17 @@ fn avoided(ep: &Arc<Endpoint>, avoid: &[Arc<Endpoint>]) -> bool {
     avoid.iter().any(|a| Arc::ptr_eq(a, ep))
 }
 
-/// Picks from `endpoints`, never one in `avoid`; `None` when nothing is left.
+/// Picks from `endpoints`, never one in `avoid`, and an ejected one only when nothing else is
+/// left (the panic threshold: better a suspect endpoint than a 503); `None` when nothing is left.
+/// `now` is [`crate::snapshot::health::now_ms`].
 #[inline]
 pub(super) fn choose<'s>(
     endpoints: &'s [Arc<Endpoint>],
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
+    now: u64,
 ) -> Option<&'s Arc<Endpoint>> {
+    let usable = |ep: &Arc<Endpoint>| !avoided(ep, avoid) && !ep.health().is_ejected(now);
     let n = endpoints.len();
     if n < 2 {
         return endpoints.first().filter(|ep| !avoided(ep, avoid));
@@ -32,16 +36,17 @@ pub(super) fn choose<'s>(
         j += 1;
     }
     let (a, b) = (&endpoints[i], &endpoints[j]);
-    match (avoided(a, avoid), avoided(b, avoid)) {
-        (false, false) if b.in_flight() < a.in_flight() => Some(b),
-        (false, _) => Some(a),
-        (true, false) => Some(b),
-        // Only on retries: both samples already failed, scan the rest from a random start.
-        (true, true) => {
+    match (usable(a), usable(b)) {
+        (true, true) if b.in_flight() < a.in_flight() => Some(b),
+        (true, _) => Some(a),
+        (false, true) => Some(b),
+        // Rare (retries, ejections): scan the rest from a random start.
+        (false, false) => {
             let start = rng.usize(..n);
-            (0..n)
-                .map(|k| &endpoints[(start + k) % n])
-                .find(|ep| !avoided(ep, avoid))
+            let ring = || (0..n).map(move |k| &endpoints[(start + k) % n]);
+            ring()
+                .find(|ep| usable(ep))
+                .or_else(|| ring().find(|ep| !avoided(ep, avoid)))
         }
     }
 }

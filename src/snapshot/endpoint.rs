@@ -11,6 +11,7 @@ use crate::upstream::Pool;
 
 use http::HeaderValue;
 
+use super::health::{Health, VersionHealth};
 use super::{EndpointSpec, Version, STICKY_COOKIE};
 
 /// The per-endpoint state that outlives snapshot swaps. All mutable parts are atomics or lock-free.
@@ -24,11 +25,16 @@ pub struct Endpoint {
     pool: Pool,
     /// `Set-Cookie` pinning a client to this endpoint's version, built once per cell.
     sticky_cookie: HeaderValue,
+    health: Health,
 }
 
 impl Endpoint {
     /// A cell for what `spec` describes (its state aside, which belongs to each snapshot).
-    pub fn new(spec: &EndpointSpec, metrics: Arc<VersionMetrics>) -> Self {
+    pub fn new(
+        spec: &EndpointSpec,
+        metrics: Arc<VersionMetrics>,
+        version_health: Arc<VersionHealth>,
+    ) -> Self {
         Self {
             address: spec.address,
             version: spec.version.clone(),
@@ -42,6 +48,7 @@ impl Endpoint {
                 spec.version
             ))
             .expect("a version label is a valid cookie value"),
+            health: Health::new(version_health),
         }
     }
 
@@ -76,6 +83,11 @@ impl Endpoint {
 
     pub fn metrics(&self) -> &VersionMetrics {
         &self.metrics
+    }
+
+    /// Passive health: consecutive failures and ejection.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The `Set-Cookie` value that pins a client to this endpoint's version.

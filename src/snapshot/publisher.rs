@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use crate::metrics::{Metrics, VersionMetrics};
 
+use super::health::VersionHealth;
+
 use super::{
     Endpoint, EndpointSpec, EndpointState, Listed, Role, Settings, Snapshot, Split, Version,
 };
@@ -55,7 +57,7 @@ pub struct Publisher {
     // Fx rather than SipHash: keys come from the control plane, not from clients, and a
     // 10,000-endpoint publish hashes every key twice.
     endpoints: FxHashMap<(SocketAddr, Version), Arc<Endpoint>>,
-    versions: FxHashMap<Version, Arc<VersionMetrics>>,
+    versions: FxHashMap<Version, (Arc<VersionMetrics>, Arc<VersionHealth>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -95,12 +97,17 @@ impl Publisher {
             let endpoint = match self.endpoints.remove(&key) {
                 Some(existing) => existing,
                 None => {
-                    let metrics = self
+                    let (metrics, health) = self
                         .versions
                         .entry(spec.version.clone())
-                        .or_insert_with(|| Arc::new(self.metrics.version(&spec.version)))
+                        .or_insert_with(|| {
+                            (
+                                Arc::new(self.metrics.version(&spec.version)),
+                                Arc::default(),
+                            )
+                        })
                         .clone();
-                    Arc::new(Endpoint::new(&spec, metrics))
+                    Arc::new(Endpoint::new(&spec, metrics, health))
                 }
             };
             if !live_versions.contains(&spec.version) {

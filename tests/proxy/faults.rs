@@ -190,3 +190,75 @@ async fn the_retry_budget_stops_a_failing_fleet_from_being_stormed() {
         "what reached the pods is requests plus retries"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pod_is_ejected_after_consecutive_failures() {
+    let pods = three_pods_one_answering(500).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("outlier: { consecutive_failures: 3, base_ejection: 30s, max_ejected_percent: 50 }")
+        .start()
+        .await;
+
+    let report = run_load(&proxy.url("/"), 4, 600).await;
+
+    // 3 failures eject it; requests already on their way to it when that happens may add a few.
+    assert!(
+        pods[2].hits() <= 3 + 4,
+        "an ejected pod must get no new requests ({} got there)",
+        pods[2].hits()
+    );
+    assert_eq!(
+        report.failures.len(),
+        pods[2].hits(),
+        "only what reached it failed"
+    );
+    assert_eq!(proxy.metric("tidegate_ejections_total").await, Some(1.0));
+    let listed = proxy.endpoints_json().await;
+    let ejected: Vec<_> = listed["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ejected"] == true)
+        .collect();
+    assert_eq!(ejected.len(), 1, "/endpoints shows the ejection: {listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_outlier_ejection_a_failing_pod_keeps_getting_its_share() {
+    let pods = three_pods_one_answering(500).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("outlier: null")
+        .start()
+        .await;
+    run_load(&proxy.url("/"), 4, 600).await;
+    assert!(
+        pods[2].hits() > 100,
+        "with ejection off the failing pod keeps about a third"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_takes_out_more_than_its_share() {
+    let pods = three_pods_one_answering(500).await;
+    pods[1].set_status(500);
+    pods[0].set_status(500);
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("outlier: { consecutive_failures: 2, base_ejection: 30s, max_ejected_percent: 50 }")
+        .start()
+        .await;
+    let report = run_load(&proxy.url("/"), 4, 300).await;
+    assert_eq!(report.failures.len(), 300);
+    assert_eq!(
+        proxy.metric("tidegate_ejections_total").await,
+        Some(1.0),
+        "50% of 3 is 1"
+    );
+    let serving = pods.iter().filter(|p| p.hits() > 50).count();
+    assert!(
+        serving >= 2,
+        "the pods not ejected keep serving (panic threshold)"
+    );
+}

@@ -1,0 +1,173 @@
+//! Passive health (outlier ejection): an endpoint that fails several times in a row is left out
+//! for a while, longer each time, but never more than a share of its version at once.
+//!
+//! Atomics only; ejection ends lazily, when a pick finds the time has passed.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// When to eject an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutlierPolicy {
+    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long (at most 8×).
+    pub base_ejection: Duration,
+    /// At most this percentage of a version's endpoints is ejected at once (at least one
+    /// endpoint always stays in).
+    pub max_ejected_percent: u32,
+}
+
+/// Milliseconds on a process-wide monotonic clock; 0 is never a valid ejection deadline.
+pub fn now_ms(now: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(|| now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+    u64::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The endpoints of one version currently ejected, shared by their cells.
+#[derive(Debug, Default)]
+pub struct VersionHealth {
+    ejected: AtomicUsize,
+}
+
+/// One endpoint's passive health.
+#[derive(Debug)]
+pub struct Health {
+    consecutive: AtomicU32,
+    /// Deadline in [`now_ms`] milliseconds; 0 when not ejected.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    version: Arc<VersionHealth>,
+}
+
+impl Health {
+    pub fn new(version: Arc<VersionHealth>) -> Self {
+        Self {
+            consecutive: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            version,
+        }
+    }
+
+    /// Whether the endpoint is ejected at `now` (ms); ends an expired ejection.
+    #[inline]
+    pub fn is_ejected(&self, now: u64) -> bool {
+        // Relaxed throughout: these are routing hints; a request or two racing an ejection's
+        // start or end is harmless.
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.version.ejected.fetch_sub(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// A response below 500 came back.
+    #[inline]
+    pub fn success(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A failure; returns true when it ejected the endpoint. `version_size` is how many routable
+    /// endpoints the version has now.
+    pub fn failure(&self, now: u64, policy: &OutlierPolicy, version_size: usize) -> bool {
+        let failures = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < policy.consecutive_failures || self.is_ejected(now) {
+            return false;
+        }
+        let max = (version_size * policy.max_ejected_percent as usize / 100).min(version_size - 1);
+        let ejected = &self.version.ejected;
+        if ejected.fetch_add(1, Ordering::Relaxed) >= max {
+            ejected.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let n = self
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+            .min(8);
+        let length = u64::try_from((policy.base_ejection * n).as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until
+            .store(now.saturating_add(length).max(1), Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether ejected now, without ending anything (for display).
+    pub fn ejected_at(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejected_percent: 50,
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time() {
+        let version = Arc::new(VersionHealth::default());
+        let h = Health::new(version.clone());
+        assert!(!h.failure(1_000, &policy(), 4));
+        h.success();
+        assert!(!h.failure(1_000, &policy(), 4));
+        assert!(!h.failure(1_000, &policy(), 4));
+        assert!(h.failure(1_000, &policy(), 4), "the third in a row ejects");
+        assert!(h.is_ejected(10_999));
+        assert!(
+            !h.is_ejected(11_000),
+            "the first ejection lasts the base time"
+        );
+        assert_eq!(version.ejected.load(Ordering::Relaxed), 0);
+        for _ in 0..3 {
+            h.failure(20_000, &policy(), 4);
+        }
+        assert!(
+            h.is_ejected(39_999) && !h.is_ejected(40_000),
+            "the second lasts twice as long"
+        );
+    }
+
+    #[test]
+    fn never_more_than_the_share_and_never_the_last_one() {
+        let version = Arc::new(VersionHealth::default());
+        let cells: Vec<_> = (0..4).map(|_| Health::new(version.clone())).collect();
+        let ejected = cells
+            .iter()
+            .filter(|h| {
+                let mut ejected = false;
+                for _ in 0..3 {
+                    ejected |= h.failure(1_000, &policy(), 4);
+                }
+                ejected
+            })
+            .count();
+        assert_eq!(ejected, 2, "50% of 4");
+        let lone = Health::new(Arc::new(VersionHealth::default()));
+        assert!(
+            (0..10).all(|_| !lone.failure(1_000, &policy(), 1)),
+            "a lone endpoint stays in"
+        );
+    }
+}
