@@ -56,6 +56,8 @@ pub struct Config {
     pub retries: Retries,
     /// Passive outlier ejection; `None` when switched off with `outlier: null`.
     pub outlier: Option<OutlierPolicy>,
+    /// Ramp time of a newly ready endpoint; zero is off.
+    pub slow_start: Duration,
     /// How often the config file is checked for changes.
     pub reload_interval: Duration,
 }
@@ -202,6 +204,7 @@ impl Config {
             sticky: self.canary.sticky,
             retry: self.retries.policy,
             outlier: self.outlier,
+            slow_start: self.slow_start,
         }
     }
 
@@ -271,6 +274,8 @@ struct RawConfig {
     retries: RawRetries,
     #[serde(default = "default_outlier")]
     outlier: Option<RawOutlier>,
+    #[serde(default = "secs::<0>")]
+    slow_start: Dur,
     #[serde(default)]
     reload: RawReload,
 }
@@ -784,6 +789,7 @@ impl RawConfig {
                 header_read: self.timeouts.header_read.0,
                 drain: self.timeouts.drain.0,
             },
+            slow_start: self.slow_start.0,
             outlier: self.outlier.map(|o| OutlierPolicy {
                 consecutive_failures: o.consecutive_failures,
                 base_ejection: o.base_ejection.0,

@@ -45,9 +45,12 @@ pub fn pick_role<'s>(
         Role::Canary => Role::Stable,
         Role::Stable => Role::Canary,
     };
-    p2c::choose(snapshot.routable(preferred), rng, avoid, now)
+    let slow = slow_start_ms(snapshot);
+    p2c::choose(snapshot.routable(preferred), rng, avoid, now, slow)
         .map(|ep| (ep, preferred))
-        .or_else(|| p2c::choose(snapshot.routable(other), rng, avoid, now).map(|ep| (ep, other)))
+        .or_else(|| {
+            p2c::choose(snapshot.routable(other), rng, avoid, now, slow).map(|ep| (ep, other))
+        })
 }
 
 /// An endpoint of the version a sticky client is pinned to, if that version is routable.
@@ -60,7 +63,13 @@ pub fn pick_version<'s>(
     now: u64,
 ) -> Option<(&'s Arc<Endpoint>, Role)> {
     let group = snapshot.version_group(version)?;
-    p2c::choose(&group.endpoints, rng, avoid, now).map(|ep| (ep, group.role))
+    p2c::choose(&group.endpoints, rng, avoid, now, slow_start_ms(snapshot))
+        .map(|ep| (ep, group.role))
+}
+
+#[inline]
+fn slow_start_ms(snapshot: &Snapshot) -> u64 {
+    u64::try_from(snapshot.settings().slow_start.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

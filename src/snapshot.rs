@@ -173,6 +173,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Passive outlier ejection; off when `None`.
     pub outlier: Option<health::OutlierPolicy>,
+    /// A newly ready endpoint ramps up to its full share over this long; zero switches it off.
+    pub slow_start: Duration,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -207,6 +209,7 @@ impl Default for Settings {
             sticky: false,
             retry: RetryPolicy::default(),
             outlier: None,
+            slow_start: Duration::ZERO,
         }
     }
 }

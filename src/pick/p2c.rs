@@ -24,6 +24,7 @@ pub(super) fn choose<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
     now: u64,
+    slow_start: u64,
 ) -> Option<&'s Arc<Endpoint>> {
     let usable = |ep: &Arc<Endpoint>| !avoided(ep, avoid) && !ep.health().is_ejected(now);
     let n = endpoints.len();
@@ -37,8 +38,21 @@ pub(super) fn choose<'s>(
     }
     let (a, b) = (&endpoints[i], &endpoints[j]);
     match (usable(a), usable(b)) {
-        (true, true) if b.in_flight() < a.in_flight() => Some(b),
-        (true, _) => Some(a),
+        (true, true) => {
+            let (first, second) = if b.in_flight() < a.in_flight() {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            // Slow start: a newly ready endpoint wins only its ramp's share of the draws.
+            let ramp = first.health().ramp(now, slow_start);
+            if ramp < 1.0 && rng.f64() >= ramp {
+                Some(second)
+            } else {
+                Some(first)
+            }
+        }
+        (true, false) => Some(a),
         (false, true) => Some(b),
         // Rare (retries, ejections): scan the rest from a random start.
         (false, false) => {

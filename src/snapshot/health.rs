@@ -32,9 +32,13 @@ pub struct VersionHealth {
     ejected: AtomicUsize,
 }
 
-/// One endpoint's passive health.
+/// One endpoint's passive health, and when it last turned ready (for slow start).
 #[derive(Debug)]
 pub struct Health {
+    /// [`now_ms`] when the endpoint last turned ready; 0 when it was ready from the start.
+    ready_since: AtomicU64,
+    /// Whether the last published snapshot listed it as ready (written by the publisher only).
+    ready: std::sync::atomic::AtomicBool,
     consecutive: AtomicU32,
     /// Deadline in [`now_ms`] milliseconds; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -45,6 +49,8 @@ pub struct Health {
 impl Health {
     pub fn new(version: Arc<VersionHealth>) -> Self {
         Self {
+            ready_since: AtomicU64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
             consecutive: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -107,6 +113,26 @@ impl Health {
         true
     }
 
+    /// Records the endpoint's readiness in a new snapshot; a turn to ready at `now` (ms) starts
+    /// its slow start, unless `initial` (the first endpoint set tidegate sees).
+    pub fn set_ready(&self, ready: bool, now: u64, initial: bool) {
+        let was = self.ready.swap(ready, Ordering::Relaxed);
+        if ready && !was && !initial {
+            self.ready_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The share of its full traffic the endpoint should get at `now` under a `slow_start` ramp
+    /// (in ms): from 10% right after turning ready to 100% at the end.
+    #[inline]
+    pub fn ramp(&self, now: u64, slow_start: u64) -> f64 {
+        let since = self.ready_since.load(Ordering::Relaxed);
+        if slow_start == 0 || since == 0 || now >= since.saturating_add(slow_start) {
+            return 1.0;
+        }
+        ((now - since.min(now)) as f64 / slow_start as f64).max(0.1)
+    }
+
     /// Whether ejected now, without ending anything (for display).
     pub fn ejected_at(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
@@ -146,6 +172,25 @@ mod tests {
         assert!(
             h.is_ejected(39_999) && !h.is_ejected(40_000),
             "the second lasts twice as long"
+        );
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_tenth_to_full() {
+        let h = Health::new(Arc::default());
+        h.set_ready(true, 5_000, true);
+        assert_eq!(h.ramp(5_000, 10_000), 1.0, "ready from the start: no ramp");
+        h.set_ready(false, 6_000, false);
+        h.set_ready(true, 10_000, false);
+        assert_eq!(h.ramp(10_000, 10_000), 0.1);
+        assert_eq!(h.ramp(15_000, 10_000), 0.5);
+        assert_eq!(h.ramp(20_000, 10_000), 1.0);
+        assert_eq!(h.ramp(10_000, 0), 1.0, "off");
+        h.set_ready(true, 30_000, false);
+        assert_eq!(
+            h.ramp(20_000, 10_000),
+            1.0,
+            "staying ready does not restart the ramp"
         );
     }
 

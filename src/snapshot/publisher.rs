@@ -85,6 +85,7 @@ impl Publisher {
     /// Builds the snapshot for `desired`, swaps it in and returns its generation.
     pub fn publish(&mut self, desired: Desired) -> u64 {
         let generation = *self.generation.borrow() + 1;
+        let now = super::health::now_ms(std::time::Instant::now());
         let mut entries = desired.endpoints;
         entries.sort_by_key(|(spec, _)| spec.address);
         entries.dedup_by_key(|(spec, _)| spec.address);
@@ -113,6 +114,9 @@ impl Publisher {
             if !live_versions.contains(&spec.version) {
                 live_versions.insert(spec.version.clone());
             }
+            endpoint
+                .health()
+                .set_ready(spec.state == EndpointState::Ready, now, generation == 1);
             live.insert(key, endpoint.clone());
             listed.push(Listed {
                 endpoint,

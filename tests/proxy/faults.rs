@@ -1,5 +1,7 @@
 //! Pods that die under load: connect failures are retried elsewhere, clients see nothing.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,5 +262,49 @@ async fn ejection_never_takes_out_more_than_its_share() {
     assert!(
         serving >= 2,
         "the pods not ejected keep serving (panic threshold)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_ready_pod_ramps_up_under_slow_start() {
+    let old = [backend("v1").run().await, backend("v1").run().await];
+    let new = backend("v1").run().await;
+    let config = |with_new: bool| {
+        let p = TestProxy::new().endpoints(&[&old[0], &old[1]]);
+        let p = if with_new { p.endpoints(&[&new]) } else { p };
+        p.yaml("slow_start: 3s")
+    };
+    let proxy = config(false).start().await;
+    proxy.rewrite_config(&config(true));
+    proxy
+        .wait_until("the new pod is listed", Duration::from_secs(10), || async {
+            proxy.generation().await >= 2
+        })
+        .await;
+    let added = std::time::Instant::now();
+
+    let early = run_load(&proxy.url("/"), 4, 600).await;
+    let early_share = new.hits() as f64 / early.total() as f64;
+    assert!(
+        added.elapsed() < Duration::from_millis(1500),
+        "the early sample must stay early"
+    );
+    // Its full share is a third; in the first second of a 3 s ramp it gets at most ~1/3 of that.
+    assert!(
+        early_share < 0.2,
+        "a cold pod must not get its full share at once: {early_share:.3}"
+    );
+
+    // The scenario is the ramp running out.
+    wait_until("the ramp is over", Duration::from_secs(10), || async {
+        added.elapsed() > Duration::from_millis(3200)
+    })
+    .await;
+    let before = new.hits();
+    let late = run_load(&proxy.url("/"), 4, 900).await;
+    let late_share = (new.hits() - before) as f64 / late.total() as f64;
+    assert!(
+        late_share > 0.25,
+        "after the ramp it gets its full share: {late_share:.3}"
     );
 }
