@@ -263,6 +263,8 @@ struct EndpointView<'a> {
     idle_connections: usize,
     /// Left out after consecutive failures (passive health).
     ejected: bool,
+    /// The active health check verdict (true when checks are off).
+    healthy: bool,
 }
 
 impl<'a> EndpointsView<'a> {
@@ -315,6 +317,7 @@ impl<'a> EndpointsView<'a> {
                     in_flight: l.endpoint.in_flight(),
                     idle_connections: l.endpoint.pool().idle(),
                     ejected: l.endpoint.health().ejected_at(now),
+                    healthy: l.endpoint.health().checked_healthy(),
                 })
                 .collect(),
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
+use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Settings, Version, Weight};
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub outlier: Option<OutlierPolicy>,
     /// Ramp time of a newly ready endpoint; zero is off.
     pub slow_start: Duration,
+    /// Active health checks; off when `None`.
+    pub health_check: Option<CheckConfig>,
     /// How often the config file is checked for changes.
     pub reload_interval: Duration,
 }
@@ -276,6 +279,8 @@ struct RawConfig {
     outlier: Option<RawOutlier>,
     #[serde(default = "secs::<0>")]
     slow_start: Dur,
+    #[serde(default)]
+    health_check: Option<RawHealthCheck>,
     #[serde(default)]
     reload: RawReload,
 }
@@ -551,6 +556,36 @@ struct RawOutlier {
     max_ejected_percent: u32,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(deserialize_with = "check_path")]
+    path: http::uri::PathAndQuery,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default = "secs::<2>")]
+    interval: Dur,
+    #[serde(default = "secs::<1>")]
+    timeout: Dur,
+    #[serde(default = "two", deserialize_with = "attempts")]
+    healthy: u32,
+    #[serde(default = "three", deserialize_with = "attempts")]
+    unhealthy: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn check_path<'de, D: Deserializer<'de>>(d: D) -> Result<http::uri::PathAndQuery, D::Error> {
+    validated(d, "a path", |s| match s {
+        Scalar::Str(p) if p.starts_with('/') => {
+            p.parse().map_err(|_| format!("{p:?} is not a valid path"))
+        }
+        _ => Err("must be a path starting with /".to_owned()),
+    })
+}
+
 fn default_outlier() -> Option<RawOutlier> {
     Some(RawOutlier {
         consecutive_failures: five(),
@@ -789,6 +824,14 @@ impl RawConfig {
                 header_read: self.timeouts.header_read.0,
                 drain: self.timeouts.drain.0,
             },
+            health_check: self.health_check.map(|h| CheckConfig {
+                path: h.path,
+                port: h.port,
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                healthy: h.healthy,
+                unhealthy: h.unhealthy,
+            }),
             slow_start: self.slow_start.0,
             outlier: self.outlier.map(|o| OutlierPolicy {
                 consecutive_failures: o.consecutive_failures,

@@ -15,6 +15,7 @@
 //! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
 //! - [`pick`]: canary header, sticky cookie, canary split, power-of-two-choices; arithmetic only.
 //! - [`upstream`]: per-endpoint connections and idle pool.
+//! - [`probe`]: optional active health checks, recorded in the endpoint cells.
 //! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
@@ -30,6 +31,7 @@ pub mod discovery;
 pub mod forward;
 pub mod metrics;
 pub mod pick;
+pub mod probe;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

@@ -16,7 +16,7 @@ use crate::forward::{self, ServeOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{CanaryStats, Publisher};
-use crate::{admin, reload};
+use crate::{admin, probe, reload};
 
 /// Why an instance could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,7 @@ impl Server {
             ));
         }
         let token = config.admin.token.clone();
+        let config_checks = config.health_check.clone();
         let canary_stats = Arc::new(CanaryStats::default());
         let control = Control::start(
             config,
@@ -121,6 +122,9 @@ impl Server {
         let canary = control.status();
         let (commands, commands_rx) = mpsc::channel(4);
         tokio::spawn(control.run(configs_rx, updates_rx, commands_rx));
+        if let Some(checks) = config_checks {
+            tokio::spawn(probe::run(snapshots.clone(), checks, shutdown.clone()));
+        }
         tokio::spawn(admin::serve(
             self.admin,
             admin::Admin {

@@ -26,7 +26,9 @@ pub(super) fn choose<'s>(
     now: u64,
     slow_start: u64,
 ) -> Option<&'s Arc<Endpoint>> {
-    let usable = |ep: &Arc<Endpoint>| !avoided(ep, avoid) && !ep.health().is_ejected(now);
+    let usable = |ep: &Arc<Endpoint>| {
+        !avoided(ep, avoid) && ep.health().checked_healthy() && !ep.health().is_ejected(now)
+    };
     let n = endpoints.len();
     if n < 2 {
         return endpoints.first().filter(|ep| !avoided(ep, avoid));

@@ -44,6 +44,10 @@ pub struct Health {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     version: Arc<VersionHealth>,
+    /// Active health check verdict (true until checks say otherwise), with the current streak:
+    /// positive = consecutive passes, negative = consecutive failures.
+    checked_healthy: std::sync::atomic::AtomicBool,
+    streak: std::sync::atomic::AtomicI32,
 }
 
 impl Health {
@@ -55,6 +59,8 @@ impl Health {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             version,
+            checked_healthy: std::sync::atomic::AtomicBool::new(true),
+            streak: std::sync::atomic::AtomicI32::new(0),
         }
     }
 
@@ -133,6 +139,35 @@ impl Health {
         ((now - since.min(now)) as f64 / slow_start as f64).max(0.1)
     }
 
+    /// Whether active health checks currently pass (true when they are off).
+    #[inline]
+    pub fn checked_healthy(&self) -> bool {
+        self.checked_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one active check; flips the verdict after `healthy` passes or `unhealthy`
+    /// failures in a row. Returns the new verdict if it changed.
+    pub fn record_check(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let streak = self.streak.load(Ordering::Relaxed);
+        let streak = match (passed, streak > 0) {
+            (true, true) => streak.saturating_add(1),
+            (true, false) => 1,
+            (false, false) => streak.saturating_sub(1),
+            (false, true) => -1,
+        };
+        self.streak.store(streak, Ordering::Relaxed);
+        let now_healthy = self.checked_healthy();
+        let flip = if now_healthy {
+            -streak >= unhealthy as i32
+        } else {
+            streak >= healthy as i32
+        };
+        flip.then(|| {
+            self.checked_healthy.store(!now_healthy, Ordering::Relaxed);
+            !now_healthy
+        })
+    }
+
     /// Whether ejected now, without ending anything (for display).
     pub fn ejected_at(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
@@ -172,6 +207,29 @@ mod tests {
         assert!(
             h.is_ejected(39_999) && !h.is_ejected(40_000),
             "the second lasts twice as long"
+        );
+    }
+
+    #[test]
+    fn active_checks_flip_after_streaks() {
+        let h = Health::new(Arc::default());
+        assert!(h.checked_healthy());
+        assert_eq!(h.record_check(false, 2, 3), None);
+        assert_eq!(h.record_check(false, 2, 3), None);
+        assert_eq!(h.record_check(true, 2, 3), None, "a pass breaks the streak");
+        for _ in 0..2 {
+            assert_eq!(h.record_check(false, 2, 3), None);
+        }
+        assert_eq!(
+            h.record_check(false, 2, 3),
+            Some(false),
+            "three failures in a row"
+        );
+        assert_eq!(h.record_check(true, 2, 3), None);
+        assert_eq!(
+            h.record_check(true, 2, 3),
+            Some(true),
+            "two passes in a row"
         );
     }
 

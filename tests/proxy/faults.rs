@@ -308,3 +308,63 @@ async fn a_newly_ready_pod_ramps_up_under_slow_start() {
         "after the ramp it gets its full share: {late_share:.3}"
     );
 }
+
+async fn unhealthy_count(proxy: &RunningProxy) -> usize {
+    let listed = proxy.endpoints_json().await;
+    listed["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["healthy"] == false)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_take_an_endpoint_out_and_passing_ones_bring_it_back() {
+    let pods = three_pods_one_answering(0).await;
+    let checked = |checks: bool| {
+        let p = TestProxy::new()
+            .endpoints(&[&pods[0], &pods[1], &pods[2]])
+            .yaml("outlier: null")
+            .yaml("retries: { connect_attempts: 1, on: [] }");
+        if checks {
+            p.yaml("health_check: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 }")
+        } else {
+            p
+        }
+    };
+    let proxy = checked(true).start().await;
+    let unchecked = checked(false).start().await;
+
+    pods[2].set_status(500);
+    proxy
+        .wait_until(
+            "the failing pod is found unhealthy",
+            Duration::from_secs(5),
+            || async { unhealthy_count(&proxy).await == 1 },
+        )
+        .await;
+    let report = run_load(&proxy.url("/"), 4, 300).await;
+    assert!(
+        report.failures.is_empty(),
+        "an unhealthy pod must get no requests: {:?}",
+        report.failures
+    );
+    let report = run_load(&unchecked.url("/"), 4, 300).await;
+    assert!(
+        !report.failures.is_empty(),
+        "without checks (and nothing else) its 500s reach clients"
+    );
+
+    pods[2].set_status(0);
+    proxy
+        .wait_until("the pod passes again", Duration::from_secs(5), || async {
+            unhealthy_count(&proxy).await == 0
+        })
+        .await;
+    let report = run_load(&proxy.url("/"), 4, 600).await;
+    assert!(
+        report.count_containing(&pods[2].pod) > 0,
+        "a healthy pod is back in rotation"
+    );
+}
