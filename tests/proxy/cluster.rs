@@ -43,6 +43,8 @@ pub struct Pod {
     ready_at: Option<Instant>,
     terminating_since: Option<Instant>,
     healthy: bool,
+    /// Crashes (process dies, container restarts) once, right after first turning ready.
+    crash_pending: bool,
 }
 
 impl Pod {
@@ -77,6 +79,10 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     /// Pods that have exited; kept so that tests can read what they served.
     pub gone: Vec<Pod>,
+    /// Processes that crashed (their pods restarted); kept for what they served.
+    pub crashed: Vec<Backend>,
+    /// Every n-th new pod crashes once right after becoming ready (0: none).
+    pub crash_every: usize,
     next_pod: usize,
     dir: tempfile::TempDir,
 }
@@ -104,6 +110,8 @@ impl Cluster {
             sets: Vec::new(),
             pods: Vec::new(),
             gone: Vec::new(),
+            crashed: Vec::new(),
+            crash_every: 0,
             next_pod: 0,
             dir: tempfile::tempdir().unwrap(),
         }
@@ -174,6 +182,7 @@ impl Cluster {
             ready_at: None,
             terminating_since: None,
             healthy,
+            crash_pending: self.crash_every > 0 && self.next_pod % self.crash_every == 0,
         });
     }
 
@@ -182,8 +191,35 @@ impl Cluster {
     }
 
     /// Advances pod lifecycles to `now`; true when anything changed.
-    fn advance(&mut self, now: Instant) -> bool {
+    async fn advance(&mut self, now: Instant) -> bool {
         let mut changed = false;
+        // A crash right after turning ready: the process dies, the kubelet restarts it on the same
+        // IP, and the pod is not ready until its probe passes again.
+        for i in 0..self.pods.len() {
+            let pod = &self.pods[i];
+            if pod.crash_pending
+                && pod
+                    .ready_at
+                    .is_some_and(|r| now >= r + Duration::from_millis(30))
+            {
+                let (ip, version, name) =
+                    (pod.backend.addr.ip(), pod.version.clone(), pod.name.clone());
+                self.pods[i].backend.kill();
+                let restarted = backend(&version)
+                    .pod(&name)
+                    .ip(ip)
+                    .port(self.port)
+                    .run()
+                    .await;
+                let pod = &mut self.pods[i];
+                self.crashed
+                    .push(std::mem::replace(&mut pod.backend, restarted));
+                pod.crash_pending = false;
+                pod.ready_at = None;
+                pod.created = Instant::now();
+                changed = true;
+            }
+        }
         for pod in &mut self.pods {
             if pod.ready_at.is_none()
                 && pod.healthy
@@ -275,7 +311,7 @@ impl Cluster {
         let mut last_progress = Instant::now();
         loop {
             let finished = self.reconcile().await;
-            let changed = self.advance(Instant::now());
+            let changed = self.advance(Instant::now()).await;
             self.publish();
             if changed {
                 last_progress = Instant::now();
@@ -304,7 +340,7 @@ impl Cluster {
         let newest = self.newest().hash.clone();
         loop {
             self.reconcile().await;
-            self.advance(Instant::now());
+            self.advance(Instant::now()).await;
             let now = Instant::now();
             let available = self
                 .pods
@@ -473,12 +509,19 @@ impl Cluster {
 
     /// Requests served by pods of `version`, dead or alive.
     pub fn hits(&self, version: &str) -> usize {
-        self.pods
+        let pods: usize = self
+            .pods
             .iter()
             .chain(self.gone.iter())
             .filter(|p| p.version == version)
             .map(|p| p.backend.hits())
-            .sum()
+            .sum();
+        pods + self
+            .crashed
+            .iter()
+            .filter(|b| b.version == version)
+            .map(Backend::hits)
+            .sum::<usize>()
     }
 
     pub fn live_versions(&self) -> Vec<String> {

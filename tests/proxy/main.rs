@@ -7,6 +7,7 @@
 mod support;
 
 mod canary;
+mod churn;
 mod cli;
 mod cluster;
 mod fake_api;

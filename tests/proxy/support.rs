@@ -47,6 +47,7 @@ pub struct BackendBuilder {
     version: String,
     pod: Option<String>,
     port: u16,
+    ip: Option<std::net::IpAddr>,
 }
 
 pub fn backend(version: &str) -> BackendBuilder {
@@ -54,6 +55,7 @@ pub fn backend(version: &str) -> BackendBuilder {
         version: version.to_owned(),
         pod: None,
         port: 0,
+        ip: None,
     }
 }
 
@@ -89,10 +91,26 @@ impl BackendBuilder {
         self
     }
 
+    /// Listen on this address (a restarted container keeps its pod's IP).
+    pub fn ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
     pub async fn run(self) -> Backend {
-        let listener = TcpListener::bind((pod_ip(), self.port))
-            .await
-            .expect("bind backend");
+        let ip = self.ip.unwrap_or_else(|| pod_ip().into());
+        // A just-killed process on the same address may hold the port for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind((ip, self.port)).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("bind backend {ip}:{}: {e}", self.port),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let pod = self
             .pod
