@@ -51,6 +51,9 @@ pub struct ServeOptions {
 /// `connect_attempts`.
 const STALE_CONNECTION_RETRIES: u32 = 2;
 
+/// Extra endpoints tried after refused connects, beyond `connect_attempts` (see `handle`).
+const REFUSED_CONNECT_RETRIES: u32 = 8;
+
 /// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
 /// `drain_timeout`. Canary outcomes are counted into `canary_stats` for the abort check.
 pub async fn serve(
@@ -147,6 +150,15 @@ struct Forwarder {
     canary_stats: Arc<CanaryStats>,
 }
 
+/// An attempt's result, as passive health sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    /// Nothing listens there: ejects at once.
+    Refused,
+}
+
 /// Why a request goes round again.
 enum Retry {
     /// Nothing reached the endpoint (connect failed, or the request was handed back unsent).
@@ -209,6 +221,8 @@ impl Forwarder {
         // Endpoints this request already failed on; allocates only on a retry.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut stale_retries = 0;
+        // Attempts that count against `connect_attempts`, and free ones on refused connects.
+        let (mut attempts, mut refused_retries) = (1u32, 0u32);
         // What sent this request round the loop again, and the role it happened in.
         let mut retrying: Option<Retry> = None;
         let mut failed_role = Role::Stable;
@@ -250,15 +264,32 @@ impl Forwarder {
                     self.canary_stats.record(status.as_u16());
                 }
             }
-            let can_retry = tried.len() + 1 < settings.connect_attempts as usize;
+            let can_retry = attempts < settings.connect_attempts;
             let in_flight = endpoint.begin();
             let connection = match endpoint.pool().checkout(settings.connect_timeout).await {
                 Ok(connection) => connection,
                 Err(error) => {
+                    let refused = error.is_refused();
                     let error = ProxyError::from(error);
                     self.count(&error);
-                    self.observe_health(&endpoint, &settings, true, now);
-                    if can_retry {
+                    let outcome = if refused {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Failed
+                    };
+                    self.observe_health(&endpoint, &settings, outcome, now);
+                    // A refused connect costs nothing and says nothing listens there: during
+                    // churn, several pods may be gone at once, so it does not use up an attempt
+                    // (unless retries are off altogether).
+                    let free = refused
+                        && settings.connect_attempts > 1
+                        && refused_retries < REFUSED_CONNECT_RETRIES;
+                    if free || can_retry {
+                        if free {
+                            refused_retries += 1;
+                        } else {
+                            attempts += 1;
+                        }
                         tracing::debug!(endpoint = %endpoint.address(), %error, "connect failed; retrying elsewhere");
                         retrying = Some(Retry::Failed(error));
                         failed_role = role;
@@ -285,7 +316,16 @@ impl Forwarder {
                             .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
                     }
                     let status = response.status();
-                    self.observe_health(&endpoint, &settings, status.is_server_error(), now);
+                    self.observe_health(
+                        &endpoint,
+                        &settings,
+                        if status.is_server_error() {
+                            Outcome::Failed
+                        } else {
+                            Outcome::Passed
+                        },
+                        now,
+                    );
                     let response = response.map(|body| {
                         Either::Left(UpstreamBody::new(body, sender, in_flight, role, start))
                     });
@@ -296,6 +336,7 @@ impl Forwarder {
                         if self.budget.withdraw(Instant::now(), policy.budget_percent) {
                             retrying = Some(Retry::Status(response, endpoint.clone(), role));
                             failed_role = role;
+                            attempts += 1;
                             tried.push(endpoint);
                             req = again.request();
                             continue;
@@ -318,7 +359,7 @@ impl Forwarder {
                     });
                     let stale = connection.reused && stale_retries < STALE_CONNECTION_RETRIES;
                     if !(stale && again.is_some()) {
-                        self.observe_health(&endpoint, &settings, true, now);
+                        self.observe_health(&endpoint, &settings, Outcome::Failed, now);
                     }
                     match again {
                         // The peer closed an idle keep-alive connection as we used it.
@@ -335,6 +376,7 @@ impl Forwarder {
                         {
                             retrying = Some(Retry::Failed(error));
                             failed_role = role;
+                            attempts += 1;
                             tried.push(endpoint);
                             req = again;
                         }
@@ -344,7 +386,7 @@ impl Forwarder {
                 Err(_elapsed) => {
                     let error = ProxyError::Timeout(settings.request_timeout);
                     self.count(&error);
-                    self.observe_health(&endpoint, &settings, true, now);
+                    self.observe_health(&endpoint, &settings, Outcome::Failed, now);
                     return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             }
@@ -356,13 +398,13 @@ impl Forwarder {
         &self,
         endpoint: &Arc<Endpoint>,
         settings: &Settings,
-        failed: bool,
+        outcome: Outcome,
         now: u64,
     ) {
         let Some(policy) = settings.outlier else {
             return;
         };
-        if !failed {
+        if outcome == Outcome::Passed {
             endpoint.health().success();
             return;
         }
@@ -372,7 +414,10 @@ impl Forwarder {
             .load()
             .version_group(endpoint.version().as_str())
             .map_or(1, |g| g.endpoints.len());
-        if endpoint.health().failure(now, &policy, size) {
+        if endpoint
+            .health()
+            .failure(now, &policy, size, outcome == Outcome::Refused)
+        {
             self.ejections.inc();
             tracing::warn!(endpoint = %endpoint.address(), version = %endpoint.version(), "ejected after consecutive failures");
         }

@@ -39,6 +39,13 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+impl ConnectError {
+    /// The endpoint refused the connection: nothing listens there.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ConnectError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+    }
+}
+
 /// A connection ready for one request.
 pub struct Connection {
     pub sender: Sender,

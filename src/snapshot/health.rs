@@ -95,10 +95,17 @@ impl Health {
     }
 
     /// A failure; returns true when it ejected the endpoint. `version_size` is how many routable
-    /// endpoints the version has now.
-    pub fn failure(&self, now: u64, policy: &OutlierPolicy, version_size: usize) -> bool {
+    /// endpoints the version has now. A `definitive` failure (the connection was refused: nothing
+    /// listens there) ejects at once, as nginx's default `max_fails=1` would.
+    pub fn failure(
+        &self,
+        now: u64,
+        policy: &OutlierPolicy,
+        version_size: usize,
+        definitive: bool,
+    ) -> bool {
         let failures = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < policy.consecutive_failures || self.is_ejected(now) {
+        if (failures < policy.consecutive_failures && !definitive) || self.is_ejected(now) {
             return false;
         }
         let max = (version_size * policy.max_ejected_percent as usize / 100).min(version_size - 1);
@@ -190,11 +197,20 @@ mod tests {
     fn consecutive_failures_eject_for_a_growing_time() {
         let version = Arc::new(VersionHealth::default());
         let h = Health::new(version.clone());
-        assert!(!h.failure(1_000, &policy(), 4));
+        assert!(!h.failure(1_000, &policy(), 4, false));
         h.success();
-        assert!(!h.failure(1_000, &policy(), 4));
-        assert!(!h.failure(1_000, &policy(), 4));
-        assert!(h.failure(1_000, &policy(), 4), "the third in a row ejects");
+        let refused = Health::new(version.clone());
+        assert!(
+            refused.failure(1_000, &policy(), 4, true),
+            "a refused connect ejects at once"
+        );
+        assert!(!refused.is_ejected(20_000));
+        assert!(!h.failure(1_000, &policy(), 4, false));
+        assert!(!h.failure(1_000, &policy(), 4, false));
+        assert!(
+            h.failure(1_000, &policy(), 4, false),
+            "the third in a row ejects"
+        );
         assert!(h.is_ejected(10_999));
         assert!(
             !h.is_ejected(11_000),
@@ -202,7 +218,7 @@ mod tests {
         );
         assert_eq!(version.ejected.load(Ordering::Relaxed), 0);
         for _ in 0..3 {
-            h.failure(20_000, &policy(), 4);
+            h.failure(20_000, &policy(), 4, false);
         }
         assert!(
             h.is_ejected(39_999) && !h.is_ejected(40_000),
@@ -261,7 +277,7 @@ mod tests {
             .filter(|h| {
                 let mut ejected = false;
                 for _ in 0..3 {
-                    ejected |= h.failure(1_000, &policy(), 4);
+                    ejected |= h.failure(1_000, &policy(), 4, false);
                 }
                 ejected
             })
@@ -269,7 +285,7 @@ mod tests {
         assert_eq!(ejected, 2, "50% of 4");
         let lone = Health::new(Arc::new(VersionHealth::default()));
         assert!(
-            (0..10).all(|_| !lone.failure(1_000, &policy(), 1)),
+            (0..10).all(|_| !lone.failure(1_000, &policy(), 1, true)),
             "a lone endpoint stays in"
         );
     }
