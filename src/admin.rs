@@ -124,6 +124,7 @@ impl Admin {
                 }
             }
             "/metrics" => {
+                self.record_ejections();
                 let mut response = Response::new(Full::from(self.metrics.encode()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -141,6 +142,21 @@ impl Admin {
                 "not found; try /healthz /readyz /metrics /endpoints /canary\n",
             ),
         }
+    }
+
+    fn record_ejections(&self) {
+        let snapshot = self.snapshots.load();
+        let now = crate::snapshot::health::now_ms(std::time::Instant::now());
+        let mut rows: Vec<(&str, &str, i64)> = Vec::new();
+        for l in snapshot.listed() {
+            let key = (l.endpoint.version().as_str(), l.role.as_str());
+            let ejected = i64::from(l.endpoint.health().ejected_at(now));
+            match rows.iter_mut().find(|r| (r.0, r.1) == key) {
+                Some(row) => row.2 += ejected,
+                None => rows.push((key.0, key.1, ejected)),
+            }
+        }
+        self.metrics.set_ejected_counts(rows);
     }
 
     /// `PUT /canary {"weight": N}` sets this instance's override; `DELETE /canary` clears it.

@@ -287,6 +287,16 @@ impl Metrics {
         }
     }
 
+    /// Sets `tidegate_endpoints{state="ejected"}` from `(version, role, count)` rows (at scrape
+    /// time: ejection ends lazily, so only a scrape knows the current count).
+    pub fn set_ejected_counts<'a>(&self, rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
+        for (version, role, n) in rows {
+            self.endpoints
+                .with_label_values(&[version, role, "ejected"])
+                .set(n);
+        }
+    }
+
     pub fn set_canary_weight(&self, percent: f64) {
         self.canary_weight.set(percent);
     }

@@ -100,6 +100,13 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (the endpoint is going away); in-use ones finish first.
+    pub fn close_idle(&self) {
+        if let Some(queue) = self.idle.get() {
+            while queue.pop().is_some() {}
+        }
+    }
+
     /// Idle connections currently pooled.
     pub fn idle(&self) -> usize {
         self.idle.get().map_or(0, ArrayQueue::len)

@@ -117,6 +117,14 @@ impl Publisher {
             endpoint
                 .health()
                 .set_ready(spec.state == EndpointState::Ready, now, generation == 1);
+            // Draining: a terminating or not-ready endpoint keeps its in-flight requests but no
+            // idle connections.
+            if matches!(
+                spec.state,
+                EndpointState::Terminating | EndpointState::NotReady
+            ) {
+                endpoint.pool().close_idle();
+            }
             live.insert(key, endpoint.clone());
             listed.push(Listed {
                 endpoint,

@@ -224,6 +224,13 @@ async fn a_failing_pod_is_ejected_after_consecutive_failures() {
         .filter(|e| e["ejected"] == true)
         .collect();
     assert_eq!(ejected.len(), 1, "/endpoints shows the ejection: {listed}");
+    assert_eq!(
+        proxy
+            .metric(r#"tidegate_endpoints{role="stable",state="ejected",version="v1"}"#)
+            .await,
+        Some(1.0),
+        "the ejection shows in the endpoint gauge"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,5 +373,45 @@ async fn failing_health_checks_take_an_endpoint_out_and_passing_ones_bring_it_ba
     assert!(
         report.count_containing(&pods[2].pod) > 0,
         "a healthy pod is back in rotation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_taken_out_of_rotation_closes_its_idle_connections() {
+    let pods = [backend("v1").run().await, backend("v1").run().await];
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1]])
+        .start()
+        .await;
+    run_load(&proxy.url("/"), 4, 200).await;
+    let idle = |listed: &serde_json::Value, addr: String| {
+        listed["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr.as_str())
+            .map(|e| e["idle_connections"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(
+        idle(&proxy.endpoints_json().await, pods[1].addr.to_string()) > 0,
+        "keep-alive pooled"
+    );
+
+    proxy.rewrite_config(&TestProxy::new().endpoints(&[&pods[0]]).not_ready(&pods[1]));
+    proxy
+        .wait_until("the edit is published", Duration::from_secs(10), || async {
+            proxy.generation().await >= 2
+        })
+        .await;
+    let listed = proxy.endpoints_json().await;
+    assert_eq!(
+        idle(&listed, pods[1].addr.to_string()),
+        0,
+        "draining: no idle connections kept"
+    );
+    assert!(
+        idle(&listed, pods[0].addr.to_string()) > 0,
+        "the others keep theirs"
     );
 }
