@@ -525,6 +525,45 @@ struct RawRetries {
     on: RetryOn,
     #[serde(default = "twenty", deserialize_with = "percent")]
     budget_percent: u32,
+    #[serde(default = "yes")]
+    idempotent: bool,
+    #[serde(default = "replay_default", deserialize_with = "size")]
+    max_replay_body: u64,
+}
+
+fn replay_default() -> u64 {
+    64 * 1024
+}
+
+/// A byte size: a number of bytes, or with a unit (`KiB`, `MiB`, `KB`, `MB`, `B`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    validated(d, "a size", |s| {
+        let parsed = match s {
+            Scalar::Number(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
+            Scalar::Str(s) => {
+                let s = s.trim();
+                let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+                let (number, unit) = s.split_at(split);
+                let scale = match unit.trim() {
+                    "" | "B" => Some(1),
+                    "KiB" => Some(1024),
+                    "MiB" => Some(1024 * 1024),
+                    "KB" | "kB" => Some(1000),
+                    "MB" => Some(1_000_000),
+                    _ => None,
+                };
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .zip(scale)
+                    .and_then(|(n, k)| n.checked_mul(k))
+            }
+            _ => None,
+        };
+        parsed
+            .filter(|n| *n <= 64 * 1024 * 1024)
+            .ok_or_else(|| "must be a size up to 64MiB, such as 65536, 64KiB or 1MiB".to_owned())
+    })
 }
 
 impl Default for RawRetries {
@@ -533,6 +572,8 @@ impl Default for RawRetries {
             connect_attempts: two(),
             on: retry_on_default(),
             budget_percent: twenty(),
+            idempotent: true,
+            max_replay_body: replay_default(),
         }
     }
 }
@@ -845,6 +886,8 @@ impl RawConfig {
                     on_502: self.retries.on.s502,
                     on_503: self.retries.on.s503,
                     budget_percent: self.retries.budget_percent,
+                    idempotent: self.retries.idempotent,
+                    max_replay_body: self.retries.max_replay_body,
                 },
             },
             reload_interval: self.reload.interval.0,

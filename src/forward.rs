@@ -216,7 +216,9 @@ impl Forwarder {
         if let Some(upgrade) = &upgrade {
             upgrade.restore_request_headers(req.headers_mut());
         }
-        let replay = Replay::capture(&req);
+        // Read (and kept) on the first attempt, once the settings are known.
+        let mut replay: Option<Replay> = None;
+        let mut first_attempt = true;
         let mut rng = Rng::new();
         // Endpoints this request already failed on; allocates only on a retry.
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -257,6 +259,18 @@ impl Forwarder {
                     }
                 };
             };
+            if std::mem::take(&mut first_attempt) {
+                let policy = settings.retry;
+                match Replay::capture(&mut req, policy.idempotent, policy.max_replay_body).await {
+                    Ok(kept) => replay = kept,
+                    Err(error) => {
+                        tracing::debug!(%error, "client request body failed");
+                        let mut response = Response::new(body::local(format!("{error}\n")));
+                        *response.status_mut() = StatusCode::BAD_REQUEST;
+                        return response;
+                    }
+                }
+            }
             if let Some(retry) = retrying.take() {
                 self.retries[retry.reason()].inc();
                 // The client may yet be served, but the attempt still failed where it went.

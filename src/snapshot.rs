@@ -187,6 +187,10 @@ pub struct RetryPolicy {
     pub on_503: bool,
     /// Retries may add at most this percentage to the requests of the last 10 s (plus a floor).
     pub budget_percent: u32,
+    /// Whether sent requests are retried at all (idempotent methods only, either way).
+    pub idempotent: bool,
+    /// Request bodies up to this size (by Content-Length) are kept so that they can be resent.
+    pub max_replay_body: u64,
 }
 
 impl Default for RetryPolicy {
@@ -196,6 +200,8 @@ impl Default for RetryPolicy {
             on_502: true,
             on_503: true,
             budget_percent: 20,
+            idempotent: true,
+            max_replay_body: 64 * 1024,
         }
     }
 }

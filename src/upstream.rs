@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The request body sent upstream: the client's body streamed through, or an empty body for a
-/// bodyless request sent again after its first attempt failed.
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+/// The request body sent upstream: the client's body streamed through, or a buffered one (a small
+/// body kept so that the request can be sent again after its first attempt failed).
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
 
 /// One HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<RequestBody>;

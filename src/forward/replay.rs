@@ -1,25 +1,36 @@
 //! Sending a request again after its first attempt failed.
 //!
 //! Only a request whose effect cannot be doubled qualifies: an idempotent method (RFC 9110 §9.2.2)
-//! with no body. Its head is kept so that it can be rebuilt after hyper consumed the original; the
-//! copy is made only for such requests.
+//! whose body is empty or small enough to keep (`retries.max_replay_body`, by its Content-Length).
+//! Such a body is read in full before the first attempt; larger ones stream and are never replayed.
 
-use http::{HeaderMap, Method, Request, Uri, Version};
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
-use http_body_util::{Either, Empty};
+use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::upstream::RequestBody;
 
-/// The head of a request that may be sent again.
+/// What is needed to send a request again.
 pub(super) struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 }
 
+/// Why a request could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the request body: {0}")]
+pub(super) struct BodyError(String);
+
 impl Replay {
-    /// Keeps what is needed to send `req` again, if that is safe.
-    pub(super) fn capture(req: &Request<RequestBody>) -> Option<Self> {
+    /// Keeps what is needed to send `req` again, if that is safe, reading a small body first.
+    pub(super) async fn capture(
+        req: &mut Request<RequestBody>,
+        enabled: bool,
+        max_body: u64,
+    ) -> Result<Option<Self>, BodyError> {
         let idempotent = matches!(
             *req.method(),
             Method::GET
@@ -29,16 +40,45 @@ impl Replay {
                 | Method::DELETE
                 | Method::TRACE
         );
-        (idempotent && req.body().is_end_stream()).then(|| Self {
+        if !enabled || !idempotent {
+            return Ok(None);
+        }
+        let body = if req.body().is_end_stream() {
+            Bytes::new()
+        } else {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match declared {
+                Some(len) if len <= max_body => {
+                    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+                    let streamed =
+                        std::mem::replace(req.body_mut(), Either::Right(Full::default()));
+                    let bytes = Limited::new(streamed, limit)
+                        .collect()
+                        .await
+                        .map_err(|e| BodyError(e.to_string()))?
+                        .to_bytes();
+                    *req.body_mut() = Either::Right(Full::new(bytes.clone()));
+                    bytes
+                }
+                // Unknown or large: it streams, and is not sent twice.
+                _ => return Ok(None),
+            }
+        };
+        Ok(Some(Self {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
-        })
+            body,
+        }))
     }
 
     /// A fresh copy of the request.
     pub(super) fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();

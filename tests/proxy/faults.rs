@@ -415,3 +415,33 @@ async fn an_endpoint_taken_out_of_rotation_closes_its_idle_connections() {
         "the others keep theirs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_idempotent_body_is_replayed_on_another_endpoint() {
+    let pods = three_pods_one_answering(503).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("retries: { connect_attempts: 2, budget_percent: 100, max_replay_body: 8KiB }")
+        .start()
+        .await;
+    let body: String = (0..4096)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut expected = Fnv::new();
+    expected.update(body.as_bytes());
+    let expected = format!("bytes=4096 hash={:x}", expected.0);
+
+    for _ in 0..60 {
+        let req = http::Request::put(proxy.url("/upload"))
+            .header("content-length", "4096")
+            .body(full(&body))
+            .unwrap();
+        let (status, _, answer) = send(proxy.client(), req).await.unwrap();
+        assert_eq!(
+            status, 200,
+            "a PUT that met the failing pod is sent again, body and all: {answer}"
+        );
+        assert_eq!(answer, expected, "the replayed body arrives byte for byte");
+    }
+    assert!(pods[2].hits() > 0, "the failing pod was tried");
+}
