@@ -445,3 +445,44 @@ async fn a_small_idempotent_body_is_replayed_on_another_endpoint() {
     }
     assert!(pods[2].hits() > 0, "the failing pod was tried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_pod_is_ejected_and_comes_back() {
+    let pods = three_pods_one_answering(500).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&pods[0], &pods[1], &pods[2]])
+        .yaml("outlier: { consecutive_failures: 3, base_ejection: 300ms, max_ejected_percent: 50 }")
+        .start()
+        .await;
+    let load = steady_load(&proxy, 4).await;
+    wait_until(
+        "the flapping pod is ejected",
+        Duration::from_secs(5),
+        || async { proxy.metric("tidegate_ejections_total").await >= Some(1.0) },
+    )
+    .await;
+
+    pods[2].set_status(0);
+    let recovered_at = pods[2].hits();
+    wait_until(
+        "it gets traffic again once its ejection ends",
+        Duration::from_secs(10),
+        || async { pods[2].hits() > recovered_at + 50 },
+    )
+    .await;
+    let report = load.stop().await;
+    assert!(
+        report.failures.iter().all(|f| f.starts_with("500")),
+        "{:?}",
+        report.failures
+    );
+    let listed = proxy.endpoints_json().await;
+    assert!(
+        listed["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["ejected"] == false),
+        "{listed}"
+    );
+}

@@ -379,3 +379,111 @@ async fn http_410_gone_at_watch_start_forces_a_fresh_list() {
     let report = burst(&proxy, 100).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
+
+/// Opens an upgraded `echo` connection through the proxy and checks one round trip.
+async fn websocket_round_trip(proxy: &RunningProxy, message: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    socket
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if socket.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err(format!(
+                "closed during the handshake: {}",
+                String::from_utf8_lossy(&head)
+            ));
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(String::from_utf8_lossy(&head).into_owned());
+    }
+    socket
+        .write_all(message.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256];
+    let n = socket.read(&mut buf).await.map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    match reply.split_once(':') {
+        Some((_, echoed)) if echoed == message => Ok(()),
+        _ => Err(format!("bad echo {reply:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_works_throughout_a_rollout() {
+    let mut cluster = Cluster::new("ws", 3, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let proxy = std::sync::Arc::new(proxy);
+    let prober = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) && i < 2000 {
+                results.push(websocket_round_trip(&proxy, &format!("msg-{i}")).await);
+                i += 1;
+            }
+            results
+        })
+    };
+    cluster.set_image("v2", true).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let results = prober.await.unwrap();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        results.len() > 20,
+        "enough upgrades during the rollout: {}",
+        results.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} upgrades failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_removes_a_pod_kubernetes_still_calls_ready() {
+    let mut cluster = Cluster::new("checked", 3, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster
+        .proxy("")
+        .yaml("health_check: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 }")
+        .yaml("outlier: null")
+        .yaml("retries: { connect_attempts: 1, on: [] }")
+        .start()
+        .await;
+    // Its readiness probe still passes as far as Kubernetes knows; its health endpoint says 500.
+    cluster.pods[0].backend.set_status(500);
+    proxy
+        .wait_until(
+            "the health check fails it",
+            Duration::from_secs(5),
+            || async {
+                let listed = proxy.endpoints_json().await;
+                let endpoints = listed["endpoints"].as_array().unwrap().clone();
+                endpoints
+                    .iter()
+                    .any(|e| e["healthy"] == false && e["state"] == "ready")
+            },
+        )
+        .await;
+    let report = burst(&proxy, 300).await;
+    assert!(
+        report.failures.is_empty(),
+        "ready but unhealthy must get nothing: {:?}",
+        report.failures
+    );
+}
