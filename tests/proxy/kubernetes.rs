@@ -11,6 +11,18 @@ const ONE_SURGE: Strategy = Strategy {
     max_unavailable: 0,
 };
 
+/// Waits until `/endpoints` lists `n` endpoints.
+async fn wait_endpoint_count(proxy: &RunningProxy, n: usize, what: &str, limit: Duration) {
+    wait_until(what, limit, || async {
+        proxy.endpoints_json().await["endpoints"]
+            .as_array()
+            .unwrap()
+            .len()
+            == n
+    })
+    .await
+}
+
 /// Waits until a failed EndpointSlice watch shows in `tidegate_discovery_errors_total`.
 async fn wait_discovery_errors(proxy: &RunningProxy, what: &str, limit: Duration) {
     let series = r#"tidegate_discovery_errors_total{resource="endpointslices"}"#;
@@ -244,16 +256,11 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
 
     cluster.api.restart().await;
     let back = Instant::now();
-    wait_until(
+    wait_endpoint_count(
+        &proxy,
+        3,
         "the change made during the outage is applied",
         Duration::from_secs(5),
-        || async {
-            proxy.endpoints_json().await["endpoints"]
-                .as_array()
-                .unwrap()
-                .len()
-                == 3
-        },
     )
     .await;
     let caught_up = back.elapsed();
@@ -363,19 +370,13 @@ async fn http_410_gone_at_watch_start_forces_a_fresh_list() {
     cluster.add_ready_pod().await;
     cluster.publish();
 
-    proxy
-        .wait_until(
-            "the change behind the 410 is seen",
-            Duration::from_secs(10),
-            || async {
-                proxy.endpoints_json().await["endpoints"]
-                    .as_array()
-                    .unwrap()
-                    .len()
-                    == 3
-            },
-        )
-        .await;
+    wait_endpoint_count(
+        &proxy,
+        3,
+        "the change behind the 410 is seen",
+        Duration::from_secs(10),
+    )
+    .await;
     let report = burst(&proxy, 100).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
