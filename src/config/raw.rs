@@ -1,0 +1,658 @@
+//! The config file as written: serde structs that reject unknown fields, with every scalar
+//! validated where the parser can still point at it, and the conversion into the domain types.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Deserialize, Deserializer};
+
+use crate::probe::CheckConfig;
+use crate::snapshot::health::OutlierPolicy;
+use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Version, Weight};
+
+use super::duration::{self, Dur};
+use super::scalar::{validated, Scalar};
+use super::{
+    AbortConfig, AdminConfig, Apply, CanaryConfig, Config, ConfigError, DiscoveryConfig,
+    KubernetesConfig, MinReady, PortRef, Retries, Timeouts,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    admin: RawAdmin,
+    // `discovery: { static: ... }` rather than YAML's `!static` tag syntax.
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
+    discovery: RawDiscovery,
+    #[serde(default)]
+    canary: RawCanary,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    retries: RawRetries,
+    #[serde(default = "default_outlier")]
+    outlier: Option<RawOutlier>,
+    #[serde(default = "secs::<0>")]
+    slow_start: Dur,
+    #[serde(default)]
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: SocketAddr,
+    #[serde(default, deserialize_with = "token")]
+    token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawDiscovery {
+    Static(RawStatic),
+    Kubernetes(RawKubernetes),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default = "default_namespace", deserialize_with = "k8s_name")]
+    namespace: String,
+    #[serde(deserialize_with = "k8s_name")]
+    service: String,
+    #[serde(default, deserialize_with = "port_ref")]
+    port: Option<PortRef>,
+    #[serde(default, deserialize_with = "optional_k8s_name")]
+    deployment: Option<String>,
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+    #[serde(default = "min_ready_deployment", deserialize_with = "min_ready")]
+    min_ready: MinReady,
+    #[serde(default = "secs::<30>")]
+    api_timeout: Dur,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+fn min_ready_deployment() -> MinReady {
+    MinReady::Deployment
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn k8s_name_of(s: Scalar<'_>) -> Result<Option<String>, String> {
+    match s {
+        Scalar::Null => Ok(None),
+        Scalar::Str(s)
+            if !s.is_empty()
+                && s.len() <= 253
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
+                && !s.starts_with(['-', '.'])
+                && !s.ends_with(['-', '.']) =>
+        {
+            Ok(Some(s.to_owned()))
+        }
+        _ => Err(
+            "must be a Kubernetes object name (lowercase letters, digits, '-' and '.')".to_owned(),
+        ),
+    }
+}
+
+fn k8s_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    validated(d, "a Kubernetes object name", |s| {
+        k8s_name_of(s)?.ok_or_else(|| "a name is required".to_owned())
+    })
+}
+
+fn optional_k8s_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    validated(d, "a Kubernetes object name or null", k8s_name_of)
+}
+
+fn port_ref<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortRef>, D::Error> {
+    validated(d, "a port name or number", |s| match s {
+        Scalar::Null => Ok(None),
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => {
+            Ok(Some(PortRef::Number(n as u16)))
+        }
+        Scalar::Str(s)
+            if !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Ok(Some(PortRef::Name(s.to_owned())))
+        }
+        _ => Err("must be a port number from 1 to 65535 or a port name".to_owned()),
+    })
+}
+
+fn min_ready<'de, D: Deserializer<'de>>(d: D) -> Result<MinReady, D::Error> {
+    validated(d, "`deployment` or a duration", |s| match s {
+        Scalar::Str("deployment") => Ok(MinReady::Deployment),
+        Scalar::Str(s) => duration::parse(s)
+            .map(MinReady::Fixed)
+            .ok_or_else(|| "must be `deployment` or a duration such as 0s or 10s".to_owned()),
+        _ => Err("must be `deployment` or a duration such as 0s or 10s".to_owned()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    #[serde(deserialize_with = "unique_endpoints")]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: SocketAddr,
+    #[serde(deserialize_with = "version")]
+    version: Version,
+    #[serde(default = "yes")]
+    ready: bool,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    #[serde(default, deserialize_with = "optional_version")]
+    version: Option<Version>,
+    #[serde(default, deserialize_with = "weight")]
+    weight: Weight,
+    #[serde(default = "apply_paused", deserialize_with = "apply")]
+    apply: Apply,
+    #[serde(default, deserialize_with = "header_name")]
+    header: Option<HeaderName>,
+    #[serde(default)]
+    sticky: bool,
+    #[serde(default)]
+    abort: Option<RawAbort>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbort {
+    #[serde(deserialize_with = "error_rate")]
+    max_error_rate: f64,
+    #[serde(default = "fifty")]
+    min_requests: u64,
+    #[serde(default = "secs::<30>")]
+    window: Dur,
+}
+
+fn fifty() -> u64 {
+    50
+}
+
+fn error_rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    validated(d, "an error rate", |s| match s {
+        Scalar::Number(n) if (0.0..=1.0).contains(&n) => Ok(n),
+        _ => Err("must be a fraction from 0 to 1, such as 0.05 for 5%".to_owned()),
+    })
+}
+
+fn apply_paused() -> Apply {
+    Apply::Paused
+}
+
+fn apply<'de, D: Deserializer<'de>>(d: D) -> Result<Apply, D::Error> {
+    validated(d, "`paused` or `always`", |s| match s {
+        Scalar::Str("paused") => Ok(Apply::Paused),
+        Scalar::Str("always") => Ok(Apply::Always),
+        _ => Err("must be `paused` or `always`".to_owned()),
+    })
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderName>, D::Error> {
+    validated(d, "a header name", |s| match s {
+        Scalar::Null => Ok(None),
+        Scalar::Str(s) => HeaderName::from_bytes(s.as_bytes())
+            .map(Some)
+            .map_err(|_| format!("{s:?} is not a valid header name")),
+        _ => Err("must be a header name".to_owned()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default = "secs::<1>")]
+    connect: Dur,
+    #[serde(default = "secs::<30>")]
+    request: Dur,
+    #[serde(default = "secs::<10>")]
+    header_read: Dur,
+    #[serde(default = "secs::<30>")]
+    drain: Dur,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: secs::<1>(),
+            request: secs::<30>(),
+            header_read: secs::<10>(),
+            drain: secs::<30>(),
+        }
+    }
+}
+
+fn secs<const N: u64>() -> Dur {
+    Dur(Duration::from_secs(N))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    #[serde(default = "two", deserialize_with = "attempts")]
+    connect_attempts: u32,
+    #[serde(default = "retry_on_default", deserialize_with = "retry_on")]
+    on: RetryOn,
+    #[serde(default = "twenty", deserialize_with = "percent")]
+    budget_percent: u32,
+    #[serde(default = "yes")]
+    idempotent: bool,
+    #[serde(default = "replay_default", deserialize_with = "size")]
+    max_replay_body: u64,
+}
+
+fn replay_default() -> u64 {
+    64 * 1024
+}
+
+/// A byte size: a number of bytes, or with a unit (`KiB`, `MiB`, `KB`, `MB`, `B`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    validated(d, "a size", |s| {
+        let parsed = match s {
+            Scalar::Number(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
+            Scalar::Str(s) => {
+                let s = s.trim();
+                let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+                let (number, unit) = s.split_at(split);
+                let scale = match unit.trim() {
+                    "" | "B" => Some(1),
+                    "KiB" => Some(1024),
+                    "MiB" => Some(1024 * 1024),
+                    "KB" | "kB" => Some(1000),
+                    "MB" => Some(1_000_000),
+                    _ => None,
+                };
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .zip(scale)
+                    .and_then(|(n, k)| n.checked_mul(k))
+            }
+            _ => None,
+        };
+        parsed
+            .filter(|n| *n <= 64 * 1024 * 1024)
+            .ok_or_else(|| "must be a size up to 64MiB, such as 65536, 64KiB or 1MiB".to_owned())
+    })
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self {
+            connect_attempts: two(),
+            on: retry_on_default(),
+            budget_percent: twenty(),
+            idempotent: true,
+            max_replay_body: replay_default(),
+        }
+    }
+}
+
+/// `retries.on`: which failures of a sent request are retried.
+#[derive(Clone, Copy, Default)]
+struct RetryOn {
+    reset: bool,
+    s502: bool,
+    s503: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    #[serde(default = "five", deserialize_with = "failures")]
+    consecutive_failures: u32,
+    #[serde(default = "secs::<10>")]
+    base_ejection: Dur,
+    #[serde(default = "fifty_percent", deserialize_with = "percent")]
+    max_ejected_percent: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(deserialize_with = "check_path")]
+    path: http::uri::PathAndQuery,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default = "secs::<2>")]
+    interval: Dur,
+    #[serde(default = "secs::<1>")]
+    timeout: Dur,
+    #[serde(default = "two", deserialize_with = "attempts")]
+    healthy: u32,
+    #[serde(default = "three", deserialize_with = "attempts")]
+    unhealthy: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn check_path<'de, D: Deserializer<'de>>(d: D) -> Result<http::uri::PathAndQuery, D::Error> {
+    validated(d, "a path", |s| match s {
+        Scalar::Str(p) if p.starts_with('/') => {
+            p.parse().map_err(|_| format!("{p:?} is not a valid path"))
+        }
+        _ => Err("must be a path starting with /".to_owned()),
+    })
+}
+
+fn default_outlier() -> Option<RawOutlier> {
+    Some(RawOutlier {
+        consecutive_failures: five(),
+        base_ejection: secs::<10>(),
+        max_ejected_percent: fifty_percent(),
+    })
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn fifty_percent() -> u32 {
+    50
+}
+
+fn failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a count of failures", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=1000.0).contains(&n) => Ok(n as u32),
+        _ => Err("must be a whole number from 1 to 1000".to_owned()),
+    })
+}
+
+fn retry_on_default() -> RetryOn {
+    RetryOn {
+        reset: true,
+        s502: true,
+        s503: true,
+    }
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+fn retry_on<'de, D: Deserializer<'de>>(d: D) -> Result<RetryOn, D::Error> {
+    let items = Vec::<serde_yaml_ng::Value>::deserialize(d)?;
+    let mut on = RetryOn::default();
+    for item in items {
+        match (item.as_str(), item.as_u64()) {
+            (Some("reset"), _) => on.reset = true,
+            (_, Some(502)) => on.s502 = true,
+            (_, Some(503)) => on.s503 = true,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "retries.on: {item:?} is not one of reset, 502, 503"
+                )))
+            }
+        }
+    }
+    Ok(on)
+}
+
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a percentage", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (0.0..=100.0).contains(&n) => Ok(n as u32),
+        _ => Err("must be a whole percentage from 0 to 100".to_owned()),
+    })
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default = "secs::<1>")]
+    interval: Dur,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            interval: secs::<1>(),
+        }
+    }
+}
+
+/// Longest retry chain accepted: each attempt costs a connect timeout.
+const MAX_CONNECT_ATTEMPTS: u32 = 10;
+
+fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    validated(d, "a whole number of attempts", |s| match s {
+        Scalar::Number(n)
+            if n.fract() == 0.0 && (1.0..=f64::from(MAX_CONNECT_ATTEMPTS)).contains(&n) =>
+        {
+            Ok(n as u32)
+        }
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_CONNECT_ATTEMPTS}"
+        )),
+    })
+}
+
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Weight, D::Error> {
+    validated(d, "a percentage", |s| match s {
+        Scalar::Number(n) => {
+            Weight::new(n).ok_or_else(|| format!("must be a percentage from 0 to 100, got {n}"))
+        }
+        _ => Err("must be a percentage from 0 to 100".to_owned()),
+    })
+}
+
+fn version_of(s: Scalar<'_>) -> Result<Option<Version>, String> {
+    match s {
+        Scalar::Str(s) => Version::new(s).map(Some).map_err(|e| e.to_string()),
+        Scalar::Number(n) => Version::new(&n.to_string())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Scalar::Null => Ok(None),
+    }
+}
+
+fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Version, D::Error> {
+    validated(d, "a version label", |s| {
+        version_of(s)?.ok_or_else(|| "a version is required".to_owned())
+    })
+}
+
+fn optional_version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Version>, D::Error> {
+    validated(d, "a version label or null", version_of)
+}
+
+fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    validated(d, "a token string", |s| match s {
+        Scalar::Str(t) if !t.trim().is_empty() => Ok(Some(t.to_owned())),
+        Scalar::Null => Ok(None),
+        _ => Err("must be a non-empty string, or null to disable".to_owned()),
+    })
+}
+
+fn unique_endpoints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEndpoint>, D::Error> {
+    let endpoints = Vec::<RawEndpoint>::deserialize(d)?;
+    let mut seen = HashSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        if !seen.insert(e.address) {
+            return Err(serde::de::Error::custom(format!(
+                "endpoint {i} repeats address {}",
+                e.address
+            )));
+        }
+    }
+    Ok(endpoints)
+}
+
+impl RawConfig {
+    pub(super) fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason: reason.to_owned(),
+        };
+        // Port 0 asks the OS for a free port each time, so two of them never clash.
+        if self.admin.listen == self.listen && self.listen.port() != 0 {
+            return Err(invalid("admin.listen", "must differ from listen"));
+        }
+        if self.timeouts.connect.0.is_zero() {
+            return Err(invalid("timeouts.connect", "must be greater than 0"));
+        }
+        if self.timeouts.request.0.is_zero() {
+            return Err(invalid("timeouts.request", "must be greater than 0"));
+        }
+        if self.timeouts.header_read.0.is_zero() {
+            return Err(invalid("timeouts.header_read", "must be greater than 0"));
+        }
+        if self
+            .canary
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.window.0 < Duration::from_secs(1))
+        {
+            return Err(invalid("canary.abort.window", "must be at least 1s"));
+        }
+        if self.reload.interval.0 < Duration::from_millis(10) {
+            return Err(invalid("reload.interval", "must be at least 10ms"));
+        }
+        let discovery = match self.discovery {
+            RawDiscovery::Kubernetes(k) => {
+                if k.api_timeout.0 < Duration::from_secs(1) {
+                    return Err(invalid(
+                        "discovery.kubernetes.api_timeout",
+                        "must be at least 1s",
+                    ));
+                }
+                DiscoveryConfig::Kubernetes(KubernetesConfig {
+                    namespace: k.namespace,
+                    service: k.service,
+                    port: k.port,
+                    deployment: k.deployment,
+                    kubeconfig: k.kubeconfig,
+                    min_ready: k.min_ready,
+                    api_timeout: k.api_timeout.0,
+                })
+            }
+            RawDiscovery::Static(s) => DiscoveryConfig::Static {
+                endpoints: s
+                    .endpoints
+                    .into_iter()
+                    .map(|e| EndpointSpec {
+                        address: e.address,
+                        version: e.version,
+                        state: if e.ready {
+                            EndpointState::Ready
+                        } else {
+                            EndpointState::NotReady
+                        },
+                        name: e.name.map(Arc::from),
+                        image: None,
+                    })
+                    .collect(),
+            },
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin: AdminConfig {
+                listen: self.admin.listen,
+                token: self.admin.token.map(Arc::from),
+            },
+            discovery,
+            canary: CanaryConfig {
+                version: self.canary.version,
+                weight: self.canary.weight,
+                apply: self.canary.apply,
+                header: self.canary.header,
+                sticky: self.canary.sticky,
+                abort: self.canary.abort.map(|a| AbortConfig {
+                    max_error_rate: a.max_error_rate,
+                    min_requests: a.min_requests,
+                    window: a.window.0,
+                }),
+            },
+            timeouts: Timeouts {
+                connect: self.timeouts.connect.0,
+                request: self.timeouts.request.0,
+                header_read: self.timeouts.header_read.0,
+                drain: self.timeouts.drain.0,
+            },
+            health_check: self.health_check.map(|h| CheckConfig {
+                path: h.path,
+                port: h.port,
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                healthy: h.healthy,
+                unhealthy: h.unhealthy,
+            }),
+            slow_start: self.slow_start.0,
+            outlier: self.outlier.map(|o| OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection.0,
+                max_ejected_percent: o.max_ejected_percent,
+            }),
+            retries: Retries {
+                connect_attempts: self.retries.connect_attempts,
+                policy: RetryPolicy {
+                    on_reset: self.retries.on.reset,
+                    on_502: self.retries.on.s502,
+                    on_503: self.retries.on.s503,
+                    budget_percent: self.retries.budget_percent,
+                    idempotent: self.retries.idempotent,
+                    max_replay_body: self.retries.max_replay_body,
+                },
+            },
+            reload_interval: self.reload.interval.0,
+        })
+    }
+}

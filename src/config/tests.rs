@@ -1,0 +1,166 @@
+//! The config contract: the documented example, errors that name field and line, defaults.
+use super::*;
+
+const EXAMPLE: &str = r#"
+listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+  token: null
+discovery:
+  static:
+    endpoints:
+      - { address: "127.0.0.2:8080", version: v1 }
+      - { address: "127.0.0.3:8080", version: v2, ready: false }
+canary:
+  version: v2
+  weight: 10
+timeouts: { connect: 1s, request: 30s, header_read: 10s }
+retries: { connect_attempts: 2 }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.yaml"))
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.canary.weight.percent(), 10.0);
+    assert_eq!(c.canary.version.unwrap().as_str(), "v2");
+    let DiscoveryConfig::Static { endpoints } = &c.discovery else {
+        panic!("static expected")
+    };
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[1].state, EndpointState::NotReady);
+    assert_eq!(c.timeouts.request, Duration::from_secs(30));
+    assert_eq!(c.retries.connect_attempts, 2);
+}
+
+fn error_of(text: &str) -> (String, Option<usize>) {
+    match parse(text).unwrap_err() {
+        ConfigError::Parse { message, line, .. } => (message, line),
+        other => (other.to_string(), None),
+    }
+}
+
+#[test]
+fn a_bad_address_names_the_field_and_line() {
+    let (msg, line) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.3"));
+    assert!(
+        msg.contains("discovery.static.endpoints[1].address"),
+        "{msg}"
+    );
+    assert_eq!(line, Some(10), "{msg}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let (msg, line) = error_of(&EXAMPLE.replace("weight: 10", "wieght: 10"));
+    assert!(msg.contains("unknown field `wieght`"), "{msg}");
+    assert!(msg.contains("canary"), "{msg}");
+    assert_eq!(line, Some(13), "{msg}");
+}
+
+#[test]
+fn out_of_range_values_are_rejected() {
+    let (msg, _) = error_of(&EXAMPLE.replace("weight: 10", "weight: 120"));
+    assert!(
+        msg.contains("canary.weight") && msg.contains("0 to 100"),
+        "{msg}"
+    );
+    let (msg, _) = error_of(&EXAMPLE.replace("connect: 1s", "connect: 1 parsec"));
+    assert!(msg.contains("timeouts.connect"), "{msg}");
+    let (msg, _) = error_of(&EXAMPLE.replace("connect_attempts: 2", "connect_attempts: 0"));
+    assert!(msg.contains("retries.connect_attempts"), "{msg}");
+    let (msg, _) = error_of(&EXAMPLE.replace("version: v1", "version: \"v 1\""));
+    assert!(msg.contains("endpoints[0].version"), "{msg}");
+    let (msg, _) = error_of(&EXAMPLE.replace("token: null", "token: \"\""));
+    assert!(msg.contains("admin.token"), "{msg}");
+}
+
+#[test]
+fn duplicate_addresses_are_rejected() {
+    let (msg, _) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.2:8080"));
+    assert!(msg.contains("repeats address 127.0.0.2:8080"), "{msg}");
+}
+
+#[test]
+fn cross_field_rules_name_the_field() {
+    let err = parse(&EXAMPLE.replace("127.0.0.1:9901", "127.0.0.1:8080")).unwrap_err();
+    assert!(
+        err.to_string().contains("admin.listen: must differ"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kubernetes_discovery_parses_with_defaults() {
+    let c =
+        parse("discovery:\n  kubernetes:\n    service: web\n    port: http\n    deployment: web\n")
+            .unwrap();
+    let DiscoveryConfig::Kubernetes(k) = c.discovery else {
+        panic!("kubernetes expected")
+    };
+    assert_eq!(k.namespace, "default");
+    assert_eq!(k.service, "web");
+    assert_eq!(k.port, Some(PortRef::Name("http".into())));
+    assert_eq!(k.deployment.as_deref(), Some("web"));
+    assert_eq!(k.min_ready, MinReady::Deployment);
+    assert_eq!(k.api_timeout, Duration::from_secs(30));
+    let c =
+        parse("discovery: { kubernetes: { service: web, port: 8080, min_ready: 5s } }").unwrap();
+    let DiscoveryConfig::Kubernetes(k) = c.discovery else {
+        panic!("kubernetes expected")
+    };
+    assert_eq!(k.port, Some(PortRef::Number(8080)));
+    assert_eq!(k.min_ready, MinReady::Fixed(Duration::from_secs(5)));
+}
+
+#[test]
+fn kubernetes_discovery_errors_name_the_field() {
+    let (msg, line) = error_of("discovery:\n  kubernetes:\n    service: Web_1\n");
+    assert!(msg.contains("discovery.kubernetes.service"), "{msg}");
+    assert_eq!(line, Some(3), "{msg}");
+    let (msg, _) = error_of("discovery: { kubernetes: { service: web, port: 70000 } }");
+    assert!(msg.contains("discovery.kubernetes.port"), "{msg}");
+    let (msg, _) = error_of("discovery: { kubernetes: { service: web, min_ready: soon } }");
+    assert!(msg.contains("discovery.kubernetes.min_ready"), "{msg}");
+    let (msg, _) = error_of("discovery: { kubernetes: { service: web, selector: x } }");
+    assert!(msg.contains("unknown field `selector`"), "{msg}");
+    let (msg, _) = error_of("discovery: { dns: { name: web } }");
+    assert!(msg.contains("unknown variant `dns`"), "{msg}");
+}
+
+#[test]
+fn retry_policy_parses_and_rejects_unknown_causes() {
+    let c = parse(
+        "discovery: { static: { endpoints: [] } }\nretries: { on: [502], budget_percent: 5 }",
+    )
+    .unwrap();
+    let p = c.retries.policy;
+    assert_eq!(
+        (p.on_reset, p.on_502, p.on_503, p.budget_percent),
+        (false, true, false, 5)
+    );
+    let (msg, line) =
+        error_of("discovery: { static: { endpoints: [] } }\nretries: { on: [reset, 504] }");
+    assert!(msg.contains("retries") && msg.contains("504"), "{msg}");
+    assert_eq!(line, Some(2), "{msg}");
+    let (msg, _) =
+        error_of("discovery: { static: { endpoints: [] } }\nretries: { budget_percent: 101 }");
+    assert!(msg.contains("retries.budget_percent"), "{msg}");
+}
+
+#[test]
+fn defaults_are_secure_and_documented() {
+    let c = parse("discovery: { static: { endpoints: [] } }").unwrap();
+    assert!(
+        c.admin.listen.ip().is_loopback(),
+        "admin must default to loopback"
+    );
+    assert!(c.listen.ip().is_loopback());
+    assert_eq!(c.retries.connect_attempts, 2);
+    assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(c.reload_interval, Duration::from_secs(1));
+}
