@@ -5,62 +5,25 @@
 //! two samples and two atomic loads whatever the size).
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod fixtures;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tidegate::metrics::Metrics;
 use tidegate::pick::{pick, pick_role, pick_version, sticky, Rng};
-use tidegate::snapshot::{
-    Desired, EndpointSpec, EndpointState, Publisher, Role, Settings, Snapshots, Split, Version,
-    Weight,
-};
+use tidegate::snapshot::{Publisher, Role, Settings, Snapshots};
 
 /// Snapshot sizes: a small service, a large one, and the biggest we expect to route to.
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
-/// `127.x.y.z:8080` for endpoint `i`: distinct for every `i < 2^24`.
-fn address(i: usize) -> SocketAddr {
-    let [_, x, y, z] = u32::try_from(i)
-        .expect("fewer than 2^32 endpoints")
-        .to_be_bytes();
-    SocketAddr::from((Ipv4Addr::new(127, x, y, z), 8080))
-}
-
 /// `n` ready endpoints, 90% stable `v1` and 10% canary `v2` (at least one of each), 10% weight.
 fn publish(n: usize) -> (Publisher, Snapshots) {
     let (mut publisher, snapshots) = Publisher::new(Settings::default(), Arc::new(Metrics::new()));
-    let (v1, v2) = (
-        Version::new("v1").expect("valid version"),
-        Version::new("v2").expect("valid version"),
-    );
     let canaries = (n / 10).max(1);
-    let endpoints = (0..n)
-        .map(|i| {
-            let (version, role) = if i < canaries {
-                (v2.clone(), Role::Canary)
-            } else {
-                (v1.clone(), Role::Stable)
-            };
-            let spec = EndpointSpec {
-                address: address(i),
-                version,
-                state: EndpointState::Ready,
-                name: None,
-                image: None,
-            };
-            (spec, role)
-        })
-        .collect();
-    publisher.publish(Desired {
-        endpoints,
-        split: Split::Weighted(Weight::new(10.0).expect("valid weight")),
-        canary_version: Some(v2),
-        canary_header: Some(HeaderName::from_static("x-tidegate-canary")),
-        settings: Settings::default(),
-    });
+    publisher.publish(fixtures::desired(0, n, canaries));
     let snapshot = snapshots.load();
     assert_eq!(snapshot.routable(Role::Canary).len(), canaries);
     assert_eq!(snapshot.routable(Role::Stable).len(), n - canaries);

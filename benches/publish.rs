@@ -5,56 +5,20 @@
 //! and the same set again (every cell reused). Target: under 5 ms.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod fixtures;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tidegate::metrics::Metrics;
-use tidegate::snapshot::{
-    Desired, EndpointSpec, EndpointState, Publisher, Role, Settings, Split, Version, Weight,
-};
+use tidegate::snapshot::{Desired, Publisher, Role, Settings};
 
 const ENDPOINTS: usize = 10_000;
 
-/// `127.x.y.z:8080` for endpoint `i`: distinct for every `i < 2^24`.
-fn address(i: usize) -> SocketAddr {
-    let [_, x, y, z] = u32::try_from(i)
-        .expect("fewer than 2^32 endpoints")
-        .to_be_bytes();
-    SocketAddr::from((Ipv4Addr::new(127, x, y, z), 8080))
-}
-
 /// `ENDPOINTS` ready endpoints starting at address index `first`: 90% stable `v1`, 10% canary `v2`.
 fn desired(first: usize) -> Desired {
-    let (v1, v2) = (
-        Version::new("v1").expect("valid version"),
-        Version::new("v2").expect("valid version"),
-    );
-    let endpoints = (0..ENDPOINTS)
-        .map(|i| {
-            let (version, role) = if i % 10 == 0 {
-                (v2.clone(), Role::Canary)
-            } else {
-                (v1.clone(), Role::Stable)
-            };
-            let spec = EndpointSpec {
-                address: address(first + i),
-                version,
-                state: EndpointState::Ready,
-                name: None,
-                image: None,
-            };
-            (spec, role)
-        })
-        .collect();
-    Desired {
-        endpoints,
-        split: Split::Weighted(Weight::new(10.0).expect("valid weight")),
-        canary_version: Some(v2),
-        canary_header: None,
-        settings: Settings::default(),
-    }
+    fixtures::desired(first, ENDPOINTS, ENDPOINTS / 10)
 }
 
 fn bench_publish(c: &mut Criterion) {

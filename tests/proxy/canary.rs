@@ -90,15 +90,10 @@ async fn kubia_paused_rollout_sends_the_annotated_weight_to_the_canary() {
     // A bad annotation is ignored with a warning and a metric; the previous weight stays.
     cluster.annotate_weight("lots");
     proxy
-        .wait_until(
-            "the bad annotation is counted",
+        .wait_metric(
+            r#"tidegate_config_errors_total{source="annotation"}"#,
+            1.0,
             Duration::from_secs(5),
-            || async {
-                proxy
-                    .metric(r#"tidegate_config_errors_total{source="annotation"}"#)
-                    .await
-                    == Some(1.0)
-            },
         )
         .await;
     assert_eq!(canary_json(&proxy).await["configured_weight"], 50.0);

@@ -461,20 +461,7 @@ impl FakeApi {
     /// running).
     pub async fn restart(&self) {
         self.stop().await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.inner.addr).await {
-                Ok(listener) => break listener,
-                // The old socket may linger a moment; retry until the deadline.
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!(
-                    "fake apiserver could not listen again on {}: {e}",
-                    self.inner.addr
-                ),
-            }
-        };
+        let listener = crate::support::bind_again(self.inner.addr).await;
         self.inner.shutdown.send_replace(false);
         let task = tokio::spawn(accept_loop(self.inner.clone(), listener));
         *self.inner.accept_task.lock().unwrap() = Some(task);

@@ -66,15 +66,10 @@ async fn invalid_edit_keeps_the_old_config_serving() {
         .replace("version: v1", "version: \"not ok\"");
     proxy.write_raw_config(&bad);
     proxy
-        .wait_until(
-            "the bad edit is counted",
+        .wait_metric(
+            r#"tidegate_config_reloads_total{result="error"}"#,
+            1.0,
             Duration::from_secs(10),
-            || async {
-                proxy
-                    .metric(r#"tidegate_config_reloads_total{result="error"}"#)
-                    .await
-                    == Some(1.0)
-            },
         )
         .await;
 

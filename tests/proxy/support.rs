@@ -99,18 +99,7 @@ impl BackendBuilder {
 
     pub async fn run(self) -> Backend {
         let ip = self.ip.unwrap_or_else(|| pod_ip().into());
-        // A just-killed process on the same address may hold the port for a moment.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let listener = loop {
-            match TcpListener::bind((ip, self.port)).await {
-                Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("bind backend {ip}:{}: {e}", self.port),
-            }
-        };
+        let listener = bind_again(SocketAddr::new(ip, self.port)).await;
         let addr = listener.local_addr().unwrap();
         let pod = self
             .pod
@@ -549,6 +538,15 @@ impl RunningProxy {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Waits until one `/metrics` series has `value`, failing the test after `limit`.
+    pub async fn wait_metric(&self, series: &str, value: f64, limit: Duration) {
+        let what = format!("{series} is {value}");
+        wait_until(&what, limit, || async {
+            self.metric(series).await == Some(value)
+        })
+        .await
+    }
+
     pub async fn endpoints_json(&self) -> serde_json::Value {
         let (_, body) = self.admin_get("/endpoints").await.expect("GET /endpoints");
         serde_json::from_str(&body).expect("/endpoints is JSON")
@@ -623,6 +621,21 @@ impl Drop for RunningProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Binds `addr`, retrying for up to 5 s: a just-stopped server on the same address (a killed pod,
+/// a restarted API server) may hold the port for a moment.
+pub async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("cannot listen on {addr} again: {e}"),
+        }
     }
 }
 
