@@ -61,6 +61,9 @@ pub struct Config {
     pub health_check: Option<CheckConfig>,
     /// How often the config file is checked for changes.
     pub reload_interval: Duration,
+    /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
+    /// load tests and clients can tell versions apart without reading bodies.
+    pub expose_version_header: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -206,6 +209,7 @@ impl Config {
             retry: self.retries.policy,
             outlier: self.outlier,
             slow_start: self.slow_start,
+            expose_version_header: self.expose_version_header,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct ServeOptions {
 /// `connect_attempts`.
 const STALE_CONNECTION_RETRIES: u32 = 2;
 
+/// Names the version that served a response, when `expose_version_header` is on.
+pub const VERSION_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-tidegate-version");
+
 /// Extra endpoints tried after refused connects, beyond `connect_attempts` (see `handle`).
 const REFUSED_CONNECT_RETRIES: u32 = 8;
 
@@ -328,6 +332,11 @@ impl Forwarder {
                         response
                             .headers_mut()
                             .append(header::SET_COOKIE, endpoint.sticky_cookie().clone());
+                    }
+                    if settings.expose_version_header {
+                        response
+                            .headers_mut()
+                            .insert(VERSION_HEADER, endpoint.version_header().clone());
                     }
                     let status = response.status();
                     self.observe_health(

@@ -175,6 +175,8 @@ pub struct Settings {
     pub outlier: Option<health::OutlierPolicy>,
     /// A newly ready endpoint ramps up to its full share over this long; zero switches it off.
     pub slow_start: Duration,
+    /// Responses carry `x-tidegate-version` naming the version that served them.
+    pub expose_version_header: bool,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -216,6 +218,7 @@ impl Default for Settings {
             retry: RetryPolicy::default(),
             outlier: None,
             slow_start: Duration::ZERO,
+            expose_version_header: false,
         }
     }
 }

@@ -45,6 +45,8 @@ pub(super) struct RawConfig {
     health_check: Option<RawHealthCheck>,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    expose_version_header: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -636,6 +638,7 @@ impl RawConfig {
                 unhealthy: h.unhealthy,
             }),
             slow_start: self.slow_start.0,
+            expose_version_header: self.expose_version_header,
             outlier: self.outlier.map(|o| OutlierPolicy {
                 consecutive_failures: o.consecutive_failures,
                 base_ejection: o.base_ejection.0,

@@ -25,6 +25,8 @@ pub struct Endpoint {
     pool: Pool,
     /// `Set-Cookie` pinning a client to this endpoint's version, built once per cell.
     sticky_cookie: HeaderValue,
+    /// The version as a header value (`x-tidegate-version`), built once per cell.
+    version_header: HeaderValue,
     health: Health,
 }
 
@@ -48,6 +50,8 @@ impl Endpoint {
                 spec.version
             ))
             .expect("a version label is a valid cookie value"),
+            version_header: HeaderValue::from_str(spec.version.as_str())
+                .expect("a version label is a valid header value"),
             health: Health::new(version_health),
         }
     }
@@ -93,6 +97,11 @@ impl Endpoint {
     /// The `Set-Cookie` value that pins a client to this endpoint's version.
     pub fn sticky_cookie(&self) -> &HeaderValue {
         &self.sticky_cookie
+    }
+
+    /// This endpoint's version, ready to send as `x-tidegate-version`.
+    pub fn version_header(&self) -> &HeaderValue {
+        &self.version_header
     }
 
     /// Idle keep-alive connections to this endpoint; dropped (and closed) with the endpoint.

@@ -163,3 +163,37 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_504() {
         "the request timeout must cut the wait short"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_header_is_exposed_only_when_configured() {
+    let v1 = backend("v1").pod("bootcamp-v1-0").run().await;
+    let v2 = backend("v2").pod("bootcamp-v2-0").run().await;
+    let config = TestProxy::new().endpoints(&[&v1, &v2]);
+    let proxy = config.clone().start().await;
+
+    let (_, headers, _) = proxy.get("/").await.unwrap();
+    assert!(
+        headers.get("x-tidegate-version").is_none(),
+        "the version header is off by default"
+    );
+
+    proxy.rewrite_config(&config.yaml("expose_version_header: true"));
+    proxy
+        .wait_until(
+            "x-tidegate-version after reload",
+            Duration::from_secs(10),
+            || async {
+                let response = proxy.get("/").await;
+                response.is_ok_and(|(_, h, _)| h.contains_key("x-tidegate-version"))
+            },
+        )
+        .await;
+    for _ in 0..20 {
+        let (_, headers, body) = proxy.get("/").await.unwrap();
+        let version = headers["x-tidegate-version"].to_str().unwrap();
+        assert!(
+            body.contains(&format!("This is {version} ")),
+            "x-tidegate-version must name the version that served the response: {version} vs {body}"
+        );
+    }
+}
