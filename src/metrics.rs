@@ -386,32 +386,4 @@ impl VersionMetrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_handles_count_into_the_shared_family() {
-        let metrics = Metrics::new();
-        let v1 = metrics.version(&Version::new("v1").unwrap());
-        v1.count(200, Role::Stable);
-        v1.count(200, Role::Stable);
-        v1.count(503, Role::Canary);
-        v1.observe(Duration::from_millis(3), Role::Canary);
-        let text = metrics.encode();
-        assert!(
-            text.contains(r#"tidegate_requests_total{code="200",role="stable",version="v1"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tidegate_requests_total{code="503",role="canary",version="v1"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"tidegate_request_duration_seconds_count{role="canary",version="v1"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(text.contains(r#"tidegate_build_info{version=""#), "{text}");
-    }
-}
+mod tests;
