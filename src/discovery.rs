@@ -3,6 +3,7 @@
 
 pub mod kubernetes;
 pub mod rollout;
+pub mod simulated;
 pub mod slices;
 pub mod static_file;
 
