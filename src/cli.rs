@@ -2,14 +2,18 @@
 //! codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use http::{HeaderName, HeaderValue};
 
 use crate::config::Config;
+use crate::loadtest::{parse_duration, parse_header, Plan, Protocol, Target, VersionFrom};
 use crate::server::{ConfigFile, Server};
-use crate::{demo, shutdown};
+use crate::{demo, loadtest, shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +57,55 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Send steady HTTP load and report every outcome, version by version; exit 1 when more than
+    /// --max-failures requests fail.
+    // Boxed: its many options would make every `Command` as large as it.
+    Loadtest(Box<LoadtestArgs>),
+}
+
+#[derive(clap::Args)]
+struct LoadtestArgs {
+    /// The http:// URL to send GET requests to.
+    #[arg(value_parser = Target::parse)]
+    url: Target,
+    /// Requests started per second on a fixed schedule (late ones are counted, never skipped);
+    /// 0 = closed loop, each connection sending back to back.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// How long to start requests for (250ms, 60s, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Connections (with --http2: concurrent streams): the most requests in flight at once.
+    #[arg(long, default_value = "32")]
+    connections: NonZeroUsize,
+    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// An extra request header; repeatable.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where the serving version is read: header:NAME or body-regex:REGEX (capture group 1)
+    /// [default: header:x-tidegate-version].
+    #[arg(long, value_name = "SOURCE", value_parser = VersionFrom::parse)]
+    version_from: Option<VersionFrom>,
+    /// Per request, from sending (connect included) to the end of the body.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write the summary and the per-second series as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// A labelled vertical line on the report's charts, such as `12s:set image v2`; repeatable.
+    #[arg(long = "mark", value_name = "AT:LABEL", value_parser = loadtest::Mark::parse)]
+    marks: Vec<loadtest::Mark>,
+    /// Exit 1 when more requests than this fail (5xx, connect, reset, timeout, overdue, other).
+    #[arg(long, default_value_t = 0)]
+    max_failures: u64,
+    /// No live progress line (it is also hidden when stderr is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -67,7 +120,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_CONFIG));
         }
     };
-    init_logging(cli.log_format);
+    let default_level = match cli.command {
+        Command::Loadtest(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(config) => {
@@ -81,7 +138,48 @@ pub fn main() -> ExitCode {
         },
         Command::Proxy { config } => proxy(&config),
         Command::Demo { listen, admin } => block_on(demo::run(listen, admin)),
+        Command::Loadtest(args) => block_on(run_loadtest(*args)),
     }
+}
+
+/// Runs the load (Ctrl-C or SIGTERM ends it early), prints the summary, writes the files, and
+/// fails when more requests failed than allowed.
+async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError> {
+    let mut plan = Plan::new(args.url);
+    plan.rate = args.rate;
+    plan.duration = args.duration;
+    plan.connections = args.connections;
+    if args.http2 {
+        plan.protocol = Protocol::Http2;
+    }
+    plan.headers.extend(args.headers);
+    if let Some(version_from) = args.version_from {
+        plan.version_from = version_from;
+    }
+    plan.timeout = args.timeout;
+
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        trigger.fire();
+    });
+    let running = loadtest::start(plan, stop).await?;
+    let progress = loadtest::Progress::start(running.live(), args.duration, args.quiet);
+    let mut summary = running.finish().await?;
+    progress.finish().await;
+    summary.marks.extend(args.marks);
+    let mut printed = summary.to_string();
+    if let Some(path) = &args.json {
+        summary.write_json(path)?;
+        printed.push_str(&format!("  json      {}\n", path.display()));
+    }
+    if let Some(path) = &args.report {
+        loadtest::report::write(&summary, "tidegate loadtest", path)?;
+        printed.push_str(&format!("  report    {}\n", path.display()));
+    }
+    // A closed stdout (`| head`) must not turn a passing run into a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), printed.as_bytes());
+    summary.check(args.max_failures)
 }
 
 fn proxy(path: &Path) -> ExitCode {
@@ -153,9 +251,11 @@ fn block_on<E: std::fmt::Display>(
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// `RUST_LOG` overrides `default` (the demo and the load tester print their own story, so their
+/// default is warnings only).
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

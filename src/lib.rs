@@ -19,6 +19,8 @@
 //! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
+//! - [`loadtest`]: the load generator (`tidegate loadtest`, and the demo's traffic); uses the core,
+//!   never used by it.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +31,7 @@ pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod forward;
+pub mod loadtest;
 pub mod metrics;
 pub mod pick;
 pub mod probe;

@@ -14,6 +14,7 @@ mod fake_api;
 mod fake_api_tests;
 mod faults;
 mod kubernetes;
+mod loadtest;
 mod prometheus;
 mod protocol;
 mod reload;

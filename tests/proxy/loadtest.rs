@@ -1,0 +1,524 @@
+//! `tidegate loadtest` against loopback servers with known behaviour: every request counted once,
+//! failures classified, the schedule held (or lateness counted), versions read, exit codes, and the
+//! report and JSON files.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tidegate::loadtest::{self, ErrorKind, FailureKind, Plan, Summary, Target, VersionFrom};
+use tidegate::shutdown;
+
+use crate::support::*;
+
+/// `rate` req/s for `duration` over `connections` connections, 5 s timeout.
+fn plan(url: &str, rate: u32, duration: Duration, connections: usize) -> Plan {
+    let mut plan = Plan::new(Target::parse(url).expect("a valid test URL"));
+    plan.rate = rate;
+    plan.duration = duration;
+    plan.connections = NonZeroUsize::new(connections).expect("at least one connection");
+    plan
+}
+
+/// Runs `plan` to its end (bounded: a run may take at most 20 s).
+async fn run(plan: Plan) -> Summary {
+    let (_trigger, stop) = shutdown::channel();
+    tokio::time::timeout(Duration::from_secs(20), loadtest::run(plan, stop))
+        .await
+        .expect("the load test ends within 20 s")
+        .expect("the load test runs")
+}
+
+fn error(summary: &Summary, kind: ErrorKind) -> u64 {
+    summary.failures.get(FailureKind::Error(kind))
+}
+
+/// Runs the real binary's `loadtest` with `args`, off the runtime's threads.
+async fn tidegate_loadtest(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(binary())
+            .arg("loadtest")
+            .args(args)
+            .output()
+            .expect("run tidegate loadtest")
+    })
+    .await
+    .expect("the command thread")
+}
+
+/// A loopback address where nothing listens (a pod that has just died).
+async fn closed_address() -> SocketAddr {
+    let listener = bind_again(SocketAddr::new(pod_ip().into(), 0)).await;
+    listener.local_addr().unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_counted_once_and_the_rate_is_held() {
+    let v1 = backend("v1").run().await;
+
+    let summary = run(plan(
+        &format!("http://{}/", v1.addr),
+        200,
+        Duration::from_secs(3),
+        8,
+    ))
+    .await;
+
+    assert_eq!(summary.requests, 600, "200 req/s for 3 s is 600 requests");
+    assert_eq!(
+        v1.hits() as u64,
+        summary.requests,
+        "the server saw exactly what the load test counted"
+    );
+    assert_eq!((summary.responses, summary.failed), (600, 0));
+    let rate = summary.requests as f64 / summary.elapsed_s;
+    assert!(
+        (190.0..=210.0).contains(&rate),
+        "a server that keeps up gets the planned rate ±5%: {rate:.1} req/s over {:.3} s",
+        summary.elapsed_s
+    );
+    for second in &summary.seconds[..3] {
+        assert!(
+            (190..=210).contains(&second.requests),
+            "each second carries 200 ±5%: {second:?}"
+        );
+    }
+    assert!(
+        summary.late <= 6,
+        "with 8 free connections almost nothing starts late: {}",
+        summary.late
+    );
+    let seconds: u64 = summary.seconds.iter().map(|s| s.requests).sum();
+    assert_eq!(seconds, summary.requests, "the per-second series adds up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_makes_requests_late_and_latency_counts_the_wait() {
+    let slow = backend("v1").run().await;
+
+    // One connection, 50 ms per request: capacity 20 req/s against a schedule of 40 req/s.
+    let summary = run(plan(
+        &format!("http://{}/slow?ms=50", slow.addr),
+        40,
+        Duration::from_secs(1),
+        1,
+    ))
+    .await;
+
+    assert_eq!(
+        summary.requests, 40,
+        "late requests are sent, never dropped"
+    );
+    assert_eq!(slow.hits(), 40);
+    assert_eq!(summary.failed, 0);
+    assert!(
+        summary.late >= 35,
+        "all but the first few must wait for the one connection: {} late",
+        summary.late
+    );
+    let max = summary.latency.expect("responses").max_ms;
+    assert!(
+        max >= 800.0,
+        "latency runs from the intended start, so the queue shows (no coordinated omission): \
+         max {max} ms for a 50 ms service time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_is_a_connect_failure_on_every_scheduled_request() {
+    let closed = closed_address().await;
+
+    let summary = run(plan(
+        &format!("http://{closed}/"),
+        50,
+        Duration::from_millis(500),
+        4,
+    ))
+    .await;
+
+    assert_eq!(summary.requests, 25, "each scheduled request tries again");
+    assert_eq!(error(&summary, ErrorKind::Connect), 25);
+    assert_eq!((summary.failed, summary.responses), (25, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_in_closed_loop_is_probed_not_spun_on() {
+    let closed = closed_address().await;
+
+    let summary = run(plan(
+        &format!("http://{closed}/"),
+        0,
+        Duration::from_millis(500),
+        2,
+    ))
+    .await;
+
+    assert!(
+        (2..=20).contains(&summary.requests),
+        "two connections backing off 100 ms for 0.5 s: about 10 attempts, not thousands: {}",
+        summary.requests
+    );
+    assert_eq!(error(&summary, ErrorKind::Connect), summary.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dropped_mid_response_are_resets() {
+    let dying = backend("v1").run().await;
+    let (_trigger, stop) = shutdown::channel();
+    // 5 requests, each held 3 s by the server, one per connection.
+    let running = loadtest::start(
+        plan(
+            &format!("http://{}/slow?ms=3000", dying.addr),
+            10,
+            Duration::from_millis(500),
+            5,
+        ),
+        stop,
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "all 5 requests are in flight",
+        Duration::from_secs(5),
+        || async { dying.in_flight() == 5 },
+    )
+    .await;
+
+    dying.kill();
+    let summary = running.finish().await.unwrap();
+
+    assert_eq!(summary.requests, 5);
+    assert_eq!(
+        error(&summary, ErrorKind::Reset),
+        5,
+        "a pod that dies mid-response is a reset: {:?}",
+        summary.failures
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_a_timeout() {
+    let silent = backend("v1").run().await;
+    let mut plan = plan(
+        &format!("http://{}/slow?ms=10000", silent.addr),
+        10,
+        Duration::from_millis(500),
+        5,
+    );
+    plan.timeout = Duration::from_millis(200);
+
+    let summary = run(plan).await;
+
+    assert_eq!(summary.requests, 5);
+    assert_eq!(
+        error(&summary, ErrorKind::Timeout),
+        5,
+        "{:?}",
+        summary.failures
+    );
+    assert!(summary.elapsed_s < 2.0, "timeouts end the run promptly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_start_within_the_timeout_are_overdue_and_not_sent() {
+    let silent = backend("v1").run().await;
+    let mut plan = plan(
+        &format!("http://{}/slow?ms=10000", silent.addr),
+        20,
+        Duration::from_secs(1),
+        1,
+    );
+    plan.timeout = Duration::from_millis(200);
+
+    let summary = run(plan).await;
+
+    assert_eq!(
+        summary.requests, 20,
+        "every scheduled request is accounted for"
+    );
+    let (timeouts, overdue) = (
+        error(&summary, ErrorKind::Timeout),
+        error(&summary, ErrorKind::Overdue),
+    );
+    assert_eq!(timeouts + overdue, 20, "{:?}", summary.failures);
+    assert!(
+        overdue >= 10,
+        "one stuck connection leaves most overdue: {overdue}"
+    );
+    assert_eq!(
+        silent.hits() as u64,
+        timeouts,
+        "overdue requests are never sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_is_a_failure_and_still_has_a_version() {
+    let broken = backend("v3").pod("web-v3-0").run().await;
+    broken.set_status(503);
+    let mut plan = plan(
+        &format!("http://{}/", broken.addr),
+        50,
+        Duration::from_millis(500),
+        4,
+    );
+    plan.version_from = VersionFrom::parse("header:x-pod").unwrap();
+
+    let summary = run(plan).await;
+
+    assert_eq!(summary.failures.get(FailureKind::Status5xx), 25);
+    assert_eq!(summary.failed, 25);
+    assert_eq!(summary.statuses.get(&503), Some(&25));
+    assert_eq!(summary.versions.len(), 1);
+    assert_eq!(
+        (
+            summary.versions[0].name.as_str(),
+            summary.versions[0].failed
+        ),
+        ("web-v3-0", 25)
+    );
+}
+
+/// v1 and a v2 canary at 30% behind the real proxy.
+async fn canary_behind_proxy(extra: &str) -> (Backend, Backend, RunningProxy) {
+    let v1 = backend("v1").run().await;
+    let v2 = backend("v2").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&v1, &v2])
+        .canary("v2", 30.0)
+        .yaml(extra)
+        .start()
+        .await;
+    (v1, v2, proxy)
+}
+
+/// Checks that the versions seen match what each backend served, exactly.
+fn assert_versions_match(summary: &Summary, v1: &Backend, v2: &Backend) {
+    let count = |name: &str| {
+        summary
+            .versions
+            .iter()
+            .find(|v| v.name == name)
+            .map_or(0, |v| v.responses)
+    };
+    assert_eq!(
+        (count("v1"), count("v2")),
+        (v1.hits() as u64, v2.hits() as u64),
+        "each response is attributed to the version that served it: {:?}",
+        summary.versions
+    );
+    // 30% of 300: the binomial standard deviation is about 8; allow 5 of them.
+    let canary = count("v2") as f64;
+    assert!(
+        (50.0..=130.0).contains(&canary),
+        "about 30% to the canary: {canary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_come_from_the_proxys_version_header_by_default() {
+    let (v1, v2, proxy) = canary_behind_proxy("expose_version_header: true").await;
+
+    let summary = run(plan(&proxy.url("/"), 300, Duration::from_secs(1), 8)).await;
+
+    assert_eq!(summary.requests, 300);
+    assert_versions_match(&summary, &v1, &v2);
+    let (first, last) = (&summary.versions[0], &summary.versions[1]);
+    assert_eq!(
+        (first.first_second, last.last_second),
+        (0, 0),
+        "both served during the one second of the run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_come_from_a_body_regex_over_http2() {
+    let (v1, v2, proxy) = canary_behind_proxy("").await;
+    let mut plan = plan(&proxy.url("/"), 300, Duration::from_secs(1), 8);
+    plan.version_from = VersionFrom::parse(r"body-regex:This is (v\d+) running").unwrap();
+    plan.protocol = loadtest::Protocol::Http2;
+
+    let summary = run(plan).await;
+
+    assert_eq!(summary.requests, 300);
+    assert_eq!(summary.failed, 0, "{:?}", summary.failures);
+    assert_versions_match(&summary, &v1, &v2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_ends_the_run_early_with_its_marks() {
+    let v1 = backend("v1").run().await;
+    let (trigger, stop) = shutdown::channel();
+    let running = loadtest::start(
+        plan(
+            &format!("http://{}/", v1.addr),
+            100,
+            Duration::from_secs(30),
+            4,
+        ),
+        stop,
+    )
+    .await
+    .unwrap();
+    let marker = running.marker();
+    let mut live = running.live();
+    marker.mark("first phase");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        live.wait_for(|l| l.last_second.is_some()),
+    )
+    .await
+    .expect("a complete second is published within 10 s")
+    .expect("the run is live");
+    let live_second = live.borrow().last_second.clone().unwrap();
+    marker.mark("second phase");
+
+    trigger.fire();
+    let summary = running.finish().await.unwrap();
+
+    assert!(summary.stopped_early);
+    assert!(summary.elapsed_s < 10.0, "stopped well before 30 s");
+    assert_eq!(
+        v1.hits() as u64,
+        summary.requests,
+        "in-flight requests finished"
+    );
+    assert_eq!(
+        summary
+            .marks
+            .iter()
+            .map(|m| m.label.as_str())
+            .collect::<Vec<_>>(),
+        ["first phase", "second phase"]
+    );
+    assert_eq!(
+        summary.seconds[live_second.second as usize].requests, live_second.requests,
+        "the live view of a complete second matches the summary"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_is_1_only_when_failures_exceed_the_budget() {
+    let v1 = backend("v1").run().await;
+    let url = format!("http://{}/", v1.addr);
+    let base = ["--rate", "40", "--duration", "250ms", "--connections", "2"];
+    let with = |extra: &[&str]| {
+        let mut a = args(&[url.as_str()]);
+        a.extend(args(&base));
+        a.extend(args(extra));
+        a
+    };
+
+    let healthy = tidegate_loadtest(with(&[])).await;
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "no failure: exit 0. stderr: {}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&healthy.stdout);
+    assert!(
+        stdout.contains("10 in") && stdout.contains("0 failed"),
+        "{stdout}"
+    );
+
+    v1.set_status(500);
+    let failing = tidegate_loadtest(with(&[])).await;
+    assert_eq!(failing.status.code(), Some(1), "10 failures > 0 allowed");
+    assert!(String::from_utf8_lossy(&failing.stderr).contains("10 requests failed"));
+    let tolerated = tidegate_loadtest(with(&["--max-failures", "10"])).await;
+    assert_eq!(tolerated.status.code(), Some(0), "10 failures ≤ 10 allowed");
+
+    for bad in [
+        ["--rate", "fast"],
+        ["--duration", "10"],
+        ["--version-from", "cookie:v"],
+        ["--header", "novalue"],
+    ] {
+        let out = tidegate_loadtest(with(&bad)).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
+    }
+    let out = tidegate_loadtest(args(&["https://127.0.0.1:1/"])).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "https is not supported: usage error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_and_json_describe_the_run() {
+    let (v1, v2, proxy) = canary_behind_proxy("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (html, json) = (dir.path().join("r.html"), dir.path().join("r.json"));
+
+    let out = tidegate_loadtest(args(&[
+        &proxy.url("/"),
+        "--rate",
+        "200",
+        "--duration",
+        "1500ms",
+        "--version-from",
+        r"body-regex:This is (v\d+)",
+        "--mark",
+        "1s:weight 50%",
+        "--report",
+        html.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    let requests = data["requests"].as_u64().unwrap();
+    assert_eq!(requests, 300);
+    assert_eq!(requests, (v1.hits() + v2.hits()) as u64);
+    let per_second: u64 = data["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_second, requests, "the series adds up to the total");
+    let by_version: u64 = data["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["responses"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_version, requests);
+    assert_eq!(data["failures"]["connect"], 0);
+    assert_eq!(data["marks"][0]["label"], "weight 50%");
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    for needle in [
+        "<svg",
+        "Responses per second by version",
+        "Failures per second",
+        "Latency per second",
+        "weight 50%",
+        &format!("<td>{requests}</td>"),
+        &format!("<td>{}</td>", v2.hits()),
+    ] {
+        assert!(page.contains(needle), "the report shows {needle:?}");
+    }
+    assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    for external in ["src=\"http", "href=\"http", "url(http", "<script", "<link"] {
+        assert!(
+            !page.contains(external),
+            "the report is self-contained: found {external:?}"
+        );
+    }
+}
