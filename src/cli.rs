@@ -48,19 +48,47 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run backends and tidegate in one process on loopback, with nothing installed.
-    Demo {
-        /// Where the demo proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Where the demo admin API listens.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
-    },
+    /// Watch a rolling update under load: a simulated Deployment, tidegate and the load tester in
+    /// one process on loopback, with nothing installed. Exits 1 if any request failed.
+    Demo(DemoArgs),
     /// Send steady HTTP load and report every outcome, version by version; exit 1 when more than
     /// --max-failures requests fail.
     // Boxed: its many options would make every `Command` as large as it.
     Loadtest(Box<LoadtestArgs>),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the demo proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the demo admin API listens.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// How long the story takes; pod start-up and every phase scale with it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The short story: --duration 15s.
+    #[arg(long, conflicts_with = "duration")]
+    fast: bool,
+    /// Requests per second of the built-in load.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Where to write the HTML report.
+    #[arg(long, default_value = "tidegate-demo-report.html")]
+    report: PathBuf,
+    /// Write no HTML report.
+    #[arg(long)]
+    no_report: bool,
+    /// Also write the load's data as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the proxy and its pods running after the story, as a playground, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Turn off tidegate's retries and outlier ejection, to see what the rollout costs without them.
+    #[arg(long)]
+    unprotected: bool,
 }
 
 #[derive(clap::Args)]
@@ -121,7 +149,7 @@ pub fn main() -> ExitCode {
         }
     };
     let default_level = match cli.command {
-        Command::Loadtest(_) => "warn",
+        Command::Demo(_) | Command::Loadtest(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -137,9 +165,28 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Proxy { config } => proxy(&config),
-        Command::Demo { listen, admin } => block_on(demo::run(listen, admin)),
+        Command::Demo(args) => run_demo(args),
         Command::Loadtest(args) => block_on(run_loadtest(*args)),
     }
+}
+
+/// The demo exits 1 when any request failed: a dropped request is what it exists to disprove.
+fn run_demo(args: DemoArgs) -> ExitCode {
+    let options = demo::Options {
+        listen: args.listen,
+        admin: args.admin,
+        duration: if args.fast {
+            Duration::from_secs(15)
+        } else {
+            args.duration
+        },
+        rate: args.rate,
+        report: (!args.no_report).then_some(args.report),
+        json: args.json,
+        serve: args.serve,
+        unprotected: args.unprotected,
+    };
+    block_on(demo::run(options))
 }
 
 /// Runs the load (Ctrl-C or SIGTERM ends it early), prints the summary, writes the files, and

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, DiscoveryConfig};
 use crate::control::Control;
 use crate::discovery::kubernetes::{self, DiscoveryError};
+use crate::discovery::Update;
 use crate::forward::{self, ServeOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -76,6 +77,27 @@ impl Server {
         file: Option<ConfigFile>,
         shutdown: Shutdown,
     ) -> Result<(), ServerError> {
+        self.serve(config, file, None, shutdown).await
+    }
+
+    /// Like [`run`](Self::run), with endpoints from a source outside the config (the demo's
+    /// simulated Deployment), through the same control loop every source feeds.
+    pub async fn run_with_source(
+        self,
+        config: Config,
+        updates: mpsc::Receiver<Update>,
+        shutdown: Shutdown,
+    ) -> Result<(), ServerError> {
+        self.serve(config, None, Some(updates), shutdown).await
+    }
+
+    async fn serve(
+        self,
+        config: Config,
+        file: Option<ConfigFile>,
+        source: Option<mpsc::Receiver<Update>>,
+        shutdown: Shutdown,
+    ) -> Result<(), ServerError> {
         if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
             tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token");
         }
@@ -85,9 +107,15 @@ impl Server {
             header_read_timeout: config.timeouts.header_read,
             drain_timeout: config.timeouts.drain,
         };
-        let (updates, updates_rx) = mpsc::channel(16);
+        let (updates, updates_rx) = match source {
+            Some(source) => (None, source),
+            None => {
+                let (updates, updates_rx) = mpsc::channel(16);
+                (Some(updates), updates_rx)
+            }
+        };
         let mut events = None;
-        if let DiscoveryConfig::Kubernetes(kube) = &config.discovery {
+        if let (DiscoveryConfig::Kubernetes(kube), Some(updates)) = (&config.discovery, updates) {
             let client = kubernetes::connect(kube).await?;
             events = kubernetes::EventRecorder::new(client.clone(), kube);
             tokio::spawn(kubernetes::run(

@@ -1,7 +1,9 @@
 //! A tiny in-process HTTP app that answers like the tutorials' kubia app, one per demo "pod".
+//! Stopping it is abrupt, like a container killed without a preStop hook: open connections are
+//! dropped mid-exchange.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
@@ -13,20 +15,28 @@ use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
 
-/// Starts a backend on `127.0.0.1:0` answering `This is <version> running in pod <pod>`.
+/// Starts a pod's server answering `This is <version> running in pod <pod>`, on its own loopback
+/// address `127.0.1.<ip>` where the system allows it (Linux routes all of 127/8), else on
+/// 127.0.0.1. Serves until `shutdown`, then drops every connection at once.
 pub async fn spawn(
     version: &str,
     pod: &str,
-    mut shutdown: Shutdown,
+    ip: u8,
+    shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let own = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 1, ip)), 0);
+    let listener = match TcpListener::bind(own).await {
+        Ok(listener) => listener,
+        Err(_) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?,
+    };
     let address = listener.local_addr()?;
     let body = Bytes::from(format!("This is {version} running in pod {pod}\n"));
     let version = HeaderValue::from_str(version).map_err(std::io::Error::other)?;
+    let mut stop = shutdown.clone();
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = stop.wait() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(_) => continue,
@@ -35,16 +45,24 @@ pub async fn spawn(
             let (body, version) = (body.clone(), version.clone());
             let service = service_fn(move |_req| {
                 let mut response = Response::new(Full::new(body.clone()));
-                response
-                    .headers_mut()
-                    .insert("x-app-version", version.clone());
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert("x-app-version", version.clone());
+                headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
                 async move { Ok::<_, Infallible>(response) }
             });
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let connection =
+                    http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    // The process is gone: the socket closes under whatever was in flight.
+                    _ = stop.wait() => {}
+                }
+            });
         }
     });
     Ok(address)
