@@ -4,6 +4,8 @@
 //! string: addresses are `SocketAddr`, durations `Duration`, weights [`Weight`], versions [`Version`].
 
 mod duration;
+
+pub(crate) use duration::parse as parse_duration;
 mod raw;
 mod scalar;
 

@@ -8,8 +8,9 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Dur(pub Duration);
 
-/// Parses `<number><unit>`; `None` when it is not one.
-pub(super) fn parse(s: &str) -> Option<Duration> {
+/// Parses `<number><unit>`; `None` when it is not one. Shared with the command line's duration
+/// options, so that `--duration 1.5m` means what `timeouts.request: 1.5m` means.
+pub(crate) fn parse(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = s.split_at(split);

@@ -223,17 +223,9 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), PlanError> {
 /// Parses a positive `<number><unit>` with unit `ms`, `s`, `m` or `h`, for `--duration` and
 /// `--timeout`.
 pub fn parse_duration(s: &str) -> Result<Duration, PlanError> {
-    let bad = || PlanError::Duration(s.to_owned());
-    let units = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
-    let (number, scale) = units
-        .iter()
-        .find_map(|(unit, scale)| Some((s.trim().strip_suffix(unit)?, *scale)))
-        .ok_or_else(bad)?;
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    match Duration::try_from_secs_f64(value * scale) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(bad()),
-    }
+    crate::config::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| PlanError::Duration(s.to_owned()))
 }
 
 #[cfg(test)]

@@ -182,7 +182,7 @@ impl Cluster {
             ready_at: None,
             terminating_since: None,
             healthy,
-            crash_pending: self.crash_every > 0 && self.next_pod % self.crash_every == 0,
+            crash_pending: self.crash_every > 0 && self.next_pod.is_multiple_of(self.crash_every),
         });
     }
 
