@@ -16,8 +16,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body::Body as _;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,6 +32,7 @@ use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
+use crate::upstream::{self, h1, h1::ExchangeError, RequestBody};
 
 use budget::RetryBudget;
 use replay::Replay;
@@ -163,12 +166,68 @@ enum Outcome {
     Refused,
 }
 
+/// A connection for one attempt, of the kind the request's path needs.
+enum Checked {
+    Hyper(upstream::Connection),
+    /// With whether it came from the idle pool.
+    H1(h1::Connection, bool),
+}
+
+impl Checked {
+    /// Taken from the idle pool: the peer may have closed it meanwhile, so a failure before any
+    /// response byte says nothing about the endpoint's health.
+    fn reused(&self) -> bool {
+        match self {
+            Checked::Hyper(c) => c.reused,
+            Checked::H1(_, reused) => *reused,
+        }
+    }
+}
+
+/// A failed attempt, and how the request could be sent again.
+struct Failure {
+    error: ProxyError,
+    again: Option<Again>,
+    /// The request (or part of it) may have reached the endpoint.
+    sent: bool,
+}
+
+impl Failure {
+    fn timeout(after: Duration) -> Self {
+        Self {
+            error: ProxyError::Timeout(after),
+            again: None,
+            sent: true,
+        }
+    }
+}
+
+/// What a retry sends.
+enum Again {
+    /// The request as it is (the lean path never consumes it).
+    Same,
+    /// A request handed back unsent, or a replay copy (boxed: retries are the rare path).
+    New(Box<Request<RequestBody>>),
+}
+
+impl Again {
+    fn new(req: Request<RequestBody>) -> Self {
+        Again::New(Box::new(req))
+    }
+
+    fn apply(self, req: &mut Request<RequestBody>) {
+        if let Again::New(again) = self {
+            *req = *again;
+        }
+    }
+}
+
 /// Why a request goes round again.
 enum Retry {
     /// Nothing reached the endpoint (connect failed, or the request was handed back unsent).
     Failed(ProxyError),
-    /// The endpoint answered 502 or 503; this is the answer to fall back on.
-    Status(Response<ResponseBody>, Arc<Endpoint>, Role),
+    /// The endpoint answered 502 or 503; this is the answer to fall back on (boxed: rare).
+    Status(Box<Response<ResponseBody>>, Arc<Endpoint>, Role),
     /// A pooled keep-alive connection had been closed by the peer: not the endpoint's failure.
     Stale(ProxyError),
 }
@@ -216,12 +275,14 @@ impl Forwarder {
         self.budget.deposit(start);
         let mut req = req.map(Either::Left);
         let mut upgrade = upgrade::requested(&mut req);
-        request::prepare(&mut req, &conn.client);
-        if let Some(upgrade) = &upgrade {
-            upgrade.restore_request_headers(req.headers_mut());
-        }
+        // The forwarding headers, when the lean path writes them itself.
+        let mut forwarding: Option<request::Forwarding> = None;
         // Read (and kept) on the first attempt, once the settings are known.
         let mut replay: Option<Replay> = None;
+        // Set on the first attempt when the request takes the lean path (`upstream::h1`): its
+        // body, in memory. Such requests are idempotent and never consumed, so `req` itself is
+        // what a retry sends.
+        let mut lean: Option<Bytes> = None;
         let mut first_attempt = true;
         let mut rng = Rng::new();
         // Endpoints this request already failed on; allocates only on a retry.
@@ -265,13 +326,28 @@ impl Forwarder {
             };
             if std::mem::take(&mut first_attempt) {
                 let policy = settings.retry;
-                match Replay::capture(&mut req, policy.idempotent, policy.max_replay_body).await {
-                    Ok(kept) => replay = kept,
-                    Err(error) => {
-                        tracing::debug!(%error, "client request body failed");
-                        let mut response = Response::new(body::local(format!("{error}\n")));
-                        *response.status_mut() = StatusCode::BAD_REQUEST;
-                        return response;
+                let resendable = policy.idempotent && replay::is_idempotent(req.method());
+                if resendable && upgrade.is_none() && req.body().is_end_stream() {
+                    // The common case: nothing to copy, the request itself is sent again.
+                    forwarding = Some(request::prepare_lean(&mut req, &conn.client));
+                    lean = Some(Bytes::new());
+                } else {
+                    request::prepare(&mut req, &conn.client);
+                    if let Some(upgrade) = &upgrade {
+                        upgrade.restore_request_headers(req.headers_mut());
+                    }
+                    match Replay::capture(&mut req, policy.idempotent, policy.max_replay_body).await
+                    {
+                        Ok(kept) => replay = kept,
+                        Err(error) => {
+                            tracing::debug!(%error, "client request body failed");
+                            let mut response = Response::new(body::local(format!("{error}\n")));
+                            *response.status_mut() = StatusCode::BAD_REQUEST;
+                            return response;
+                        }
+                    }
+                    if upgrade.is_none() {
+                        lean = replay.as_ref().map(|r| r.body().clone());
                     }
                 }
             }
@@ -284,7 +360,19 @@ impl Forwarder {
             }
             let can_retry = attempts < settings.connect_attempts;
             let in_flight = endpoint.begin();
-            let connection = match endpoint.pool().checkout(settings.connect_timeout).await {
+            let checked = match lean {
+                Some(_) => endpoint
+                    .pool()
+                    .checkout_h1(settings.connect_timeout)
+                    .await
+                    .map(|(conn, reused)| Checked::H1(conn, reused)),
+                None => endpoint
+                    .pool()
+                    .checkout(settings.connect_timeout)
+                    .await
+                    .map(Checked::Hyper),
+            };
+            let connection = match checked {
                 Ok(connection) => connection,
                 Err(error) => {
                     let refused = error.is_refused();
@@ -317,16 +405,92 @@ impl Forwarder {
                     return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             };
-            let mut sender = connection.sender;
-            let sent = tokio::time::timeout(settings.request_timeout, sender.try_send_request(req));
-            match sent.await {
-                Ok(Ok(mut response)) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_side) = upgrade.take() {
-                            self.record(endpoint.metrics(), role, 101);
-                            return client_side.tunnel(response, in_flight, conn.open.clone());
+            let reused = connection.reused();
+            let exchanged = match connection {
+                Checked::Hyper(connection) => {
+                    let mut sender = connection.sender;
+                    let taken =
+                        std::mem::replace(&mut req, Request::new(Either::Right(Full::default())));
+                    let sent = tokio::time::timeout(
+                        settings.request_timeout,
+                        sender.try_send_request(taken),
+                    );
+                    match sent.await {
+                        Ok(Ok(response)) => {
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                if let Some(client_side) = upgrade.take() {
+                                    self.record(endpoint.metrics(), role, 101);
+                                    return client_side.tunnel(
+                                        response,
+                                        in_flight,
+                                        conn.open.clone(),
+                                    );
+                                }
+                            }
+                            Ok(response.map(|body| {
+                                UpstreamBody::hyper(body, sender, in_flight, role, start)
+                            }))
                         }
+                        Ok(Err(mut failed)) => {
+                            let unsent = failed.take_message();
+                            let error = ProxyError::exchange(failed.into_error());
+                            // Safe to send again if it never left, or if it left with nothing to
+                            // double (idempotent, no body) and the connection broke before any
+                            // response byte.
+                            let broke = error.kind() == ErrorKind::Reset && settings.retry.on_reset;
+                            let sent = unsent.is_none();
+                            let again = unsent
+                                .or_else(|| replay.as_ref().filter(|_| broke).map(Replay::request))
+                                .map(Again::new);
+                            Err(Failure { error, again, sent })
+                        }
+                        Err(_elapsed) => Err(Failure::timeout(settings.request_timeout)),
                     }
+                }
+                Checked::H1(connection, _) => {
+                    let body = lean.as_deref().unwrap_or_default();
+                    let added =
+                        forwarding
+                            .as_ref()
+                            .map_or_else(h1::Added::default, |f| h1::Added {
+                                replace: &f.replace[..f.replacing],
+                                append: &f.append,
+                            });
+                    let sent = tokio::time::timeout(
+                        settings.request_timeout,
+                        h1::exchange(connection, &req, added, body),
+                    );
+                    match sent.await {
+                        Ok(Ok(response)) => {
+                            Ok(response.map(|body| UpstreamBody::h1(body, in_flight, role, start)))
+                        }
+                        Ok(Err(error)) => {
+                            // Idempotent by construction: sent again when a reused connection
+                            // turns out closed, or when the exchange broke before a response.
+                            let closed = reused
+                                && matches!(
+                                    error,
+                                    ExchangeError::Io {
+                                        nothing_received: true,
+                                        ..
+                                    }
+                                );
+                            let error = ProxyError::from(error);
+                            let broke = error.kind() == ErrorKind::Reset && settings.retry.on_reset;
+                            let again = (closed || broke).then_some(Again::Same);
+                            Err(Failure {
+                                error,
+                                again,
+                                sent: true,
+                            })
+                        }
+                        Err(_elapsed) => Err(Failure::timeout(settings.request_timeout)),
+                    }
+                }
+            };
+            match exchanged {
+                Ok(response) => {
+                    let mut response = response.map(Either::Left);
                     request::prepare_response(&mut response);
                     if set_cookie {
                         response
@@ -349,19 +513,23 @@ impl Forwarder {
                         },
                         now,
                     );
-                    let response = response.map(|body| {
-                        Either::Left(UpstreamBody::new(body, sender, in_flight, role, start))
-                    });
                     let policy = settings.retry;
                     let retry_status = (status == StatusCode::BAD_GATEWAY && policy.on_502)
                         || (status == StatusCode::SERVICE_UNAVAILABLE && policy.on_503);
-                    if let (true, true, Some(again)) = (retry_status, can_retry, replay.as_ref()) {
+                    let again = (retry_status && can_retry)
+                        .then(|| match lean {
+                            Some(_) => Some(Again::Same),
+                            None => replay.as_ref().map(|r| Again::new(r.request())),
+                        })
+                        .flatten();
+                    if let Some(again) = again {
                         if self.budget.withdraw(Instant::now(), policy.budget_percent) {
-                            retrying = Some(Retry::Status(response, endpoint.clone(), role));
+                            retrying =
+                                Some(Retry::Status(Box::new(response), endpoint.clone(), role));
                             failed_role = role;
                             attempts += 1;
                             tried.push(endpoint);
-                            req = again.request();
+                            again.apply(&mut req);
                             continue;
                         }
                         self.budget_exhausted.inc();
@@ -369,48 +537,31 @@ impl Forwarder {
                     self.record(endpoint.metrics(), role, status.as_u16());
                     return response;
                 }
-                Ok(Err(mut failed)) => {
-                    let unsent = failed.take_message();
-                    let error = ProxyError::exchange(failed.into_error());
+                Err(Failure { error, again, sent }) => {
                     self.count(&error);
-                    let sent_already = unsent.is_none();
-                    // Safe to send again if it never left, or if it left with nothing to double
-                    // (idempotent, no body) and the connection broke before any response byte.
-                    let again = unsent.or_else(|| {
-                        let broke = error.kind() == ErrorKind::Reset && settings.retry.on_reset;
-                        replay.as_ref().filter(|_| broke).map(Replay::request)
-                    });
-                    let stale = connection.reused && stale_retries < STALE_CONNECTION_RETRIES;
+                    let stale = reused && stale_retries < STALE_CONNECTION_RETRIES;
                     if !(stale && again.is_some()) {
                         self.observe_health(&endpoint, &settings, Outcome::Failed, now);
                     }
                     match again {
                         // The peer closed an idle keep-alive connection as we used it.
-                        Some(again)
-                            if connection.reused && stale_retries < STALE_CONNECTION_RETRIES =>
-                        {
+                        Some(again) if stale => {
                             stale_retries += 1;
                             retrying = Some(Retry::Stale(error));
-                            req = again;
+                            again.apply(&mut req);
                         }
                         Some(again)
                             if can_retry
-                                && (!sent_already || self.spend(settings.retry.budget_percent)) =>
+                                && (!sent || self.spend(settings.retry.budget_percent)) =>
                         {
                             retrying = Some(Retry::Failed(error));
                             failed_role = role;
                             attempts += 1;
                             tried.push(endpoint);
-                            req = again;
+                            again.apply(&mut req);
                         }
                         _ => return self.local_error(&error, endpoint.metrics(), role, start),
                     }
-                }
-                Err(_elapsed) => {
-                    let error = ProxyError::Timeout(settings.request_timeout);
-                    self.count(&error);
-                    self.observe_health(&endpoint, &settings, Outcome::Failed, now);
-                    return self.local_error(&error, endpoint.metrics(), role, start);
                 }
             }
         }
@@ -467,7 +618,7 @@ impl Forwarder {
         match retry {
             Retry::Status(response, endpoint, role) => {
                 self.record(endpoint.metrics(), role, response.status().as_u16());
-                response
+                *response
             }
             Retry::Failed(error) | Retry::Stale(error) => {
                 self.local_error(&error, metrics, role, start)

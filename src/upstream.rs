@@ -1,9 +1,17 @@
-//! Connections to one endpoint: connect with a deadline, HTTP/1.1 handshake, and a lock-free pool of
-//! idle keep-alive connections.
+//! Connections to one endpoint: connect with a deadline, and lock-free pools of idle keep-alive
+//! connections.
 //!
-//! The pool lives in the endpoint's cell, so checking out needs no lookup and an endpoint that leaves
+//! Two kinds of connection, two pools. A request whose body is in memory (none, or a small one kept
+//! for replay) takes the lean path in [`h1`]: the exchange runs in the request's own task. A request
+//! that streams its body, or asks for an upgrade, goes through hyper's client, whose connection
+//! task writes the body while the response streams back.
+//!
+//! The pools live in the endpoint's cell, so checking out needs no lookup and an endpoint that leaves
 //! the snapshot closes its idle connections when its last user lets go. Connecting happens before a
 //! request is handed over, so a connect failure leaves the request intact for a retry elsewhere.
+
+mod chunked;
+pub mod h1;
 
 use std::io;
 use std::net::SocketAddr;
@@ -60,6 +68,7 @@ pub struct Pool {
     /// Allocated on first use: most endpoints of a large snapshot never see a connection from
     /// this instance, and building a snapshot should not pay for their queues.
     idle: OnceLock<ArrayQueue<Sender>>,
+    idle_h1: OnceLock<ArrayQueue<h1::Connection>>,
 }
 
 impl Pool {
@@ -67,7 +76,33 @@ impl Pool {
         Self {
             address,
             idle: OnceLock::new(),
+            idle_h1: OnceLock::new(),
         }
+    }
+
+    /// An idle connection for the lean path, or a new one; `true` when it was reused (the peer
+    /// may have closed it after the check, so a failure before any response byte says nothing
+    /// about the endpoint).
+    pub async fn checkout_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(h1::Connection, bool), ConnectError> {
+        while let Some(conn) = self.idle_h1.get().and_then(ArrayQueue::pop) {
+            if conn.is_usable() {
+                return Ok((conn, true));
+            }
+        }
+        let stream = connect_tcp(self.address, connect_timeout).await?;
+        Ok((h1::Connection::new(stream), false))
+    }
+
+    /// Returns a lean-path connection whose exchange completed.
+    pub fn put_h1(&self, conn: h1::Connection) {
+        // Full pool: the rejected connection is dropped, which closes it.
+        let _ = self
+            .idle_h1
+            .get_or_init(|| ArrayQueue::new(MAX_IDLE))
+            .push(conn);
     }
 
     fn queue(&self) -> &ArrayQueue<Sender> {
@@ -105,19 +140,27 @@ impl Pool {
         if let Some(queue) = self.idle.get() {
             while queue.pop().is_some() {}
         }
+        if let Some(queue) = self.idle_h1.get() {
+            while queue.pop().is_some() {}
+        }
     }
 
     /// Idle connections currently pooled.
     pub fn idle(&self) -> usize {
-        self.idle.get().map_or(0, ArrayQueue::len)
+        self.idle.get().map_or(0, ArrayQueue::len) + self.idle_h1.get().map_or(0, ArrayQueue::len)
     }
 }
 
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = connect_tcp(address, timeout).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;

@@ -15,7 +15,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::snapshot::{Endpoint, InFlight, Role};
-use crate::upstream::Sender;
+use crate::upstream::{h1, Sender};
 
 /// What tidegate answers clients with.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -25,24 +25,59 @@ const REUSE_WAIT: Duration = Duration::from_secs(1);
 
 /// An upstream response body passing through.
 pub struct UpstreamBody {
-    inner: Incoming,
-    sender: Option<Sender>,
+    inner: Inner,
     in_flight: InFlight,
     role: Role,
     start: Instant,
 }
 
+/// Where the body comes from: hyper's client connection (with its handle, for reuse), or a
+/// lean-path connection that the body reads itself.
+enum Inner {
+    Hyper {
+        body: Incoming,
+        sender: Option<Sender>,
+    },
+    H1(h1::ResponseBody),
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("upstream body: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 impl UpstreamBody {
-    pub(super) fn new(
-        inner: Incoming,
+    pub(super) fn hyper(
+        body: Incoming,
         sender: Sender,
         in_flight: InFlight,
         role: Role,
         start: Instant,
     ) -> Self {
+        let inner = Inner::Hyper {
+            body,
+            sender: Some(sender),
+        };
         Self {
             inner,
-            sender: Some(sender),
+            in_flight,
+            role,
+            start,
+        }
+    }
+
+    pub(super) fn h1(
+        body: h1::ResponseBody,
+        in_flight: InFlight,
+        role: Role,
+        start: Instant,
+    ) -> Self {
+        Self {
+            inner: Inner::H1(body),
             in_flight,
             role,
             start,
@@ -51,37 +86,60 @@ impl UpstreamBody {
 
     /// The exchange completed: the connection may serve the next request.
     fn complete(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            reuse(self.in_flight.endpoint(), sender);
+        match &mut self.inner {
+            Inner::Hyper { sender, .. } => {
+                if let Some(sender) = sender.take() {
+                    reuse(self.in_flight.endpoint(), sender);
+                }
+            }
+            Inner::H1(body) => {
+                if let Some(conn) = body.take_reusable() {
+                    self.in_flight.endpoint().pool().put_h1(conn);
+                }
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.complete(),
-            // A broken exchange leaves the connection in an unknown state: never reuse it.
-            Some(Err(_)) => this.sender = None,
-            Some(Ok(_)) => {}
+        let frame = match &mut this.inner {
+            Inner::Hyper { body, sender } => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                // A broken exchange leaves the connection in an unknown state: never reuse it.
+                if let Some(Err(_)) = &frame {
+                    *sender = None;
+                }
+                frame.map(|f| f.map_err(UpstreamBodyError::from))
+            }
+            Inner::H1(body) => ready!(body.poll_data(cx))
+                .map(|data| data.map(Frame::data).map_err(UpstreamBodyError::from)),
+        };
+        if frame.is_none() {
+            this.complete();
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::H1(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::H1(body) => body.size_hint(),
+        }
     }
 }
 
@@ -89,7 +147,7 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // The server stops polling once the body reports its end, so completion is also seen here;
         // a body dropped before its end (client went away) takes its connection down with it.
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.complete();
         }
         self.in_flight

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::upstream::h1::ExchangeError;
 use crate::upstream::ConnectError;
 
 /// A closed set of failure kinds: the `kind` metric label, the `x-tidegate-error` header and the
@@ -80,6 +81,9 @@ pub enum ProxyError {
     Reset(hyper::Error),
     #[error("upstream sent an invalid response: {0}")]
     Protocol(hyper::Error),
+    /// A lean-path exchange failed (see `upstream::h1`).
+    #[error("upstream exchange failed before a response: {0}")]
+    Exchange(#[from] ExchangeError),
 }
 
 impl ProxyError {
@@ -91,6 +95,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => ErrorKind::Timeout,
             ProxyError::Reset(_) => ErrorKind::Reset,
             ProxyError::Protocol(_) => ErrorKind::Protocol,
+            ProxyError::Exchange(ExchangeError::Io { .. }) => ErrorKind::Reset,
+            ProxyError::Exchange(ExchangeError::Invalid(_)) => ErrorKind::Protocol,
         }
     }
 

@@ -11,6 +11,14 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::upstream::RequestBody;
 
+/// RFC 9110 §9.2.2: sending these twice has the effect of sending them once.
+pub(super) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 /// What is needed to send a request again.
 pub(super) struct Replay {
     method: Method,
@@ -31,16 +39,7 @@ impl Replay {
         enabled: bool,
         max_body: u64,
     ) -> Result<Option<Self>, BodyError> {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        if !enabled || !idempotent {
+        if !enabled || !is_idempotent(req.method()) {
             return Ok(None);
         }
         let body = if req.body().is_end_stream() {
@@ -74,6 +73,11 @@ impl Replay {
             headers: req.headers().clone(),
             body,
         }))
+    }
+
+    /// The kept body.
+    pub(super) fn body(&self) -> &Bytes {
+        &self.body
     }
 
     /// A fresh copy of the request.

@@ -44,8 +44,47 @@ impl Client {
     }
 }
 
+/// The headers tidegate adds for the upstream hop: `replace` ones take the place of any the client
+/// sent (`X-Forwarded-For` already carries the client's chain), `append` ones go alongside.
+pub(super) struct Forwarding {
+    pub replace: [(HeaderName, HeaderValue); 3],
+    /// How many of `replace` are set (`X-Forwarded-Host` only with a Host).
+    pub replacing: usize,
+    pub append: [(HeaderName, HeaderValue); 1],
+}
+
+impl Forwarding {
+    fn apply(self, headers: &mut HeaderMap) {
+        let Forwarding {
+            replace,
+            replacing,
+            append,
+        } = self;
+        for (name, value) in replace.into_iter().take(replacing) {
+            headers.insert(name, value);
+        }
+        for (name, value) in append {
+            headers.append(name, value);
+        }
+    }
+}
+
 /// Rewrites a client request for the upstream hop.
 pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
+    let forwarding = prepare_lean(req, client);
+    let origin_form = req
+        .uri()
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    *req.uri_mut() = origin_form;
+    *req.version_mut() = Version::HTTP_11;
+    forwarding.apply(req.headers_mut());
+}
+
+/// The part of [`prepare`] that edits the request; the forwarding headers are returned for the
+/// lean upstream path to write as it encodes the head, which saves four map insertions.
+pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwarding {
     let via = match req.version() {
         Version::HTTP_2 => HeaderValue::from_static("2 tidegate"),
         Version::HTTP_10 => HeaderValue::from_static("1.0 tidegate"),
@@ -61,23 +100,22 @@ pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    let origin_form = req
-        .uri()
-        .path_and_query()
-        .map(|pq| Uri::from(pq.clone()))
-        .unwrap_or_else(|| Uri::from_static("/"));
-    *req.uri_mut() = origin_form;
-    *req.version_mut() = Version::HTTP_11;
-
     let headers = req.headers_mut();
     // tidegate answers `Expect: 100-continue` itself when it starts reading the body.
     strip_hop_by_hop(headers, Some(&header::EXPECT));
-    append_forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST, host);
+    let host = headers.get(header::HOST).cloned();
+    Forwarding {
+        replace: [
+            (X_FORWARDED_FOR, forwarded_for(headers, client)),
+            (X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+            (
+                X_FORWARDED_HOST,
+                host.clone().unwrap_or(HeaderValue::from_static("")),
+            ),
+        ],
+        replacing: if host.is_some() { 3 } else { 2 },
+        append: [(header::VIA, via)],
     }
-    headers.append(header::VIA, via);
 }
 
 /// Rewrites an upstream response for the client hop.
@@ -147,8 +185,9 @@ fn is_proxy_header(name: &HeaderName) -> bool {
     name.as_str().starts_with("proxy-")
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: &Client) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+/// The client's `X-Forwarded-For` chain with this client appended.
+fn forwarded_for(headers: &HeaderMap, client: &Client) -> HeaderValue {
+    match headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
         None => client.forwarded_for.clone(),
         Some(Ok(prior)) if !prior.trim().is_empty() => {
             match HeaderValue::try_from(format!("{prior}, {}", client.ip)) {
@@ -158,8 +197,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &Client) {
         }
         // An empty or non-text value is replaced: the chain restarts here.
         Some(_) => client.forwarded_for.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR, value);
+    }
 }
 
 #[cfg(test)]

@@ -20,3 +20,4 @@ mod prometheus;
 mod protocol;
 mod reload;
 mod routing;
+mod upstream;

@@ -1,0 +1,611 @@
+//! A lean HTTP/1.1 exchange for requests whose body is already in memory (none, or a small one
+//! kept for replay), driven in the request's own task: one write of the head (and body), reads
+//! into the connection's buffer, `httparse` for the response head, and a body that streams the
+//! rest straight from the socket. No connection task, no channels, no per-request timer of its own.
+//!
+//! Requests that stream a body, and upgrades, go through hyper's client instead (see `upstream`).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::chunked::{Chunked, Decoded};
+
+/// A response head bigger than this is refused, as hyper's client would.
+const MAX_HEAD: usize = 64 * 1024 - 1;
+const MAX_HEADERS: usize = 64;
+/// Read space kept available in a connection's buffer.
+const READ_SPACE: usize = 8 * 1024;
+
+/// Why an exchange failed, and whether the request may have reached the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The connection broke (or closed) before a complete response head.
+    #[error("{source}")]
+    Io {
+        source: io::Error,
+        /// Not one byte of a response arrived: on a reused connection this is the peer having
+        /// closed it while idle.
+        nothing_received: bool,
+    },
+    /// The endpoint sent something that is not a valid HTTP/1 response.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// An idle or busy HTTP/1.1 connection: the socket and what was read from it but not consumed.
+pub struct Connection {
+    stream: TcpStream,
+    /// `buf[..filled]` is data read and not yet consumed; the rest is initialised read space.
+    buf: BytesMut,
+    filled: usize,
+    /// Scratch space for encoding request heads, kept across requests.
+    head: Vec<u8>,
+}
+
+impl Connection {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            filled: 0,
+            head: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the peer has not closed it (and sent
+    /// nothing unasked). Costs no syscall unless the socket has become readable since.
+    pub(super) fn is_usable(&self) -> bool {
+        if self.filled > 0 {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.len() - self.filled < READ_SPACE / 2 {
+            self.buf.resize(self.filled + READ_SPACE, 0);
+        }
+        let mut read = ReadBuf::new(&mut self.buf[self.filled..]);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        self.filled += n;
+        Poll::Ready(Ok(n))
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Takes `n` consumed bytes off the front of the buffer.
+    fn take(&mut self, n: usize) -> Bytes {
+        self.filled -= n;
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Drops `n` bytes off the front of the buffer.
+    fn skip(&mut self, n: usize) {
+        self.filled -= n;
+        let _ = self.buf.split_to(n);
+    }
+}
+
+/// Headers written with the request head that are not in its map: `replace` ones stand in for any
+/// of the same name in the map, `append` ones go alongside. (A proxy adds a few headers to every
+/// request; writing them here saves inserting them into the map first.)
+#[derive(Clone, Copy, Default)]
+pub struct Added<'a> {
+    pub replace: &'a [(HeaderName, HeaderValue)],
+    pub append: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Sends `req` (whose body is `body`, already in memory) with `added` headers, and reads the
+/// response head. The response's body streams from the connection, which it carries.
+pub async fn exchange<B>(
+    mut conn: Connection,
+    req: &Request<B>,
+    added: Added<'_>,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ExchangeError> {
+    encode_head(&mut conn.head, req, added, body);
+    let written = conn.stream.write_all(&conn.head).await;
+    written.map_err(|source| ExchangeError::Io {
+        source,
+        nothing_received: true,
+    })?;
+    let mut received = false;
+    loop {
+        match parse_head(&conn.buf[..conn.filled], req.method())? {
+            Some(head) if head.status.is_informational() => {
+                conn.skip(head.len);
+                continue;
+            }
+            Some(head) => {
+                let bytes = conn.take(head.len);
+                let headers = head.spans.header_map(&bytes)?;
+                let mut response = Response::new(ResponseBody {
+                    conn: Some(conn),
+                    framing: head.framing,
+                    reusable: head.keep_alive,
+                });
+                *response.status_mut() = head.status;
+                *response.version_mut() = head.version;
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            None if conn.filled >= MAX_HEAD => {
+                return Err(ExchangeError::Invalid("response head too large"))
+            }
+            None => {}
+        }
+        let n = conn.fill().await.map_err(|source| ExchangeError::Io {
+            source,
+            nothing_received: !received,
+        })?;
+        if n == 0 {
+            return Err(ExchangeError::Io {
+                source: io::ErrorKind::UnexpectedEof.into(),
+                nothing_received: !received,
+            });
+        }
+        received = true;
+    }
+}
+
+/// `METHOD target HTTP/1.1`, the headers as they are (hop-by-hop ones already removed) with
+/// `added`, `Host` if the request has none, then the body.
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, added: Added<'_>, body: &[u8]) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let headers = req.headers();
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri().authority() {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(authority.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let replaced = |name: &HeaderName| added.replace.iter().any(|(n, _)| n == name);
+    let lines = headers.iter().filter(|(name, _)| !replaced(name));
+    for (name, value) in lines.chain(
+        added
+            .replace
+            .iter()
+            .chain(added.append)
+            .map(|(n, v)| (n, v)),
+    ) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the endpoint closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+struct Head {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    spans: Spans,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Where the kept headers are within the head, so that their values can share the head's bytes
+/// instead of each being copied into an allocation of its own.
+struct Spans {
+    count: usize,
+    /// Name start, name end, value start, value end.
+    at: [[u16; 4]; MAX_HEADERS],
+}
+
+impl Spans {
+    /// The headers, their values sharing `head`'s bytes.
+    fn header_map(&self, head: &Bytes) -> Result<HeaderMap, ExchangeError> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for [ns, ne, vs, ve] in &self.at[..self.count] {
+            let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| ExchangeError::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Parses a complete response head from `buf`, or `None` if more bytes are needed.
+fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError> {
+    // Uninitialised slots: initialising a hundred of them per response costs more than parsing.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    );
+    let len = match parsing {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => {
+            return Err(ExchangeError::Invalid("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Invalid("too many response headers"))
+        }
+        Err(_) => return Err(ExchangeError::Invalid("malformed response head")),
+    };
+    let code = parsed.code.unwrap_or_default();
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("invalid status code"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut spans = Spans {
+        count: 0,
+        at: [[0; 4]; MAX_HEADERS],
+    };
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
+    let (mut close, mut keep_alive_token) = (false, false);
+    for h in parsed.headers.iter() {
+        // Framing and connection headers are few and known: compare them without building names.
+        let name = h.name.as_bytes();
+        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+        if is(&header::CONTENT_LENGTH) {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(ExchangeError::Invalid("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if is(&header::TRANSFER_ENCODING) {
+            coded = true;
+            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+        } else if is(&header::CONNECTION) {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        // This hop's framing and connection handling end here; the rest of the hop-by-hop
+        // stripping happens with every other response (`forward::request`).
+        if is(&header::TRANSFER_ENCODING) || name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if is(&header::CONNECTION) && only_close_or_keep_alive(h.value) {
+            continue;
+        }
+        let (ns, vs) = (offset(name), offset(h.value));
+        // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
+        let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
+        spans.at[spans.count] = at;
+        spans.count += 1;
+    }
+    let bodyless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodyless, coded, chunked, length) {
+        (true, ..) => Framing::Empty,
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); a coding other than a final
+        // `chunked` runs until close.
+        (_, true, true, _) => Framing::Chunked(Chunked::default()),
+        (_, true, false, _) => Framing::Close,
+        (_, false, _, Some(0)) => Framing::Empty,
+        (_, false, _, Some(n)) => Framing::Length(n),
+        (_, false, _, None) => Framing::Close,
+    };
+    let keep_alive =
+        !close && framing != Framing::Close && (version == Version::HTTP_11 || keep_alive_token);
+    Ok(Some(Head {
+        len,
+        status,
+        version,
+        spans,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// `Connection: keep-alive` (or `close`) names no other hop-by-hop header, so it can be dropped
+/// right here instead of being looked through again.
+fn only_close_or_keep_alive(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
+fn last_token(value: &[u8]) -> &[u8] {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// A response body read from its connection as the client takes it.
+pub struct ResponseBody {
+    conn: Option<Connection>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// After the last frame: the connection, if it may carry another request.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        let done = matches!(
+            self.framing,
+            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunked::DONE)
+        );
+        if done && self.reusable {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunked::DONE)
+        )
+    }
+
+    /// Exact length when known.
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self.framing {
+            Framing::Empty => http_body::SizeHint::with_exact(0),
+            Framing::Length(n) => http_body::SizeHint::with_exact(n),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match &mut self.framing {
+                Framing::Empty | Framing::Length(0) => return Poll::Ready(None),
+                Framing::Length(remaining) => {
+                    if conn.filled > 0 {
+                        let n = usize::try_from(*remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.filled);
+                        *remaining -= n as u64;
+                        return Poll::Ready(Some(Ok(conn.take(n))));
+                    }
+                }
+                Framing::Close => {
+                    if conn.filled > 0 {
+                        return Poll::Ready(Some(Ok(conn.take(conn.filled))));
+                    }
+                }
+                Framing::Chunked(state) => match state.decode(&conn.buf[..conn.filled]) {
+                    Decoded::Data { skip, len } => {
+                        conn.skip(skip);
+                        return Poll::Ready(Some(Ok(conn.take(len))));
+                    }
+                    Decoded::Skip(n) => {
+                        conn.skip(n);
+                        continue;
+                    }
+                    Decoded::Done(n) => {
+                        conn.skip(n);
+                        return Poll::Ready(None);
+                    }
+                    Decoded::NeedMore => {}
+                    Decoded::Invalid(why) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            why,
+                        ))));
+                    }
+                },
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.framing, Framing::Close) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Head {
+        parse_head(raw.as_bytes(), &method).unwrap().unwrap()
+    }
+
+    #[test]
+    fn encodes_the_request_line_headers_and_a_kept_body() {
+        let req = Request::put("http://ignored/a?b=1")
+            .header("host", "kubia")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_head(&mut out, &req, Added::default(), b"hi");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PUT /a?b=1 HTTP/1.1\r\nhost: kubia\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn adds_host_from_the_uri_when_the_request_has_none() {
+        let req = Request::get("http://kubia:8080/").body(()).unwrap();
+        let mut out = Vec::new();
+        encode_head(&mut out, &req, Added::default(), b"");
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: kubia:8080\r\n\r\n");
+    }
+
+    #[test]
+    fn added_headers_replace_or_join_the_requests_own() {
+        let req = Request::get("/")
+            .header("host", "kubia")
+            .header("x-forwarded-proto", "spoofed")
+            .header("via", "1.0 edge")
+            .body(())
+            .unwrap();
+        let replace = [(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        )];
+        let append = [(header::VIA, HeaderValue::from_static("1.1 tidegate"))];
+        let mut out = Vec::new();
+        let added = Added {
+            replace: &replace,
+            append: &append,
+        };
+        encode_head(&mut out, &req, added, b"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: kubia\r\nvia: 1.0 edge\r\nx-forwarded-proto: http\r\nvia: 1.1 tidegate\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = "HTTP/1.1 200 OK\r\n";
+        let cases = [
+            ("content-length: 5\r\n", Method::GET, Framing::Length(5)),
+            ("content-length: 0\r\n", Method::GET, Framing::Empty),
+            ("content-length: 5\r\n", Method::HEAD, Framing::Empty),
+            (
+                "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
+                Method::GET,
+                Framing::Chunked(Chunked::default()),
+            ),
+            ("transfer-encoding: gzip\r\n", Method::GET, Framing::Close),
+            ("", Method::GET, Framing::Close),
+        ];
+        for (headers, method, framing) in cases {
+            let h = head(&format!("{ok}{headers}\r\n"), method);
+            assert_eq!(h.framing, framing, "{headers:?}");
+            assert_eq!(h.keep_alive, framing != Framing::Close, "{headers:?}");
+        }
+        let no_content = head(
+            "HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(no_content.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn keep_alive_needs_http_1_1_or_the_token_and_no_close() {
+        let h = |raw: &str| head(raw, Method::GET).keep_alive;
+        assert!(h("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(!h(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(!h("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(h(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn headers_keep_their_values_and_this_hops_framing_stays_here() {
+        let raw = "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                   Transfer-Encoding: chunked\r\nX-Pod: kubia-1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
+        let h = head(raw, Method::GET);
+        let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..h.len]);
+        let headers = h.spans.header_map(&bytes).unwrap();
+        assert_eq!(headers["server"], "nginx");
+        assert_eq!(headers["x-pod"], "kubia-1");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        for gone in ["connection", "keep-alive", "transfer-encoding"] {
+            assert!(!headers.contains_key(gone), "{gone} is this hop's");
+        }
+        let named = "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\ncontent-length: 0\r\n\r\n";
+        let h = head(named, Method::GET);
+        let bytes = Bytes::copy_from_slice(named.as_bytes());
+        let headers = h.spans.header_map(&bytes).unwrap();
+        assert!(
+            headers.contains_key("connection"),
+            "a Connection naming other headers is left for the hop-by-hop pass"
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_bad_ones_are_refused() {
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
+            .unwrap()
+            .is_none());
+        for bad in [
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_head(bad.as_bytes(), &Method::GET),
+                    Err(ExchangeError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The upstream HTTP/1.1 exchange against endpoints that answer with exactly the bytes a test
+//! scripts: every way a response body can be delimited, informational responses, keep-alive and
+//! its end, and broken answers. Requests without a body take tidegate's lean path, so these pin
+//! down its framing; the hyper path is covered wherever a request streams a body.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// An endpoint that reads each request head and answers `reply(n)` for the n-th request
+/// overall; `close_after` closes the connection after each answer (without saying so).
+struct Scripted {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+async fn scripted(reply: fn(usize) -> Vec<u8>, close_after: bool) -> Scripted {
+    let listener = TcpListener::bind((pod_ip(), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (requests, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, c) = (requests.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, r.clone(), reply, close_after));
+        }
+    });
+    Scripted {
+        addr,
+        requests,
+        connections,
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    requests: Arc<AtomicUsize>,
+    reply: fn(usize) -> Vec<u8>,
+    close_after: bool,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // Bodyless requests: a head is everything up to the blank line.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buf.drain(..end);
+        let n = requests.fetch_add(1, Ordering::SeqCst);
+        if stream.write_all(&reply(n)).await.is_err() || close_after {
+            return;
+        }
+    }
+}
+
+async fn proxy_for(endpoint: &Scripted) -> RunningProxy {
+    TestProxy::new()
+        .endpoint_at(endpoint.addr, "v1")
+        .start()
+        .await
+}
+
+/// A GET through the proxy: the whole response, or how it failed.
+async fn request_result(
+    proxy: &RunningProxy,
+) -> Result<(StatusCode, http::HeaderMap, String), String> {
+    send(
+        proxy.client(),
+        Request::get(proxy.url("/")).body(empty()).unwrap(),
+    )
+    .await
+}
+
+async fn request(proxy: &RunningProxy, method: Method) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(proxy.url("/"))
+        .body(empty())
+        .unwrap();
+    send(proxy.client(), req).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_with_extensions_and_trailers_arrive_whole_and_the_connection_is_reused() {
+    let endpoint = scripted(
+        |_| {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;name=x\r\nThis \r\n11\r\nis v1 in kubia-0\n\r\n0\r\nx-checksum: 1\r\n\r\n"
+                .to_vec()
+        },
+        false,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    for _ in 0..5 {
+        let (status, headers, body) = request(&proxy, Method::GET).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "This is v1 in kubia-0\n");
+        assert!(!headers.contains_key("x-checksum"), "trailers are dropped");
+    }
+    assert_eq!(
+        endpoint.connections.load(Ordering::SeqCst),
+        1,
+        "a fully read chunked response leaves its connection reusable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_delimited_by_close_is_read_to_the_end_and_its_connection_not_reused() {
+    let endpoint = scripted(
+        |n| {
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nresponse {n} until close")
+                .into_bytes()
+        },
+        true,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    for n in 0..3 {
+        let (status, _, body) = request(&proxy, Method::GET).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, format!("response {n} until close"))
+        );
+    }
+    assert_eq!(endpoint.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_have_no_body_and_keep_the_connection() {
+    let endpoint = scripted(
+        |n| match n % 3 {
+            0 => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(),
+            1 => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n".to_vec(),
+        },
+        false,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    let (status, headers, body) = request(&proxy, Method::HEAD).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    assert_eq!(
+        headers["content-length"], "1000",
+        "HEAD keeps the length it announces"
+    );
+    let (status, _, body) = request(&proxy, Method::GET).await;
+    assert_eq!((status, body.as_str()), (StatusCode::NO_CONTENT, ""));
+    let (status, _, body) = request(&proxy, Method::GET).await;
+    assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    assert_eq!(endpoint.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_before_the_answer_are_skipped() {
+    let endpoint = scripted(
+        |_| {
+            b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                .to_vec()
+        },
+        false,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    let (status, _, body) = request(&proxy, Method::GET).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_streams_through_intact() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let endpoint = scripted(
+        |_| {
+            let mut reply =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+            reply.extend((0..SIZE).map(|i| b'a' + (i % 26) as u8));
+            reply
+        },
+        false,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    let (status, _, body) = request(&proxy, Method::GET).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), SIZE);
+    assert!(
+        body.bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'a' + (i % 26) as u8),
+        "every byte arrives in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
+    // Keep-alive by the book, but the endpoint closes every connection once it has answered:
+    // the pooled connection is dead by the next request.
+    let endpoint = scripted(
+        |n| format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).into_bytes(),
+        true,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    for _ in 0..20 {
+        let (status, _, _) = request(&proxy, Method::GET).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a stale pooled connection is retried on a fresh one"
+        );
+    }
+    assert_eq!(
+        endpoint.requests.load(Ordering::SeqCst),
+        20,
+        "no request was sent twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_truncated_answer_is_a_502_naming_the_kind() {
+    let garbage = scripted(|_| b"HTTP/1.1 2000 Nope\r\n\r\n".to_vec(), false).await;
+    let proxy = TestProxy::new()
+        .endpoint_at(garbage.addr, "v1")
+        .yaml("retries: { connect_attempts: 1 }")
+        .start()
+        .await;
+    let (status, headers, _) = request(&proxy, Method::GET).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-tidegate-error"], "protocol");
+
+    let truncated = scripted(
+        |_| b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly".to_vec(),
+        true,
+    )
+    .await;
+    let proxy = TestProxy::new()
+        .endpoint_at(truncated.addr, "v1")
+        .start()
+        .await;
+    // The head may reach the client before the body breaks off, or not at all; either way the
+    // client must see a failure, never a response that looks complete.
+    let seen = request_result(&proxy).await;
+    assert!(
+        seen.is_err(),
+        "a body cut short must not look complete to the client: {seen:?}"
+    );
+}
