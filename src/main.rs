@@ -3,3 +3,7 @@
 fn main() -> std::process::ExitCode {
     tidegate::cli::main()
 }
+
+/// mimalloc rather than the system allocator: see the note in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
