@@ -427,9 +427,10 @@ impl Forwarder {
                                     );
                                 }
                             }
-                            Ok(response.map(|body| {
+                            let response = response.map(|body| {
                                 UpstreamBody::hyper(body, sender, in_flight, role, start)
-                            }))
+                            });
+                            Ok((response, false))
                         }
                         Ok(Err(mut failed)) => {
                             let unsent = failed.take_message();
@@ -462,7 +463,10 @@ impl Forwarder {
                     );
                     match sent.await {
                         Ok(Ok(response)) => {
-                            Ok(response.map(|body| UpstreamBody::h1(body, in_flight, role, start)))
+                            let clean = response.body().hop_by_hop_removed();
+                            let response =
+                                response.map(|body| UpstreamBody::h1(body, in_flight, role, start));
+                            Ok((response, clean))
                         }
                         Ok(Err(error)) => {
                             // Idempotent by construction: sent again when a reused connection
@@ -489,9 +493,13 @@ impl Forwarder {
                 }
             };
             match exchanged {
-                Ok(response) => {
+                Ok((response, clean)) => {
                     let mut response = response.map(Either::Left);
-                    request::prepare_response(&mut response);
+                    if clean {
+                        request::add_via(&mut response);
+                    } else {
+                        request::prepare_response(&mut response);
+                    }
                     if set_cookie {
                         response
                             .headers_mut()

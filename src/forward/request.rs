@@ -120,9 +120,14 @@ pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwardi
 
 /// Rewrites an upstream response for the client hop.
 pub(super) fn prepare_response<B>(resp: &mut Response<B>) {
-    let headers = resp.headers_mut();
-    strip_hop_by_hop(headers, None);
-    headers.append(header::VIA, HeaderValue::from_static("1.1 tidegate"));
+    strip_hop_by_hop(resp.headers_mut(), None);
+    add_via(resp);
+}
+
+/// The part of [`prepare_response`] left for a response whose hop-by-hop headers are gone already.
+pub(super) fn add_via<B>(resp: &mut Response<B>) {
+    resp.headers_mut()
+        .append(header::VIA, HeaderValue::from_static("1.1 tidegate"));
 }
 
 /// Removes hop-by-hop headers (and `also`). One pass over the names finds which are present;

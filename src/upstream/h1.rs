@@ -143,6 +143,7 @@ pub async fn exchange<B>(
                     conn: Some(conn),
                     framing: head.framing,
                     reusable: head.keep_alive,
+                    hop_by_hop_left: head.hop_by_hop_left,
                 });
                 *response.status_mut() = head.status;
                 *response.version_mut() = head.version;
@@ -224,6 +225,8 @@ struct Head {
     spans: Spans,
     framing: Framing,
     keep_alive: bool,
+    /// Some hop-by-hop header other than this hop's framing and connection ones is still there.
+    hop_by_hop_left: bool,
 }
 
 /// Where the kept headers are within the head, so that their values can share the head's bytes
@@ -284,7 +287,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
     };
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
     let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
-    let (mut close, mut keep_alive_token) = (false, false);
+    let (mut close, mut keep_alive_token, mut hop_by_hop_left) = (false, false, false);
     for h in parsed.headers.iter() {
         // Framing and connection headers are few and known: compare them without building names.
         let name = h.name.as_bytes();
@@ -316,6 +319,12 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
         if is(&header::CONNECTION) && only_close_or_keep_alive(h.value) {
             continue;
         }
+        // Anything else hop-by-hop is left to the general pass, which then has to run.
+        hop_by_hop_left |= is(&header::CONNECTION)
+            || is(&header::TE)
+            || is(&header::TRAILER)
+            || is(&header::UPGRADE)
+            || name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-");
         let (ns, vs) = (offset(name), offset(h.value));
         // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
         let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
@@ -345,6 +354,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
         spans,
         framing,
         keep_alive,
+        hop_by_hop_left,
     }))
 }
 
@@ -370,9 +380,16 @@ pub struct ResponseBody {
     conn: Option<Connection>,
     framing: Framing,
     reusable: bool,
+    hop_by_hop_left: bool,
 }
 
 impl ResponseBody {
+    /// Whether the response's headers are free of hop-by-hop ones already (the usual case), so
+    /// the proxy need not look through them again.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        !self.hop_by_hop_left
+    }
+
     /// After the last frame: the connection, if it may carry another request.
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let done = matches!(
@@ -578,12 +595,25 @@ mod tests {
         for gone in ["connection", "keep-alive", "transfer-encoding"] {
             assert!(!headers.contains_key(gone), "{gone} is this hop's");
         }
+        assert!(!h.hop_by_hop_left, "nothing hop-by-hop is left");
+        for other in [
+            "Upgrade: h2c",
+            "TE: trailers",
+            "Trailer: x",
+            "Proxy-Authenticate: Basic",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{other}\r\ncontent-length: 0\r\n\r\n");
+            assert!(
+                head(&raw, Method::GET).hop_by_hop_left,
+                "{other} needs the general pass"
+            );
+        }
         let named = "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\ncontent-length: 0\r\n\r\n";
         let h = head(named, Method::GET);
         let bytes = Bytes::copy_from_slice(named.as_bytes());
         let headers = h.spans.header_map(&bytes).unwrap();
         assert!(
-            headers.contains_key("connection"),
+            headers.contains_key("connection") && h.hop_by_hop_left,
             "a Connection naming other headers is left for the hop-by-hop pass"
         );
     }
