@@ -289,42 +289,42 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
     let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
     let (mut close, mut keep_alive_token, mut hop_by_hop_left) = (false, false, false);
     for h in parsed.headers.iter() {
-        // Framing and connection headers are few and known: compare them without building names.
         let name = h.name.as_bytes();
-        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
-        if is(&header::CONTENT_LENGTH) {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ExchangeError::Invalid("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting content-length"));
+        // The headers this hop cares about are few and known: one look at the name's shape picks
+        // at most one candidate, instead of comparing every name with all of them.
+        match Special::of(name) {
+            Some(Special::ContentLength) => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(ExchangeError::Invalid("invalid content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if is(&header::TRANSFER_ENCODING) {
-            coded = true;
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-        } else if is(&header::CONNECTION) {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            // This hop's framing and connection handling end here.
+            Some(Special::TransferEncoding) => {
+                coded = true;
+                chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                continue;
             }
+            Some(Special::KeepAlive) => continue,
+            Some(Special::Connection) => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+                if only_close_or_keep_alive(h.value) {
+                    continue;
+                }
+                // It names other headers: the general hop-by-hop pass removes them and it.
+                hop_by_hop_left = true;
+            }
+            Some(Special::OtherHopByHop) => hop_by_hop_left = true,
+            None => {}
         }
-        // This hop's framing and connection handling end here; the rest of the hop-by-hop
-        // stripping happens with every other response (`forward::request`).
-        if is(&header::TRANSFER_ENCODING) || name.eq_ignore_ascii_case(b"keep-alive") {
-            continue;
-        }
-        if is(&header::CONNECTION) && only_close_or_keep_alive(h.value) {
-            continue;
-        }
-        // Anything else hop-by-hop is left to the general pass, which then has to run.
-        hop_by_hop_left |= is(&header::CONNECTION)
-            || is(&header::TE)
-            || is(&header::TRAILER)
-            || is(&header::UPGRADE)
-            || name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-");
         let (ns, vs) = (offset(name), offset(h.value));
         // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
         let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
@@ -365,6 +365,36 @@ fn only_close_or_keep_alive(value: &[u8]) -> bool {
         let t = t.trim_ascii();
         t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
     })
+}
+
+/// Response headers the exchange itself looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    /// `TE`, `Trailer`, `Upgrade`, `Proxy-*`: hop-by-hop, left for the general pass.
+    OtherHopByHop,
+}
+
+impl Special {
+    fn of(name: &[u8]) -> Option<Special> {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+            (14, Some(b'c')) if is(b"content-length") => Some(Special::ContentLength),
+            (17, Some(b't')) if is(b"transfer-encoding") => Some(Special::TransferEncoding),
+            (10, Some(b'c')) if is(b"connection") => Some(Special::Connection),
+            (10, Some(b'k')) if is(b"keep-alive") => Some(Special::KeepAlive),
+            (2, Some(b't')) if is(b"te") => Some(Special::OtherHopByHop),
+            (7, Some(b't')) if is(b"trailer") => Some(Special::OtherHopByHop),
+            (7, Some(b'u')) if is(b"upgrade") => Some(Special::OtherHopByHop),
+            (7.., Some(b'p')) if name[..6].eq_ignore_ascii_case(b"proxy-") => {
+                Some(Special::OtherHopByHop)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn last_token(value: &[u8]) -> &[u8] {
