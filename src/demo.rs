@@ -64,8 +64,7 @@ pub struct Options {
 /// request makes it an error.
 pub async fn run(options: Options) -> Result<(), DemoError> {
     let (trigger, stop) = shutdown::channel();
-    let interrupted = shutdown::channel();
-    let (interrupt, mut interrupted_rx) = interrupted;
+    let (interrupt, mut interrupted_rx) = shutdown::channel();
     tokio::spawn(async move {
         shutdown::signal().await;
         interrupt.fire();

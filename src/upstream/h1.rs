@@ -422,11 +422,7 @@ impl ResponseBody {
 
     /// After the last frame: the connection, if it may carry another request.
     pub fn take_reusable(&mut self) -> Option<Connection> {
-        let done = matches!(
-            self.framing,
-            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunked::DONE)
-        );
-        if done && self.reusable {
+        if self.is_end_stream() && self.reusable {
             self.conn.take()
         } else {
             None

@@ -338,7 +338,13 @@ impl Cluster {
     pub async fn set_image_and_pause_after(&mut self, version: &str, new_ready: usize) {
         self.new_set(version, true);
         let newest = self.newest().hash.clone();
+        let deadline =
+            Instant::now() + self.readiness_delay * 4 + self.min_ready + Duration::from_secs(10);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the rollout never had {new_ready} new pod(s) available to pause after"
+            );
             self.reconcile().await;
             self.advance(Instant::now()).await;
             let now = Instant::now();

@@ -205,6 +205,7 @@ async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
                 api.compact();
             }
             api.drop_watches();
+            // The scenario's own clock: a watch drop every 150 ms during the rollout.
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     });
@@ -244,6 +245,7 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
         Duration::from_secs(10),
     )
     .await;
+    // The scenario: the API server stays down for 10 s in all; tidegate must serve throughout.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_since.elapsed())).await;
     assert_eq!(
         proxy.endpoints_json().await["endpoints"]

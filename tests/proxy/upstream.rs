@@ -13,14 +13,25 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::*;
 
 /// An endpoint that reads each request head and answers `reply(n)` for the n-th request
-/// overall; `close_after` closes the connection after each answer (without saying so).
+/// overall, then does `after` with the connection.
 struct Scripted {
     addr: std::net::SocketAddr,
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
 }
 
-async fn scripted(reply: fn(usize) -> Vec<u8>, close_after: bool) -> Scripted {
+/// What a scripted endpoint does with a connection once it has answered.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    KeepOpen,
+    /// Closes it (without saying so in the answer).
+    Close,
+    /// Reads the next request on it, then closes it unanswered: a keep-alive timeout that
+    /// expires just as a request arrives. That request is not counted.
+    DropNext,
+}
+
+async fn scripted(reply: fn(usize) -> Vec<u8>, after: After) -> Scripted {
     let listener = TcpListener::bind((pod_ip(), 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (requests, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -28,7 +39,7 @@ async fn scripted(reply: fn(usize) -> Vec<u8>, close_after: bool) -> Scripted {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(stream, r.clone(), reply, close_after));
+            tokio::spawn(serve(stream, r.clone(), reply, after));
         }
     });
     Scripted {
@@ -42,9 +53,10 @@ async fn serve(
     mut stream: TcpStream,
     requests: Arc<AtomicUsize>,
     reply: fn(usize) -> Vec<u8>,
-    close_after: bool,
+    after: After,
 ) {
     let mut buf = Vec::new();
+    let mut answered = false;
     loop {
         // Bodyless requests: a head is everything up to the blank line.
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -56,10 +68,14 @@ async fn serve(
         }
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.drain(..end);
-        let n = requests.fetch_add(1, Ordering::SeqCst);
-        if stream.write_all(&reply(n)).await.is_err() || close_after {
+        if answered && after == After::DropNext {
             return;
         }
+        let n = requests.fetch_add(1, Ordering::SeqCst);
+        if stream.write_all(&reply(n)).await.is_err() || after == After::Close {
+            return;
+        }
+        answered = true;
     }
 }
 
@@ -98,7 +114,7 @@ async fn chunked_bodies_with_extensions_and_trailers_arrive_whole_and_the_connec
               5;name=x\r\nThis \r\n11\r\nis v1 in kubia-0\n\r\n0\r\nx-checksum: 1\r\n\r\n"
                 .to_vec()
         },
-        false,
+        After::KeepOpen,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -122,7 +138,7 @@ async fn a_body_delimited_by_close_is_read_to_the_end_and_its_connection_not_reu
             format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nresponse {n} until close")
                 .into_bytes()
         },
-        true,
+        After::Close,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -144,7 +160,7 @@ async fn head_204_and_304_have_no_body_and_keep_the_connection() {
             1 => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             _ => b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n".to_vec(),
         },
-        false,
+        After::KeepOpen,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -169,7 +185,7 @@ async fn informational_responses_before_the_answer_are_skipped() {
               HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                 .to_vec()
         },
-        false,
+        After::KeepOpen,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -187,7 +203,7 @@ async fn a_large_response_streams_through_intact() {
             reply.extend((0..SIZE).map(|i| b'a' + (i % 26) as u8));
             reply
         },
-        false,
+        After::KeepOpen,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -208,7 +224,7 @@ async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
     // the pooled connection is dead by the next request.
     let endpoint = scripted(
         |n| format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).into_bytes(),
-        true,
+        After::Close,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
@@ -228,8 +244,29 @@ async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_pooled_connection_the_endpoint_drops_unanswered_is_sent_again() {
+    // The pooled connection still looks open when it is taken: the endpoint closes it only
+    // once the request has arrived, before any response byte.
+    let endpoint = scripted(
+        |n| format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).into_bytes(),
+        After::DropNext,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    for _ in 0..20 {
+        let (status, _, _) = request(&proxy, Method::GET).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "an idempotent request the endpoint dropped unanswered is resent on a fresh connection"
+        );
+    }
+    assert_eq!(endpoint.requests.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_or_truncated_answer_is_a_502_naming_the_kind() {
-    let garbage = scripted(|_| b"HTTP/1.1 2000 Nope\r\n\r\n".to_vec(), false).await;
+    let garbage = scripted(|_| b"HTTP/1.1 2000 Nope\r\n\r\n".to_vec(), After::KeepOpen).await;
     let proxy = TestProxy::new()
         .endpoint_at(garbage.addr, "v1")
         .yaml("retries: { connect_attempts: 1 }")
@@ -241,7 +278,7 @@ async fn a_malformed_or_truncated_answer_is_a_502_naming_the_kind() {
 
     let truncated = scripted(
         |_| b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly".to_vec(),
-        true,
+        After::Close,
     )
     .await;
     let proxy = TestProxy::new()
