@@ -153,7 +153,8 @@ pub async fn run(options: Options) -> Result<(), DemoError> {
     if options.serve && phases.is_some() {
         println!("\nstill serving (Ctrl-C stops):");
         println!("  try:    for i in $(seq 20); do curl -s http://{proxy}/; done | sort | uniq -c");
-        println!("  steer:  curl -X PUT -d '{{\"weight\": 50}}' http://{admin}/canary");
+        // The rollout is complete, so there is no canary left to steer: show the state instead.
+        println!("  look:   curl http://{admin}/endpoints; curl http://{admin}/canary");
         serve(&mut cluster, interrupted_rx).await?;
     }
     trigger.fire();
