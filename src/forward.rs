@@ -76,6 +76,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
+        // One write of head and body copied together: for the small responses that dominate, the
+        // copy is cheaper than assembling an iovec array per response (about 400 instructions).
+        .writev(false)
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
@@ -457,18 +460,18 @@ impl Forwarder {
                                 replace: &f.replace[..f.replacing],
                                 append: &f.append,
                             });
-                    let sent = tokio::time::timeout(
-                        settings.request_timeout,
-                        h1::exchange(connection, &req, added, body),
-                    );
-                    match sent.await {
-                        Ok(Ok(response)) => {
+                    let deadline = tokio::time::Instant::now() + settings.request_timeout;
+                    match h1::exchange(connection, &req, added, body, deadline).await {
+                        Ok(response) => {
                             let clean = response.body().hop_by_hop_removed();
                             let response =
                                 response.map(|body| UpstreamBody::h1(body, in_flight, role, start));
                             Ok((response, clean))
                         }
-                        Ok(Err(error)) => {
+                        Err(ExchangeError::Timeout) => {
+                            Err(Failure::timeout(settings.request_timeout))
+                        }
+                        Err(error) => {
                             // Idempotent by construction: sent again when a reused connection
                             // turns out closed, or when the exchange broke before a response.
                             let closed = reused
@@ -488,7 +491,6 @@ impl Forwarder {
                                 sent: true,
                             })
                         }
-                        Err(_elapsed) => Err(Failure::timeout(settings.request_timeout)),
                     }
                 }
             };

@@ -15,6 +15,7 @@
 //! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
 //! - [`pick`]: canary header, sticky cookie, canary split, power-of-two-choices; arithmetic only.
 //! - [`upstream`]: per-endpoint connections and idle pool.
+//! - [`deadline`]: per-request deadlines on one timer per connection (client and upstream side).
 //! - [`probe`]: optional active health checks, recorded in the endpoint cells.
 //! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
@@ -28,6 +29,7 @@ pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod demo;
 pub mod discovery;
 pub mod forward;

@@ -97,6 +97,7 @@ impl ProxyError {
             ProxyError::Protocol(_) => ErrorKind::Protocol,
             ProxyError::Exchange(ExchangeError::Io { .. }) => ErrorKind::Reset,
             ProxyError::Exchange(ExchangeError::Invalid(_)) => ErrorKind::Protocol,
+            ProxyError::Exchange(ExchangeError::Timeout) => ErrorKind::Timeout,
         }
     }
 

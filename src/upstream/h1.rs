@@ -1,10 +1,12 @@
 //! A lean HTTP/1.1 exchange for requests whose body is already in memory (none, or a small one
 //! kept for replay), driven in the request's own task: one write of the head (and body), reads
 //! into the connection's buffer, `httparse` for the response head, and a body that streams the
-//! rest straight from the socket. No connection task, no channels, no per-request timer of its own.
+//! rest straight from the socket. No connection task, no channels, and one timer per connection
+//! rather than one per request (see [`crate::deadline`]).
 //!
 //! Requests that stream a body, and upgrades, go through hyper's client instead (see `upstream`).
 
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -13,8 +15,11 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::deadline::Deadline;
 
 use super::chunked::{Chunked, Decoded};
 
@@ -38,6 +43,9 @@ pub enum ExchangeError {
     /// The endpoint sent something that is not a valid HTTP/1 response.
     #[error("{0}")]
     Invalid(&'static str),
+    /// No complete response head by the exchange's deadline.
+    #[error("no response head in time")]
+    Timeout,
 }
 
 /// An idle or busy HTTP/1.1 connection: the socket and what was read from it but not consumed.
@@ -48,6 +56,8 @@ pub struct Connection {
     filled: usize,
     /// Scratch space for encoding request heads, kept across requests.
     head: Vec<u8>,
+    /// For the response head of the exchange under way.
+    deadline: Deadline,
 }
 
 impl Connection {
@@ -57,6 +67,7 @@ impl Connection {
             buf: BytesMut::new(),
             filled: 0,
             head: Vec::new(),
+            deadline: Deadline::default(),
         }
     }
 
@@ -89,8 +100,43 @@ impl Connection {
         Poll::Ready(Ok(n))
     }
 
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    /// Writes the encoded head (and body), or fails at the deadline.
+    async fn send_head(&mut self) -> Result<(), ExchangeError> {
+        let mut written = 0;
+        poll_fn(|cx| {
+            while written < self.head.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.head[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        ready!(self.deadline.poll_passed(cx));
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::TimedOut => ExchangeError::Timeout,
+            _ => ExchangeError::Io {
+                source,
+                nothing_received: true,
+            },
+        })
+    }
+
+    /// Reads more into the buffer (`Ok(0)` is the end of the stream), or fails at the deadline.
+    async fn fill(&mut self) -> Result<io::Result<usize>, ExchangeError> {
+        poll_fn(|cx| match self.poll_fill(cx) {
+            Poll::Ready(read) => Poll::Ready(Ok(read)),
+            Poll::Pending => {
+                ready!(self.deadline.poll_passed(cx));
+                Poll::Ready(Err(ExchangeError::Timeout))
+            }
+        })
+        .await
     }
 
     /// Takes `n` consumed bytes off the front of the buffer.
@@ -116,19 +162,17 @@ pub struct Added<'a> {
 }
 
 /// Sends `req` (whose body is `body`, already in memory) with `added` headers, and reads the
-/// response head. The response's body streams from the connection, which it carries.
+/// response head by `deadline`. The response's body streams from the connection, which it carries.
 pub async fn exchange<B>(
     mut conn: Connection,
     req: &Request<B>,
     added: Added<'_>,
     body: &[u8],
+    deadline: Instant,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
+    conn.deadline.set(deadline);
     encode_head(&mut conn.head, req, added, body);
-    let written = conn.stream.write_all(&conn.head).await;
-    written.map_err(|source| ExchangeError::Io {
-        source,
-        nothing_received: true,
-    })?;
+    conn.send_head().await?;
     let mut received = false;
     loop {
         match parse_head(&conn.buf[..conn.filled], req.method())? {
@@ -155,7 +199,7 @@ pub async fn exchange<B>(
             }
             None => {}
         }
-        let n = conn.fill().await.map_err(|source| ExchangeError::Io {
+        let n = conn.fill().await?.map_err(|source| ExchangeError::Io {
             source,
             nothing_received: !received,
         })?;

@@ -165,6 +165,34 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_kept_alive_upstream_connection_gets_its_own_timeout() {
+    // The request timeout lives on the pooled connection's one timer, armed at an earlier
+    // request's deadline: every request here takes two thirds of the timeout, so the timer fires
+    // during a later request, which must not be cut short by it.
+    let slow = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&slow])
+        .yaml("timeouts: { connect: 1s, request: 300ms, header_read: 5s, drain: 5s }")
+        .start()
+        .await;
+    for n in 0..6 {
+        let (status, _, body) = proxy.get("/slow?ms=200").await.unwrap();
+        assert_eq!(status, 200, "request {n}: {body}");
+    }
+    assert_eq!(
+        slow.connections(),
+        1,
+        "the requests must share one pooled connection"
+    );
+    let (status, _, _) = proxy.get("/slow?ms=1000").await.unwrap();
+    assert_eq!(
+        status, 504,
+        "and a request that overruns its own deadline still times out"
+    );
+    assert_eq!(proxy.get("/").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_header_is_exposed_only_when_configured() {
     let v1 = backend("v1").pod("bootcamp-v1-0").run().await;
     let v2 = backend("v2").pod("bootcamp-v2-0").run().await;

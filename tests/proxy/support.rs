@@ -65,6 +65,7 @@ struct BackendState {
     status: std::sync::atomic::AtomicU16,
     first_hit: Mutex<Option<Instant>>,
     hits: AtomicUsize,
+    connections: AtomicUsize,
     in_flight: AtomicUsize,
     last_headers: Mutex<Option<HeaderMap>>,
 }
@@ -139,6 +140,7 @@ async fn accept_loop(
                 Err(_) => continue,
             },
         };
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let (state, body, pod) = (state.clone(), body.clone(), pod.clone());
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
@@ -240,6 +242,11 @@ async fn answer(
 impl Backend {
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// From now on, answer every request with `status` (0: back to normal).
