@@ -8,6 +8,7 @@
 mod body;
 mod budget;
 mod error;
+mod head_deadline;
 mod replay;
 mod request;
 mod upgrade;
@@ -35,6 +36,7 @@ use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
 use crate::upstream::{self, h1, h1::ExchangeError, RequestBody};
 
 use budget::RetryBudget;
+use head_deadline::HeadDeadline;
 use replay::Replay;
 
 pub use body::{ResponseBody, UpstreamBody};
@@ -75,11 +77,11 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         // One write of head and body copied together: for the small responses that dominate, the
         // copy is cheaper than assembling an iovec array per response (about 400 instructions).
         .writev(false)
-        .header_read_timeout(options.header_read_timeout);
+        // `timeouts.header_read` is kept by the connection's IO (see `head_deadline`).
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
     // one is dropped, `all_closed` yields None.
@@ -106,13 +108,19 @@ pub async fn serve(
         let conn = Arc::new(Conn {
             client: request::Client::new(peer.ip()),
             open: open.clone(),
+            phase: head_deadline::Phase::new(),
         });
+        let io = HeadDeadline::new(stream, conn.clone(), options.header_read_timeout);
         let service = service_fn(move |req| {
             let (forwarder, conn) = (forwarder.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(forwarder.handle(req, &conn).await) }
+            async move {
+                head_deadline::answering(&conn);
+                let response = forwarder.handle(req, &conn).await;
+                Ok::<_, Infallible>(head_deadline::answered(response, conn))
+            }
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let (open, mut draining) = (open.clone(), draining.clone());
         tokio::spawn(async move {
@@ -146,6 +154,8 @@ pub async fn serve(
 struct Conn {
     client: request::Client,
     open: mpsc::Sender<()>,
+    /// Answering a request, or waiting for the next head (whose deadline the IO keeps).
+    phase: head_deadline::Phase,
 }
 
 /// Per-listener state shared by all requests.

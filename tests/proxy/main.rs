@@ -10,6 +10,7 @@ mod canary;
 mod churn;
 mod cli;
 mod cluster;
+mod deadlines;
 mod demo;
 mod fake_api;
 mod fake_api_tests;

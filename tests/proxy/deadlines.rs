@@ -1,0 +1,216 @@
+//! `timeouts.header_read` runs only while a client connection waits for a request head: not while
+//! a request is answered (however slowly its response arrives or streams), not in an upgraded
+//! tunnel, not on HTTP/2; and it starts again after every response.
+//!
+//! Each test idles for longer than the 300 ms head deadline on purpose: what is under test is that
+//! the connection survives that wait.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const HEAD_DEADLINE: &str = "timeouts: { connect: 1s, request: 5s, header_read: 300ms, drain: 5s }";
+/// Comfortably longer than the head deadline.
+const LONGER: Duration = Duration::from_millis(800);
+
+/// Reads one response with a `content-length` body off a raw connection: (status line, body).
+async fn read_response(socket: &mut TcpStream) -> (String, String) {
+    let mut data = Vec::new();
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a response head: {data:?}");
+        data.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    while data.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        data.extend_from_slice(&chunk[..n]);
+    }
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let body = String::from_utf8_lossy(&data[head_end..head_end + length]).into_owned();
+    (status, body)
+}
+
+/// Waits (at most 5 s) for the proxy to close `socket`; how long that took.
+async fn closed_after(socket: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest))
+        .await
+        .expect("the proxy must close a connection that sends no complete head")
+        .ok();
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml(HEAD_DEADLINE)
+        .start()
+        .await;
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+
+    // The upstream takes longer than the head deadline to answer: the request is being answered.
+    let slow = format!(
+        "GET /slow?ms={} HTTP/1.1\r\nHost: a\r\n\r\n",
+        LONGER.as_millis()
+    );
+    socket.write_all(slow.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut socket).await;
+    assert!(status.starts_with("http/1.1 200"), "{status}: {body}");
+
+    // The same connection carries the next request.
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut socket).await;
+    assert!(status.starts_with("http/1.1 200"), "{status}");
+    assert!(body.starts_with("This is v1"), "{body}");
+    let answered = Instant::now();
+
+    // A head that never completes is cut off once the deadline, started afresh at the end of
+    // the last response, passes.
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    closed_after(&mut socket).await;
+    assert!(
+        answered.elapsed() >= Duration::from_millis(250),
+        "cut off {:?} after the last response: the deadline must restart then",
+        answered.elapsed()
+    );
+    assert_eq!(
+        app.hits(),
+        2,
+        "the unfinished head never reaches the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_whole() {
+    // An upstream that drips a chunked body: eight chunks, 100 ms apart.
+    let listener = TcpListener::bind((pod_ip(), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(start).await.is_err() {
+                    return;
+                }
+                for i in 0..8 {
+                    tokio::time::sleep(LONGER / 8).await;
+                    let chunk = format!("6\r\ndrip-{i}\r\n");
+                    if stream.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let proxy = TestProxy::new()
+        .endpoint_at(addr, "v1")
+        .yaml(HEAD_DEADLINE)
+        .start()
+        .await;
+
+    let (status, _, body) = proxy.get("/").await.unwrap();
+    assert_eq!(status, 200);
+    let expected: String = (0..8).map(|i| format!("drip-{i}")).collect();
+    assert_eq!(body, expected, "the body must not be cut off mid-stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_tunnel_may_idle_longer_than_the_head_deadline() {
+    let app = backend("v1").pod("chat-0").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml(HEAD_DEADLINE)
+        .start()
+        .await;
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+    socket
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(socket.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+
+    tokio::time::sleep(LONGER).await;
+    socket.write_all(b"still there?").await.unwrap();
+    let mut reply = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut reply))
+        .await
+        .expect("an echo within 5 s")
+        .unwrap();
+    assert_eq!(&reply[..n], b"chat-0:still there?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_may_idle_longer_than_the_head_deadline() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml(HEAD_DEADLINE)
+        .start()
+        .await;
+    // One connection, held by hand: a pooled client would hide a closed one by reconnecting.
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = || {
+        http::Request::get(proxy.url("/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    let first = sender.send_request(request()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(LONGER).await;
+    let second = sender
+        .send_request(request())
+        .await
+        .expect("the HTTP/2 connection must still be open");
+    assert_eq!(second.status(), 200);
+}
