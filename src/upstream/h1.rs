@@ -287,13 +287,38 @@ impl Spans {
         let mut headers = HeaderMap::with_capacity(self.count);
         for [ns, ne, vs, ve] in &self.at[..self.count] {
             let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
-            let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| ExchangeError::Invalid("invalid header name"))?;
+            let name = header_name(&head[ns..ne])?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
             headers.append(name, value);
         }
         Ok(headers)
+    }
+}
+
+/// A response header's name. The names most responses carry, spelt as servers send them (title
+/// case or lower case), are recognised by length and first letter and confirmed by comparing bytes,
+/// which skips `HeaderName::from_bytes`'s general lower-casing parse; anything else takes it.
+fn header_name(name: &[u8]) -> Result<HeaderName, ExchangeError> {
+    let likely: Option<(HeaderName, &[u8])> = match (name.len(), name.first()) {
+        (4, Some(b'D' | b'd')) => Some((header::DATE, b"Date")),
+        (4, Some(b'E' | b'e')) => Some((header::ETAG, b"ETag")),
+        (4, Some(b'V' | b'v')) => Some((header::VARY, b"Vary")),
+        (6, Some(b'S' | b's')) => Some((header::SERVER, b"Server")),
+        (8, Some(b'L' | b'l')) => Some((header::LOCATION, b"Location")),
+        (10, Some(b'S' | b's')) => Some((header::SET_COOKIE, b"Set-Cookie")),
+        (12, Some(b'C' | b'c')) => Some((header::CONTENT_TYPE, b"Content-Type")),
+        (13, Some(b'C' | b'c')) => Some((header::CACHE_CONTROL, b"Cache-Control")),
+        (13, Some(b'L' | b'l')) => Some((header::LAST_MODIFIED, b"Last-Modified")),
+        (14, Some(b'C' | b'c')) => Some((header::CONTENT_LENGTH, b"Content-Length")),
+        (16, Some(b'C' | b'c')) => Some((header::CONTENT_ENCODING, b"Content-Encoding")),
+        _ => None,
+    };
+    match likely {
+        Some((known, title)) if name == title || name == known.as_str().as_bytes() => Ok(known),
+        _ => {
+            HeaderName::from_bytes(name).map_err(|_| ExchangeError::Invalid("invalid header name"))
+        }
     }
 }
 
@@ -560,6 +585,41 @@ mod tests {
 
     fn head(raw: &str, method: Method) -> Head {
         parse_head(raw.as_bytes(), &method).unwrap().unwrap()
+    }
+
+    #[test]
+    fn header_names_resolve_as_the_general_parse_would() {
+        let names = [
+            "Date",
+            "date",
+            "ETag",
+            "Vary",
+            "Server",
+            "SERVER",
+            "Location",
+            "Set-Cookie",
+            "Content-Type",
+            "Cache-Control",
+            "Content-Range",
+            "Last-Modified",
+            "Content-Length",
+            "Content-Encoding",
+            "Content-Language",
+            "dare",
+            "Serves",
+            "X-Date",
+            "x-pod",
+            "Sec-Fetch",
+        ];
+        for name in names {
+            assert_eq!(
+                header_name(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "{name}"
+            );
+        }
+        assert!(header_name(b"bad name").is_err());
+        assert!(header_name(b"").is_err());
     }
 
     #[test]
