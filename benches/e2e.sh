@@ -229,8 +229,15 @@ taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://$NGINX_PROXY/" >/dev/null
 for round in $(seq "$ROUNDS"); do
     log "round $round/$ROUNDS (wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s)"
     run direct "http://$BACKEND_A/"
-    run tidegate "http://$TIDEGATE/" "$tidegate_pid"
-    run nginx "http://$NGINX_PROXY/" "$nginx_pid"
+    # Alternate which proxy goes first, so that drift in the machine's speed within a round
+    # favours neither.
+    if [ $((round % 2)) -eq 1 ]; then
+        run tidegate "http://$TIDEGATE/" "$tidegate_pid"
+        run nginx "http://$NGINX_PROXY/" "$nginx_pid"
+    else
+        run nginx "http://$NGINX_PROXY/" "$nginx_pid"
+        run tidegate "http://$TIDEGATE/" "$tidegate_pid"
+    fi
 done
 
 if [ -n "${E2E_PERF:-}" ]; then
@@ -305,6 +312,18 @@ sort -t$'\t' -k1,1 "$results" | awk -F'\t' '
         }
         for (t in err) printf "errors reported by wrk for %s: %s\n", t, err[t]
     }'
+# The two proxies of one round ran back to back, so their ratio cancels most of the machine's drift
+# between rounds; its median is the number to quote on a noisy machine.
+awk -F'\t' '
+    $1 == "tidegate" { t[++nt] = $5 }
+    $1 == "nginx" { g[++ng] = $5 }
+    END {
+        n = nt < ng ? nt : ng
+        for (i = 1; i <= n; i++) { r[i] = t[i] / g[i]; if (r[i] <= 1) wins++ }
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { x = r[i]; r[i] = r[j]; r[j] = x }
+        median = n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+        printf "per-round ratio tidegate/nginx (CPU us/request): median %.3f, range %.3f-%.3f, tidegate at or below nginx in %d of %d rounds\n", median, r[1], r[n], wins, n
+    }' "$results"
 echo
 echo "every run:"
 {

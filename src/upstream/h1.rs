@@ -56,6 +56,8 @@ pub struct Connection {
     filled: usize,
     /// Scratch space for encoding request heads, kept across requests.
     head: Vec<u8>,
+    /// Scratch space for the response head's header positions.
+    spans: Vec<Span>,
     /// For the response head of the exchange under way.
     deadline: Deadline,
 }
@@ -67,6 +69,7 @@ impl Connection {
             buf: BytesMut::new(),
             filled: 0,
             head: Vec::new(),
+            spans: Vec::new(),
             deadline: Deadline::default(),
         }
     }
@@ -175,14 +178,14 @@ pub async fn exchange<B>(
     conn.send_head().await?;
     let mut received = false;
     loop {
-        match parse_head(&conn.buf[..conn.filled], req.method())? {
+        match parse_head(&conn.buf[..conn.filled], req.method(), &mut conn.spans)? {
             Some(head) if head.status.is_informational() => {
                 conn.skip(head.len);
                 continue;
             }
             Some(head) => {
                 let bytes = conn.take(head.len);
-                let headers = head.spans.header_map(&bytes)?;
+                let headers = header_map(&conn.spans, &bytes)?;
                 let mut response = Response::new(ResponseBody {
                     conn: Some(conn),
                     framing: head.framing,
@@ -266,34 +269,27 @@ struct Head {
     len: usize,
     status: StatusCode,
     version: Version,
-    spans: Spans,
     framing: Framing,
     keep_alive: bool,
     /// Some hop-by-hop header other than this hop's framing and connection ones is still there.
     hop_by_hop_left: bool,
 }
 
-/// Where the kept headers are within the head, so that their values can share the head's bytes
-/// instead of each being copied into an allocation of its own.
-struct Spans {
-    count: usize,
-    /// Name start, name end, value start, value end.
-    at: [[u16; 4]; MAX_HEADERS],
-}
+/// Where a kept header is within the head: name start, name end, value start, value end. Its
+/// value then shares the head's bytes instead of being copied into an allocation of its own.
+type Span = [u16; 4];
 
-impl Spans {
-    /// The headers, their values sharing `head`'s bytes.
-    fn header_map(&self, head: &Bytes) -> Result<HeaderMap, ExchangeError> {
-        let mut headers = HeaderMap::with_capacity(self.count);
-        for [ns, ne, vs, ve] in &self.at[..self.count] {
-            let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
-            let name = header_name(&head[ns..ne])?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
-            headers.append(name, value);
-        }
-        Ok(headers)
+/// The headers at `spans`, their values sharing `head`'s bytes.
+fn header_map(spans: &[Span], head: &Bytes) -> Result<HeaderMap, ExchangeError> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for [ns, ne, vs, ve] in spans {
+        let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
+        let name = header_name(&head[ns..ne])?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
+        headers.append(name, value);
     }
+    Ok(headers)
 }
 
 /// A response header's name. The names most responses carry, spelt as servers send them (title
@@ -322,8 +318,14 @@ fn header_name(name: &[u8]) -> Result<HeaderName, ExchangeError> {
     }
 }
 
-/// Parses a complete response head from `buf`, or `None` if more bytes are needed.
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError> {
+/// Parses a complete response head from `buf`, or `None` if more bytes are needed. The headers to
+/// pass on are left in `spans` (a buffer the connection keeps, so a response neither zeroes nor
+/// moves a fixed-size table).
+fn parse_head(
+    buf: &[u8],
+    method: &Method,
+    spans: &mut Vec<Span>,
+) -> Result<Option<Head>, ExchangeError> {
     // Uninitialised slots: initialising a hundred of them per response costs more than parsing.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -350,10 +352,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut spans = Spans {
-        count: 0,
-        at: [[0; 4]; MAX_HEADERS],
-    };
+    spans.clear();
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
     let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
     let (mut close, mut keep_alive_token, mut hop_by_hop_left) = (false, false, false);
@@ -397,8 +396,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
         let (ns, vs) = (offset(name), offset(h.value));
         // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
         let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
-        spans.at[spans.count] = at;
-        spans.count += 1;
+        spans.push(at);
     }
     let bodyless = *method == Method::HEAD
         || status.is_informational()
@@ -420,7 +418,6 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, ExchangeError
         len,
         status,
         version,
-        spans,
         framing,
         keep_alive,
         hop_by_hop_left,
@@ -584,7 +581,20 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: Method) -> Head {
-        parse_head(raw.as_bytes(), &method).unwrap().unwrap()
+        parse_head(raw.as_bytes(), &method, &mut Vec::new())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The head and the headers it passes on.
+    fn head_and_headers(raw: &str) -> (Head, HeaderMap) {
+        let mut spans = Vec::new();
+        let h = parse_head(raw.as_bytes(), &Method::GET, &mut spans)
+            .unwrap()
+            .unwrap();
+        let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..h.len]);
+        let headers = header_map(&spans, &bytes).unwrap();
+        (h, headers)
     }
 
     #[test]
@@ -715,9 +725,7 @@ mod tests {
     fn headers_keep_their_values_and_this_hops_framing_stays_here() {
         let raw = "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
                    Transfer-Encoding: chunked\r\nX-Pod: kubia-1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
-        let h = head(raw, Method::GET);
-        let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..h.len]);
-        let headers = h.spans.header_map(&bytes).unwrap();
+        let (h, headers) = head_and_headers(raw);
         assert_eq!(headers["server"], "nginx");
         assert_eq!(headers["x-pod"], "kubia-1");
         let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
@@ -739,9 +747,7 @@ mod tests {
             );
         }
         let named = "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\ncontent-length: 0\r\n\r\n";
-        let h = head(named, Method::GET);
-        let bytes = Bytes::copy_from_slice(named.as_bytes());
-        let headers = h.spans.header_map(&bytes).unwrap();
+        let (h, headers) = head_and_headers(named);
         assert!(
             headers.contains_key("connection") && h.hop_by_hop_left,
             "a Connection naming other headers is left for the hop-by-hop pass"
@@ -750,9 +756,13 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_and_bad_ones_are_refused() {
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
-            .unwrap()
-            .is_none());
+        assert!(parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-le",
+            &Method::GET,
+            &mut Vec::new()
+        )
+        .unwrap()
+        .is_none());
         for bad in [
             "HTTP/1.1 2000 OK\r\n\r\n",
             "NOT HTTP\r\n\r\n",
@@ -761,7 +771,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_head(bad.as_bytes(), &Method::GET),
+                    parse_head(bad.as_bytes(), &Method::GET, &mut Vec::new()),
                     Err(ExchangeError::Invalid(_))
                 ),
                 "{bad:?}"
