@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end CPU cost per proxied request: tidegate against an nginx reverse proxy, on loopback.
 #
-#   bash benches/e2e.sh            # 3 rounds x (direct, tidegate, nginx) x 10 s: about 2 minutes
+#   bash benches/e2e.sh            # 9 rounds x (direct, tidegate, nginx) x 5 s: about 3 minutes
 #   E2E_SECONDS=5 E2E_ROUNDS=2 bash benches/e2e.sh
 #   E2E_PERF=/tmp/prof bash benches/e2e.sh   # also: perf record each proxy in one extra, uncounted run
 #   E2E_NO_BUILD=1 bash benches/e2e.sh        # use the target/release/tidegate already built
@@ -12,8 +12,11 @@
 # requests wrk completed. Every process started here is stopped on exit.
 set -euo pipefail
 
-SECONDS_PER_RUN=${E2E_SECONDS:-10}
-ROUNDS=${E2E_ROUNDS:-3}
+# Many short rounds rather than a few long ones: on a shared VM the machine's speed drifts over
+# seconds, and the per-round ratio (both proxies back to back) is what cancels that drift.
+SECONDS_PER_RUN=${E2E_SECONDS:-5}
+ROUNDS=${E2E_ROUNDS:-9}
+WARMUP=${E2E_WARMUP:-1}
 CONNECTIONS=${E2E_CONNECTIONS:-32}
 
 BACKEND_A=127.0.0.2:18081
@@ -141,6 +144,9 @@ results=$work/results.tsv
 run() {
     local target=$1 url=$2 pid=${3:-} out=$work/wrk-$1-$round.txt before=0 after=0 pids_
     if [ -n "$pid" ]; then
+        # An uncounted second first: a proxy measured straight after an idle spell (the direct
+        # run) paid for waking up, and whichever went first in a round came out ~8% worse.
+        taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
         pids_=$(proxy_pids "$pid")
         # shellcheck disable=SC2086
         before=$(cpu_ticks $pids_)
