@@ -16,6 +16,15 @@ const HEAD_DEADLINE: &str = "timeouts: { connect: 1s, request: 5s, header_read: 
 /// Comfortably longer than the head deadline.
 const LONGER: Duration = Duration::from_millis(800);
 
+/// tidegate in front of `app` with a 300 ms head deadline.
+async fn head_deadline_proxy(app: &Backend) -> RunningProxy {
+    TestProxy::new()
+        .endpoints(&[app])
+        .yaml(HEAD_DEADLINE)
+        .start()
+        .await
+}
+
 /// Reads one response with a `content-length` body off a raw connection: (status line, body).
 async fn read_response(socket: &mut TcpStream) -> (String, String) {
     let mut data = Vec::new();
@@ -61,11 +70,7 @@ async fn closed_after(socket: &mut TcpStream) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response() {
     let app = backend("v1").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&app])
-        .yaml(HEAD_DEADLINE)
-        .start()
-        .await;
+    let proxy = head_deadline_proxy(&app).await;
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
 
     // The upstream takes longer than the head deadline to answer: the request is being answered.
@@ -152,11 +157,7 @@ async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_tunnel_may_idle_longer_than_the_head_deadline() {
     let app = backend("v1").pod("chat-0").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&app])
-        .yaml(HEAD_DEADLINE)
-        .start()
-        .await;
+    let proxy = head_deadline_proxy(&app).await;
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     socket
         .write_all(
@@ -185,11 +186,7 @@ async fn an_upgraded_tunnel_may_idle_longer_than_the_head_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_may_idle_longer_than_the_head_deadline() {
     let app = backend("v1").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&app])
-        .yaml(HEAD_DEADLINE)
-        .start()
-        .await;
+    let proxy = head_deadline_proxy(&app).await;
     // One connection, held by hand: a pooled client would hide a closed one by reconnecting.
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(

@@ -129,6 +129,15 @@ async fn no_ready_endpoints_gives_503_with_the_reason() {
     assert_eq!((status.as_u16(), body.trim()), (503, "no ready endpoints"));
 }
 
+/// tidegate in front of `app` with a 300 ms request timeout.
+async fn with_300ms_request_timeout(app: &Backend) -> RunningProxy {
+    TestProxy::new()
+        .endpoints(&[app])
+        .yaml("timeouts: { connect: 1s, request: 300ms, header_read: 5s, drain: 5s }")
+        .start()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_gives_502_and_slow_upstream_504() {
     // Nothing listens here: every connect is refused.
@@ -149,11 +158,7 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_504() {
     );
 
     let slow = backend("v1").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&slow])
-        .yaml("timeouts: { connect: 1s, request: 300ms, header_read: 5s, drain: 5s }")
-        .start()
-        .await;
+    let proxy = with_300ms_request_timeout(&slow).await;
     let started = std::time::Instant::now();
     let (status, headers, body) = proxy.get("/slow?ms=3000").await.unwrap();
     assert_eq!(status, 504, "{body}");
@@ -170,11 +175,7 @@ async fn each_request_on_a_kept_alive_upstream_connection_gets_its_own_timeout()
     // request's deadline: every request here takes two thirds of the timeout, so the timer fires
     // during a later request, which must not be cut short by it.
     let slow = backend("v1").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&slow])
-        .yaml("timeouts: { connect: 1s, request: 300ms, header_read: 5s, drain: 5s }")
-        .start()
-        .await;
+    let proxy = with_300ms_request_timeout(&slow).await;
     for n in 0..6 {
         let (status, _, body) = proxy.get("/slow?ms=200").await.unwrap();
         assert_eq!(status, 200, "request {n}: {body}");
