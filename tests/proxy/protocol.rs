@@ -1,4 +1,5 @@
-//! HTTP semantics at the proxy: hop-by-hop and forwarding headers, HTTP/2 clients, streamed bodies.
+//! HTTP semantics at the proxy: hop-by-hop and forwarding headers, HTTP/2 clients, streamed bodies,
+//! malformed and slow requests, upgrades, and clients that hang up mid-request.
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -225,6 +226,44 @@ async fn an_upgraded_connection_passes_through_and_stays_on_its_endpoint() {
                     .iter()
                     .all(|e| e["in_flight"] == 0)
             },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_request_cancels_its_upstream_request() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let in_flight = || async {
+        proxy.endpoints_json().await["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["in_flight"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let mut socket = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    socket
+        .write_all(b"GET /slow?ms=10000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    proxy
+        .wait_until(
+            "the request is in flight upstream",
+            std::time::Duration::from_secs(5),
+            || async { in_flight().await == 1 },
+        )
+        .await;
+    drop(socket);
+    // The upstream would answer only after 10 s: the endpoint is released well before that only
+    // if the proxy noticed the client leave and dropped the exchange.
+    proxy
+        .wait_until(
+            "the abandoned request is cancelled",
+            std::time::Duration::from_secs(3),
+            || async { in_flight().await == 0 },
         )
         .await;
 }
