@@ -105,29 +105,28 @@ impl Connection {
 
     /// Writes the encoded head (and body), or fails at the deadline.
     async fn send_head(&mut self) -> Result<(), ExchangeError> {
+        let unsent = |source| ExchangeError::Io {
+            source,
+            nothing_received: true,
+        };
         let mut written = 0;
         poll_fn(|cx| {
             while written < self.head.len() {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.head[written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(unsent(io::ErrorKind::WriteZero.into())))
+                    }
                     Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(unsent(error))),
                     Poll::Pending => {
                         ready!(self.deadline.poll_passed(cx));
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                        return Poll::Ready(Err(ExchangeError::Timeout));
                     }
                 }
             }
             Poll::Ready(Ok(()))
         })
         .await
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::TimedOut => ExchangeError::Timeout,
-            _ => ExchangeError::Io {
-                source,
-                nothing_received: true,
-            },
-        })
     }
 
     /// Reads more into the buffer (`Ok(0)` is the end of the stream), or fails at the deadline.
