@@ -2,9 +2,10 @@
 //! a request is answered (however slowly its response arrives or streams), not in an upgraded
 //! tunnel, not on HTTP/2; and it starts again after every response.
 //!
-//! Each test idles for longer than the 300 ms head deadline on purpose: what is under test is that
-//! the connection survives that wait.
+//! Each test lets a connection sit for longer than the 300 ms head deadline, and knows it has when
+//! an idle control connection, opened after it, has been closed by the proxy ([`deadline_passed`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::*;
 
 const HEAD_DEADLINE: &str = "timeouts: { connect: 1s, request: 5s, header_read: 300ms, drain: 5s }";
-/// Comfortably longer than the head deadline.
+/// How long the slow upstream takes to answer: comfortably longer than the head deadline.
 const LONGER: Duration = Duration::from_millis(800);
 
 /// tidegate in front of `app` with a 300 ms head deadline.
@@ -54,6 +55,14 @@ async fn read_response(socket: &mut TcpStream) -> (String, String) {
     let status = head.lines().next().unwrap_or_default().to_owned();
     let body = String::from_utf8_lossy(&data[head_end..head_end + length]).into_owned();
     (status, body)
+}
+
+/// Opens a connection that sends nothing and waits (at most 5 s) until the proxy closes it: from
+/// then on, every connection that was quiet since before the call has been quiet for longer than
+/// the head deadline.
+async fn deadline_passed(proxy: &RunningProxy) {
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    closed_after(&mut idle).await;
 }
 
 /// Waits (at most 5 s) for the proxy to close `socket`; how long that took.
@@ -113,11 +122,16 @@ async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_whole() {
-    // An upstream that drips a chunked body: eight chunks, 100 ms apart.
+    // An upstream that sends the first half of a chunked body, then the rest only once the head
+    // deadline has passed.
     let listener = TcpListener::bind((pod_ip(), 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (halfway, mut half_sent) = tokio::sync::mpsc::channel::<()>(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let (halfway, released) = (halfway.clone(), released.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 while !head.ends_with(b"\r\n\r\n") {
@@ -132,7 +146,10 @@ async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_
                     return;
                 }
                 for i in 0..8 {
-                    tokio::time::sleep(LONGER / 8).await;
+                    if i == 4 {
+                        let _ = halfway.send(()).await;
+                        released.notified().await;
+                    }
                     let chunk = format!("6\r\ndrip-{i}\r\n");
                     if stream.write_all(chunk.as_bytes()).await.is_err() {
                         return;
@@ -148,7 +165,12 @@ async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_
         .start()
         .await;
 
-    let (status, _, body) = proxy.get("/").await.unwrap();
+    let (response, ()) = tokio::join!(proxy.get("/"), async {
+        half_sent.recv().await.expect("the upstream was asked");
+        deadline_passed(&proxy).await;
+        release.notify_one();
+    });
+    let (status, _, body) = response.unwrap();
     assert_eq!(status, 200);
     let expected: String = (0..8).map(|i| format!("drip-{i}")).collect();
     assert_eq!(body, expected, "the body must not be cut off mid-stream");
@@ -173,7 +195,7 @@ async fn an_upgraded_tunnel_may_idle_longer_than_the_head_deadline() {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
 
-    tokio::time::sleep(LONGER).await;
+    deadline_passed(&proxy).await;
     socket.write_all(b"still there?").await.unwrap();
     let mut reply = vec![0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut reply))
@@ -204,7 +226,7 @@ async fn an_http2_connection_may_idle_longer_than_the_head_deadline() {
 
     let first = sender.send_request(request()).await.unwrap();
     assert_eq!(first.status(), 200);
-    tokio::time::sleep(LONGER).await;
+    deadline_passed(&proxy).await;
     let second = sender
         .send_request(request())
         .await
