@@ -4,8 +4,9 @@
 //! The rolling update follows the deployment controller's rules: never more than
 //! `replicas + maxSurge` pods, never fewer than `replicas - maxUnavailable` available ones, a pod
 //! is available `minReadySeconds` after it turns ready, and old pods are terminated (endpoint
-//! `terminating`, then gone) as the new ones become available. Sleeps here are the scenario's own
-//! clock (readiness delays, grace periods), not waits for tidegate.
+//! `terminating`, then gone) as the new ones become available. Between steps the controller sleeps
+//! until the next pod event is due (a probe passing, minReadySeconds, a grace period ending): the
+//! scenario's own clock, not a wait for tidegate.
 
 #![allow(dead_code)]
 
@@ -190,6 +191,32 @@ impl Cluster {
         pod.terminating_since.is_none() && pod.ready_at.is_some_and(|r| now >= r + self.min_ready)
     }
 
+    /// When `advance` next has something to do: a probe passing, minReadySeconds running out, a
+    /// crash, or a terminating pod's grace period ending.
+    fn next_event(&self) -> Option<Instant> {
+        self.pods
+            .iter()
+            .filter_map(|pod| {
+                if let Some(since) = pod.terminating_since {
+                    return Some(since + self.grace);
+                }
+                match pod.ready_at {
+                    None if pod.healthy => Some(pod.created + self.readiness_delay),
+                    None => None,
+                    Some(ready) if pod.crash_pending => Some(ready + Duration::from_millis(30)),
+                    Some(ready) => Some(ready + self.min_ready),
+                }
+            })
+            .filter(|&at| at > Instant::now())
+            .min()
+    }
+
+    /// Sleeps until the next pod event, or `limit` if none is due before it.
+    async fn until_next_event(&self, limit: Instant) {
+        let wake = self.next_event().map_or(limit, |at| at.min(limit));
+        tokio::time::sleep_until(wake.into()).await;
+    }
+
     /// Advances pod lifecycles to `now`; true when anything changed.
     async fn advance(&mut self, now: Instant) -> bool {
         let mut changed = false;
@@ -307,7 +334,6 @@ impl Cluster {
 
     /// Runs the controller until the rollout finishes, pauses, or makes no progress for `stuck`.
     async fn drive(&mut self, stuck: Duration) {
-        let tick = Duration::from_millis(20);
         let mut last_progress = Instant::now();
         loop {
             let finished = self.reconcile().await;
@@ -323,7 +349,10 @@ impl Cluster {
             if last_progress.elapsed() > stuck && settled {
                 return;
             }
-            tokio::time::sleep(tick).await;
+            if !changed {
+                self.until_next_event(last_progress + stuck + Duration::from_millis(1))
+                    .await;
+            }
         }
     }
 
@@ -346,7 +375,7 @@ impl Cluster {
                 "the rollout never had {new_ready} new pod(s) available to pause after"
             );
             self.reconcile().await;
-            self.advance(Instant::now()).await;
+            let changed = self.advance(Instant::now()).await;
             let now = Instant::now();
             let available = self
                 .pods
@@ -360,7 +389,9 @@ impl Cluster {
             if self.paused && self.pods.iter().all(|p| p.terminating_since.is_none()) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !changed {
+                self.until_next_event(deadline).await;
+            }
         }
     }
 

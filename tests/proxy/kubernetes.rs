@@ -1,6 +1,8 @@
 //! The tutorials' rolling updates, run through tidegate under load against a fake API server that
 //! speaks the real list/watch protocol, with a real backend per pod.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, Strategy, Termination};
@@ -196,21 +198,42 @@ async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
     let proxy = cluster.proxy("").start().await;
     let load = steady_load(&proxy, 4).await;
 
+    // tidegate's watches are cut, and cut again as soon as it has watched again, for the whole
+    // rollout and at least 12 times; every fourth time the history is compacted first.
     let api = cluster.api.clone();
+    let rolled_out = Arc::new(AtomicBool::new(false));
+    let done = rolled_out.clone();
     let chaos = tokio::spawn(async move {
-        for round in 0..12 {
+        for round in 0..500 {
+            if round >= 12 && done.load(Ordering::SeqCst) {
+                return round;
+            }
+            let watches = || {
+                api.requests()
+                    .iter()
+                    .filter(|r| r.contains("watch=true"))
+                    .count()
+            };
+            let before = watches();
             if round % 4 == 3 {
                 // History lost (etcd compaction): the next watch gets 410 Gone and must re-list.
                 api.set_gone_as_http_status(round % 8 == 7);
                 api.compact();
             }
             api.drop_watches();
-            // The scenario's own clock: a watch drop every 150 ms during the rollout.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            wait_until(
+                "tidegate watches again",
+                Duration::from_secs(10),
+                || async { watches() > before },
+            )
+            .await;
         }
+        500
     });
     cluster.set_image("v2", true).await;
-    chaos.await.unwrap();
+    rolled_out.store(true, Ordering::SeqCst);
+    let rounds = chaos.await.unwrap();
+    assert!(rounds >= 12, "{rounds} watch drops");
     wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
     let report = load.stop().await;
 
