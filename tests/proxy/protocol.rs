@@ -206,26 +206,18 @@ async fn an_upgraded_connection_passes_through_and_stays_on_its_endpoint() {
         1,
         "an upgraded connection stays on one endpoint: {served_by:?}"
     );
-    let busy: u64 = proxy.endpoints_json().await["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["in_flight"].as_u64().unwrap())
-        .sum();
-    assert_eq!(busy, 1, "the tunnel counts as in flight on its endpoint");
+    assert_eq!(
+        proxy.in_flight().await,
+        1,
+        "the tunnel counts as in flight on its endpoint"
+    );
 
     drop(socket);
     proxy
         .wait_until(
             "the tunnel is released when the client closes",
             std::time::Duration::from_secs(5),
-            || async {
-                proxy.endpoints_json().await["endpoints"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|e| e["in_flight"] == 0)
-            },
+            || async { proxy.in_flight().await == 0 },
         )
         .await;
 }
@@ -236,14 +228,6 @@ async fn a_client_that_hangs_up_mid_request_cancels_its_upstream_request() {
 
     let app = backend("v1").run().await;
     let proxy = TestProxy::new().endpoints(&[&app]).start().await;
-    let in_flight = || async {
-        proxy.endpoints_json().await["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["in_flight"].as_u64().unwrap())
-            .sum::<u64>()
-    };
     let mut socket = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     socket
         .write_all(b"GET /slow?ms=10000 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -253,7 +237,7 @@ async fn a_client_that_hangs_up_mid_request_cancels_its_upstream_request() {
         .wait_until(
             "the request is in flight upstream",
             std::time::Duration::from_secs(5),
-            || async { in_flight().await == 1 },
+            || async { proxy.in_flight().await == 1 },
         )
         .await;
     drop(socket);
@@ -263,7 +247,7 @@ async fn a_client_that_hangs_up_mid_request_cancels_its_upstream_request() {
         .wait_until(
             "the abandoned request is cancelled",
             std::time::Duration::from_secs(3),
-            || async { in_flight().await == 0 },
+            || async { proxy.in_flight().await == 0 },
         )
         .await;
 }

@@ -559,6 +559,16 @@ impl RunningProxy {
         serde_json::from_str(&body).expect("/endpoints is JSON")
     }
 
+    /// Requests (and tunnels) in flight, summed over all endpoints (from `GET /endpoints`).
+    pub async fn in_flight(&self) -> u64 {
+        self.endpoints_json().await["endpoints"]
+            .as_array()
+            .expect("an endpoints array")
+            .iter()
+            .map(|e| e["in_flight"].as_u64().expect("in_flight is a count"))
+            .sum()
+    }
+
     pub async fn generation(&self) -> u64 {
         self.endpoints_json().await["generation"].as_u64().unwrap()
     }

@@ -218,23 +218,18 @@ async fn a_large_response_streams_through_intact() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
-    // Keep-alive by the book, but the endpoint closes every connection once it has answered:
-    // the pooled connection is dead by the next request.
+/// Twenty requests through an endpoint that does `after` with each connection once it has answered
+/// on it: every one must succeed (`why`), and reach the endpoint exactly once.
+async fn twenty_requests_succeed(after: After, why: &str) {
     let endpoint = scripted(
         |n| format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).into_bytes(),
-        After::Close,
+        after,
     )
     .await;
     let proxy = proxy_for(&endpoint).await;
     for _ in 0..20 {
         let (status, _, _) = request(&proxy, Method::GET).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a stale pooled connection is retried on a fresh one"
-        );
+        assert_eq!(status, StatusCode::OK, "{why}");
     }
     assert_eq!(
         endpoint.requests.load(Ordering::SeqCst),
@@ -244,24 +239,25 @@ async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_endpoint_closed_is_not_a_client_error() {
+    // Keep-alive by the book, but the endpoint closes every connection once it has answered:
+    // the pooled connection is dead by the next request.
+    twenty_requests_succeed(
+        After::Close,
+        "a stale pooled connection is retried on a fresh one",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_pooled_connection_the_endpoint_drops_unanswered_is_sent_again() {
     // The pooled connection still looks open when it is taken: the endpoint closes it only
     // once the request has arrived, before any response byte.
-    let endpoint = scripted(
-        |n| format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).into_bytes(),
+    twenty_requests_succeed(
         After::DropNext,
+        "an idempotent request the endpoint dropped unanswered is resent on a fresh connection",
     )
     .await;
-    let proxy = proxy_for(&endpoint).await;
-    for _ in 0..20 {
-        let (status, _, _) = request(&proxy, Method::GET).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "an idempotent request the endpoint dropped unanswered is resent on a fresh connection"
-        );
-    }
-    assert_eq!(endpoint.requests.load(Ordering::SeqCst), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
