@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -22,46 +22,71 @@ use crate::deadline::Deadline;
 
 use super::Conn;
 
-/// Where a connection is between requests, as its service sees it: answering a request, or
-/// waiting for the next head (and which wait), or untimed for good.
+/// Where a connection is between requests, as its service sees it: answering a request, waiting
+/// for the next head (since when), or untimed for good.
+///
+/// The wait's start is recorded when it begins (the end of a response), not when the IO next
+/// reads: after a response hyper reads again only once something wakes the connection.
 ///
 /// `Relaxed` throughout: on HTTP/1 the service, the response body and the IO are all polled by the
 /// connection's own task, so the phase is read where it was written, and it publishes nothing else.
 /// (HTTP/2 streams run elsewhere, but the IO ignores the phase there.)
-pub(super) struct Phase(AtomicU32);
+pub(super) struct Phase {
+    /// When the connection was accepted: the origin of `wait_started`.
+    base: Instant,
+    flags: AtomicU8,
+    /// Nanoseconds from `base` to the start of the current (or last) wait for a head.
+    wait_started: AtomicU64,
+}
+
+/// What the IO should time now.
+enum Now {
+    /// A wait for a head, begun this long after accept.
+    Waiting(u64),
+    Answering,
+    Untimed,
+}
 
 impl Phase {
-    const ANSWERING: u32 = 1;
-    const UNTIMED: u32 = 2;
-    /// The bits above the flags count the waits begun, so the IO can tell a new wait from the one
-    /// it set the deadline for.
-    const WAIT: u32 = 4;
+    const ANSWERING: u8 = 1;
+    const UNTIMED: u8 = 2;
 
-    /// Waiting for the first head.
+    /// Waiting for the first head since accept.
     pub(super) fn new() -> Self {
-        Self(AtomicU32::new(0))
+        Self {
+            base: Instant::now(),
+            flags: AtomicU8::new(0),
+            wait_started: AtomicU64::new(0),
+        }
     }
 
     fn answering(&self) {
-        let phase = self.0.load(Ordering::Relaxed);
-        self.0.store(phase | Self::ANSWERING, Ordering::Relaxed);
+        let flags = self.flags.load(Ordering::Relaxed);
+        self.flags.store(flags | Self::ANSWERING, Ordering::Relaxed);
     }
 
     fn waiting(&self) {
-        let phase = self.0.load(Ordering::Relaxed);
-        let next = (phase & !Self::ANSWERING).wrapping_add(Self::WAIT);
-        self.0.store(next, Ordering::Relaxed);
+        let started = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wait_started.store(started, Ordering::Relaxed);
+        let flags = self.flags.load(Ordering::Relaxed);
+        self.flags
+            .store(flags & !Self::ANSWERING, Ordering::Relaxed);
     }
 
     fn untimed(&self) {
-        let phase = self.0.load(Ordering::Relaxed);
-        self.0.store(phase | Self::UNTIMED, Ordering::Relaxed);
+        let flags = self.flags.load(Ordering::Relaxed);
+        self.flags.store(flags | Self::UNTIMED, Ordering::Relaxed);
     }
 
-    /// The wait under way, if the connection is waiting for a head.
-    fn wait(&self) -> Option<u32> {
-        let phase = self.0.load(Ordering::Relaxed);
-        (phase & (Self::ANSWERING | Self::UNTIMED) == 0).then_some(phase)
+    fn now(&self) -> Now {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & Self::UNTIMED != 0 {
+            Now::Untimed
+        } else if flags & Self::ANSWERING != 0 {
+            Now::Answering
+        } else {
+            Now::Waiting(self.wait_started.load(Ordering::Relaxed))
+        }
     }
 }
 
@@ -137,8 +162,8 @@ pub(super) struct HeadDeadline<T> {
     conn: Arc<Conn>,
     timeout: Duration,
     deadline: Deadline,
-    /// The wait the deadline was set for.
-    armed_for: Option<u32>,
+    /// The wait (its start, as in [`Phase`]) the deadline was set for.
+    armed_for: Option<u64>,
     sniffed: Sniffed,
 }
 
@@ -169,19 +194,36 @@ impl<T> HeadDeadline<T> {
         };
     }
 
-    /// Whether the connection is waiting for a head now; sets the deadline when a wait begins.
-    fn timed(&mut self) -> bool {
+    /// Called when a read finds nothing to read: ready with the error once the connection has
+    /// waited too long for a head. While a request is answered it keeps a timer pending all the
+    /// same (moving it on whenever it fires), because that timer is what wakes the connection to
+    /// notice the wait after the response: hyper reads again only when woken.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if self.sniffed == Sniffed::Http2 {
-            return false;
+            return Poll::Pending;
         }
-        let Some(wait) = self.conn.phase.wait() else {
-            return false;
-        };
-        if self.armed_for != Some(wait) {
-            self.armed_for = Some(wait);
-            self.deadline.set(Instant::now() + self.timeout);
+        match self.conn.phase.now() {
+            Now::Untimed => Poll::Pending,
+            Now::Answering => {
+                if self.deadline.poll_passed(cx).is_ready() {
+                    self.deadline.set(Instant::now() + self.timeout);
+                    let _ = self.deadline.poll_passed(cx);
+                }
+                Poll::Pending
+            }
+            Now::Waiting(started) => {
+                if self.armed_for != Some(started) {
+                    self.armed_for = Some(started);
+                    let start = self.conn.phase.base + Duration::from_nanos(started);
+                    self.deadline.set(start + self.timeout);
+                }
+                ready!(self.deadline.poll_passed(cx));
+                Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no complete request head within timeouts.header_read",
+                ))
+            }
         }
-        true
     }
 }
 
@@ -196,15 +238,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if polled.is_ready() {
             this.sniff(&buf.filled()[before..]);
-        }
-        if !this.timed() || polled.is_ready() {
             return polled;
         }
-        ready!(this.deadline.poll_passed(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no complete request head within timeouts.header_read",
-        )))
+        this.poll_expired(cx).map(Err)
     }
 }
 

@@ -121,6 +121,27 @@ async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_idle_after_a_slow_answer_is_closed() {
+    // The answer outlasts the deadline set at accept; the wait for the next head that follows
+    // must still be timed, although nothing is read from the client in between.
+    let app = backend("v1").run().await;
+    let proxy = head_deadline_proxy(&app).await;
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+    let slow = format!(
+        "GET /slow?ms={} HTTP/1.1\r\nHost: a\r\n\r\n",
+        LONGER.as_millis()
+    );
+    socket.write_all(slow.as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut socket).await;
+    assert!(status.starts_with("http/1.1 200"), "{status}");
+    let idle = closed_after(&mut socket).await;
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
+        "closed {idle:?} after the response: the 300 ms deadline runs from its end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_that_streams_for_longer_than_the_head_deadline_arrives_whole() {
     // An upstream that sends the first half of a chunked body, then the rest only once the head
     // deadline has passed.
