@@ -27,11 +27,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown};
 use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
 use crate::upstream::{self, h1, h1::ExchangeError, RequestBody};
 
@@ -85,7 +85,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
     // one is dropped, `all_closed` yields None.
-    let (drain, draining) = watch::channel(false);
+    let (drain, draining) = shutdown::channel();
     let (open, mut all_closed) = mpsc::channel::<()>(1);
 
     loop {
@@ -122,13 +122,13 @@ pub async fn serve(
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let (open, mut draining) = (open.clone(), draining.clone());
+        let (open, drained) = (open.clone(), draining.clone().quiet());
         tokio::spawn(async move {
             let _open = open;
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                () = drained => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -140,7 +140,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
-    drain.send_replace(true);
+    drain.fire();
     drop(open);
     if tokio::time::timeout(options.drain_timeout, all_closed.recv())
         .await

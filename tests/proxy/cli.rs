@@ -96,7 +96,13 @@ fn invalid_config_exits_2_naming_the_field_and_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_completes_an_in_flight_slow_request() {
     let app = backend("v1").run().await;
-    let mut proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    // Long drain and head deadlines: the exit below must come from the drain closing the client's
+    // idle keep-alive connection at once, not from either timeout.
+    let mut proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 10s, header_read: 60s, drain: 60s }")
+        .start()
+        .await;
     let url = proxy.url("/slow?ms=1500");
     let client = proxy.client().clone();
     let slow = tokio::spawn(async move { send(&client, get_request(&url)).await });
