@@ -4,6 +4,7 @@
 # Instruction counts repeat run to run (unlike CPU time on a shared VM), so this is the number to
 # optimise against; e2e.sh gives the wall-clock CPU comparison, kernel included. Loopback only
 # (127.0.0.2-3:18281, 127.0.0.1:18280/18283/18289); every process is stopped on exit; about 1 minute.
+# The proxy runs on one core (as in e2e.sh), so tidegate takes its single-threaded runtime.
 # Knobs: INSTR_SECONDS (10) of wrk load per proxy; INSTR_NO_BUILD=1.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,7 +55,7 @@ nginx_conf proxy 'upstream b { server 127.0.0.2:18281; server 127.0.0.3:18281; k
 
 measure() { # NAME URL STOP_SIGNAL COMMAND...
     local name=$1 url=$2 signal=$3; shift 3
-    valgrind --tool=callgrind --callgrind-out-file="$work/$name.cg" "$@" >/dev/null 2>"$work/$name.log" &
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/$name.cg" "$@" >/dev/null 2>"$work/$name.log" &
     local vg=$!
     pids+=("$vg")
     wait_ok "$url"

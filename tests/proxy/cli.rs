@@ -129,6 +129,49 @@ async fn graceful_shutdown_completes_an_in_flight_slow_request() {
     );
 }
 
+/// A one-CPU container (here `taskset`) gets tidegate's single-threaded runtime; everything beside
+/// the requests (config reload, the admin API, the drain) must keep working on that one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_core_the_proxy_runs_single_threaded_and_still_reloads_and_drains() {
+    let v1 = backend("v1").run().await;
+    let v2 = backend("v2").run().await;
+    let mut proxy = TestProxy::new()
+        .endpoints(&[&v1])
+        .on_one_core()
+        .start()
+        .await;
+    let started = proxy
+        .logs()
+        .into_iter()
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (v["fields"]["message"] == "tidegate proxy started").then(|| v["fields"].clone())
+        })
+        .expect("the start line");
+    assert_eq!(started["runtime"], "single-threaded", "{started}");
+    assert_eq!(started["workers"], 1, "{started}");
+
+    let load = start_load(&proxy.url("/"), 4, 20_000, Duration::from_secs(30));
+    load.run_for(200, "to v1").await;
+    proxy.rewrite_config(&TestProxy::new().endpoints(&[&v2]));
+    wait_until("load reaches v2", Duration::from_secs(10), || async {
+        v2.hits() > 200
+    })
+    .await;
+    let report = load.stop().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        proxy
+            .metric(r#"tidegate_config_reloads_total{result="success"}"#)
+            .await,
+        Some(1.0)
+    );
+
+    proxy.terminate();
+    let exit = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(0));
+}
+
 #[test]
 fn shipped_example_configs_are_valid() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");

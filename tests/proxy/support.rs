@@ -312,6 +312,8 @@ pub struct TestProxy {
     canary: Option<(String, f64)>,
     admin_token: Option<String>,
     extra: Vec<String>,
+    /// Run under `taskset -c 0`, as in a one-CPU container.
+    one_core: bool,
 }
 
 impl TestProxy {
@@ -406,19 +408,33 @@ impl TestProxy {
         y
     }
 
+    /// Runs the proxy pinned to one CPU.
+    pub fn on_one_core(mut self) -> Self {
+        self.one_core = true;
+        self
+    }
+
     pub async fn start(self) -> RunningProxy {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tidegate.yaml");
-        std::fs::write(&config, self.render()).unwrap();
-        RunningProxy::spawn(dir, config).await
+        let one_core = self.one_core;
+        let (dir, config) = self.write();
+        RunningProxy::launch(dir, config, one_core)
+            .await
+            .ready()
+            .await
     }
 
     /// Starts without waiting for `/readyz` (for tests of readiness itself).
     pub async fn start_unready(self) -> RunningProxy {
+        let one_core = self.one_core;
+        let (dir, config) = self.write();
+        RunningProxy::launch(dir, config, one_core).await
+    }
+
+    fn write(&self) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tidegate.yaml");
         std::fs::write(&config, self.render()).unwrap();
-        RunningProxy::launch(dir, config).await
+        (dir, config)
     }
 }
 
@@ -439,7 +455,12 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Starts `tidegate proxy --config <config>` and waits until it is ready.
     pub async fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Self {
-        let proxy = Self::launch(dir, config).await;
+        Self::launch(dir, config, false).await.ready().await
+    }
+
+    /// Waits until the admin API reports ready.
+    async fn ready(self) -> Self {
+        let proxy = self;
         proxy
             .wait_until(
                 "the admin API reports ready",
@@ -457,8 +478,15 @@ impl RunningProxy {
     }
 
     /// Starts `tidegate proxy --config <config>` and waits for its listeners.
-    pub async fn launch(dir: tempfile::TempDir, config: PathBuf) -> Self {
-        let mut child = Command::new(binary())
+    async fn launch(dir: tempfile::TempDir, config: PathBuf, one_core: bool) -> Self {
+        let mut command = if one_core {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", "0", binary()]);
+            taskset
+        } else {
+            Command::new(binary())
+        };
+        let mut child = command
             .args(["--log-format", "json", "proxy", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
