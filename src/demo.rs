@@ -133,12 +133,19 @@ pub async fn run(options: Options) -> Result<(), DemoError> {
     let summary = running.finish().await?;
 
     if let Some(phases) = &phases {
+        // Quoted labels, padded to the longest so the columns line up.
+        let width = phases
+            .iter()
+            .map(|p| p.label.len() + 2)
+            .fold(26, usize::max);
         println!(
-            "\nphase                          seconds  requests  failed  versions (after settling)"
+            "\n{:<width$} seconds  requests  failed  versions (after settling)",
+            "phase",
+            width = width + 4
         );
         for p in phases {
             println!(
-                "phase {:<26} {:>6.1} {:>9} {:>7}  {}",
+                "phase {:<width$} {:>6.1} {:>9} {:>7}  {}",
                 format!("\"{}\"", p.label),
                 p.seconds,
                 p.requests,
