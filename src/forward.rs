@@ -508,7 +508,7 @@ impl Forwarder {
                 Ok((response, clean)) => {
                     let mut response = response.map(Either::Left);
                     if clean {
-                        request::add_via(&mut response);
+                        request::for_client_hop(&mut response);
                     } else {
                         request::prepare_response(&mut response);
                     }

@@ -121,13 +121,21 @@ pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwardi
 /// Rewrites an upstream response for the client hop.
 pub(super) fn prepare_response<B>(resp: &mut Response<B>) {
     strip_hop_by_hop(resp.headers_mut(), None);
-    add_via(resp);
+    for_client_hop(resp);
 }
 
 /// The part of [`prepare_response`] left for a response whose hop-by-hop headers are gone already.
-pub(super) fn add_via<B>(resp: &mut Response<B>) {
+/// A proxy answers in its own HTTP version, not the endpoint's (hyper lowers it for an HTTP/1.0
+/// client, and an HTTP/1.0 label would end a kept-alive client connection); `Via` names the
+/// version the answer was received with (RFC 9110, section 7.6.3).
+pub(super) fn for_client_hop<B>(resp: &mut Response<B>) {
+    let via = match resp.version() {
+        Version::HTTP_10 => "1.0 tidegate",
+        _ => "1.1 tidegate",
+    };
+    *resp.version_mut() = Version::HTTP_11;
     resp.headers_mut()
-        .append(header::VIA, HeaderValue::from_static("1.1 tidegate"));
+        .append(header::VIA, HeaderValue::from_static(via));
 }
 
 /// Removes hop-by-hop headers (and `also`). One pass over the names finds which are present;
