@@ -1,6 +1,7 @@
 //! The admin API on its own listener (loopback by default): health, readiness, metrics and a JSON
 //! view of the current snapshot, and the canary weight override. Mutating calls need the configured
-//! token when one is set.
+//! token when one is set, and are refused when none is set on a listener reachable beyond loopback:
+//! an open admin API would let anyone who can reach it move every request to the canary.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,8 +63,30 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub canary: watch::Receiver<CanaryStatus>,
     pub commands: mpsc::Sender<Command>,
-    /// When set, mutating calls need `Authorization: Bearer <token>`.
-    pub token: Option<Arc<str>>,
+    /// Who may make mutating calls.
+    pub guard: Guard,
+}
+
+/// Who may make mutating admin calls.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Guard {
+    /// Anyone who reaches the listener: it is on loopback and no token is configured.
+    Loopback,
+    /// Callers presenting `Authorization: Bearer <token>`.
+    Token(Arc<str>),
+    /// Nobody: the listener is reachable beyond loopback and no token is configured.
+    Refused,
+}
+
+impl Guard {
+    /// The guard for an admin API listening on `listen` with `token`.
+    pub fn new(listen: std::net::SocketAddr, token: Option<Arc<str>>) -> Self {
+        match token {
+            Some(token) => Guard::Token(token),
+            None if listen.ip().is_loopback() => Guard::Loopback,
+            None => Guard::Refused,
+        }
+    }
 }
 
 /// Why an admin call was refused.
@@ -71,6 +94,11 @@ pub struct Admin {
 pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error(
+        "mutating admin calls are off: admin.listen is reachable beyond loopback and neither \
+         admin.token nor admin.token_file is set"
+    )]
+    Refused,
     #[error("{0}")]
     BadRequest(String),
     #[error("the control loop is not running")]
@@ -81,6 +109,7 @@ impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Refused => StatusCode::FORBIDDEN,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -181,8 +210,10 @@ impl Admin {
     }
 
     fn authorize(&self, headers: &http::HeaderMap) -> Result<(), AdminError> {
-        let Some(token) = &self.token else {
-            return Ok(());
+        let token = match &self.guard {
+            Guard::Loopback => return Ok(()),
+            Guard::Refused => return Err(AdminError::Refused),
+            Guard::Token(token) => token,
         };
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -366,6 +397,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn without_a_token_only_a_loopback_listener_allows_mutating_calls() {
+        let at = |addr: &str| addr.parse().unwrap();
+        assert_eq!(Guard::new(at("127.0.0.1:9901"), None), Guard::Loopback);
+        assert_eq!(Guard::new(at("[::1]:9901"), None), Guard::Loopback);
+        assert_eq!(Guard::new(at("0.0.0.0:9901"), None), Guard::Refused);
+        assert_eq!(Guard::new(at("10.0.0.7:9901"), None), Guard::Refused);
+        let token: Arc<str> = Arc::from("t");
+        assert_eq!(
+            Guard::new(at("0.0.0.0:9901"), Some(token.clone())),
+            Guard::Token(token)
+        );
     }
 
     #[test]

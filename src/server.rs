@@ -98,8 +98,9 @@ impl Server {
         source: Option<mpsc::Receiver<Update>>,
         shutdown: Shutdown,
     ) -> Result<(), ServerError> {
-        if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
-            tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token");
+        let guard = admin::Guard::new(config.admin.listen, config.admin.token.clone());
+        if guard == admin::Guard::Refused {
+            tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token: mutating calls are refused");
         }
         let metrics = Arc::new(Metrics::new());
         let (publisher, snapshots) = Publisher::new(config.settings(), metrics.clone());
@@ -137,7 +138,6 @@ impl Server {
                 shutdown.clone(),
             ));
         }
-        let token = config.admin.token.clone();
         let config_checks = config.health_check.clone();
         let canary_stats = Arc::new(CanaryStats::default());
         let control = Control::start(
@@ -160,7 +160,7 @@ impl Server {
                 metrics: metrics.clone(),
                 canary,
                 commands,
-                token,
+                guard,
             },
             shutdown.clone(),
         ));

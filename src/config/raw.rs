@@ -60,6 +60,9 @@ struct RawAdmin {
     listen: SocketAddr,
     #[serde(default, deserialize_with = "token")]
     token: Option<String>,
+    /// A file holding the token (a mounted Secret), so the token need not sit in the config.
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -67,6 +70,26 @@ impl Default for RawAdmin {
         Self {
             listen: default_admin_listen(),
             token: None,
+            token_file: None,
+        }
+    }
+}
+
+impl RawAdmin {
+    /// The token, read from `token_file` (relative to the config file's directory) when set.
+    fn token(&self, config: &Path) -> Result<Option<String>, String> {
+        let Some(file) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        if self.token.is_some() {
+            return Err("set admin.token or admin.token_file, not both".to_owned());
+        }
+        let file = config.parent().unwrap_or(Path::new("")).join(file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        match text.trim() {
+            "" => Err(format!("{} is empty", file.display())),
+            token => Ok(Some(token.to_owned())),
         }
     }
 }
@@ -568,6 +591,10 @@ impl RawConfig {
         if self.reload.interval.0 < Duration::from_millis(10) {
             return Err(invalid("reload.interval", "must be at least 10ms"));
         }
+        let token = self
+            .admin
+            .token(path)
+            .map_err(|reason| invalid("admin.token_file", &reason))?;
         let discovery = match self.discovery {
             RawDiscovery::Kubernetes(k) => {
                 if k.api_timeout.0 < Duration::from_secs(1) {
@@ -608,7 +635,7 @@ impl RawConfig {
             listen: self.listen,
             admin: AdminConfig {
                 listen: self.admin.listen,
-                token: self.admin.token.map(Arc::from),
+                token: token.map(Arc::from),
             },
             discovery,
             canary: CanaryConfig {

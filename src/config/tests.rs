@@ -164,3 +164,31 @@ fn defaults_are_secure_and_documented() {
     assert_eq!(c.timeouts.connect, Duration::from_secs(1));
     assert_eq!(c.reload_interval, Duration::from_secs(1));
 }
+
+#[test]
+fn the_admin_token_can_come_from_a_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "s3cret\n").unwrap();
+    let config = dir.path().join("tidegate.yaml");
+    let text = EXAMPLE.replace("token: null", "token_file: admin-token");
+    let c = Config::parse(&text, &config).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"), "read and trimmed");
+
+    std::fs::write(dir.path().join("admin-token"), " \n").unwrap();
+    let empty = Config::parse(&text, &config).unwrap_err().to_string();
+    assert!(
+        empty.contains("admin.token_file") && empty.contains("is empty"),
+        "{empty}"
+    );
+
+    let missing = EXAMPLE.replace("token: null", "token_file: no-such-file");
+    let msg = Config::parse(&missing, &config).unwrap_err().to_string();
+    assert!(
+        msg.contains("admin.token_file") && msg.contains("no-such-file"),
+        "{msg}"
+    );
+
+    let both = EXAMPLE.replace("token: null", "token: t\n  token_file: admin-token");
+    let msg = Config::parse(&both, &config).unwrap_err().to_string();
+    assert!(msg.contains("not both"), "{msg}");
+}

@@ -150,6 +150,55 @@ async fn apply_paused_shares_by_pod_count_while_moving_and_apply_always_keeps_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_kept_in_a_file_guards_the_admin_api() {
+    let stable = backend("v1").run().await;
+    let canary = backend("v2").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable, &canary])
+        .canary("v2", 10.0)
+        .admin_token_file("from-a-secret\n")
+        .start()
+        .await;
+    let put = |token: &str| {
+        Request::put(format!("http://{}/canary", proxy.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(r#"{"weight": 30}"#))
+            .unwrap()
+    };
+    let (status, _, _) = send(proxy.client(), put("null")).await.unwrap();
+    assert_eq!(status, 401, "a token is required once the file sets one");
+    let (status, _, body) = send(proxy.client(), put("from-a-secret")).await.unwrap();
+    assert_eq!(status, 200, "the file's token, without its newline: {body}");
+    assert_eq!(canary_json(&proxy).await["configured_weight"], 30.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_api_beyond_loopback_without_a_token_refuses_to_change_anything() {
+    let stable = backend("v1").run().await;
+    let canary = backend("v2").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable, &canary])
+        .canary("v2", 10.0)
+        .admin_on_all_interfaces()
+        .start()
+        .await;
+    let url = format!("http://{}/canary", proxy.admin);
+    let put = Request::put(&url).body(full(r#"{"weight": 100}"#)).unwrap();
+    let (status, _, body) = send(proxy.client(), put).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("admin.token"),
+        "the refusal says what to set: {body}"
+    );
+    let delete = Request::delete(&url).body(empty()).unwrap();
+    let (status, _, _) = send(proxy.client(), delete).await.unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(canary_json(&proxy).await["configured_weight"], 10.0);
+    let (status, _) = proxy.admin_get("/metrics").await.unwrap();
+    assert_eq!(status, 200, "reading stays open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_override_needs_the_token_and_validates_its_body() {
     let stable = [backend("v1").run().await, backend("v1").run().await];
     let canary = backend("v2").run().await;

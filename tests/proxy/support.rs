@@ -311,6 +311,10 @@ pub struct TestProxy {
     endpoints: Vec<(SocketAddr, String, bool)>,
     canary: Option<(String, f64)>,
     admin_token: Option<String>,
+    /// Written to `admin-token` beside the config, which names it in `admin.token_file`.
+    admin_token_file: Option<String>,
+    /// The admin API on every interface (`0.0.0.0`) instead of loopback.
+    admin_on_all_interfaces: bool,
     extra: Vec<String>,
     /// Run under `taskset -c 0`, as in a one-CPU container.
     one_core: bool,
@@ -362,6 +366,19 @@ impl TestProxy {
         self
     }
 
+    /// `admin.listen: 0.0.0.0:0`, as in a pod whose probes come from the node. Tests still reach
+    /// it through 127.0.0.1.
+    pub fn admin_on_all_interfaces(mut self) -> Self {
+        self.admin_on_all_interfaces = true;
+        self
+    }
+
+    /// The bearer token, kept in a file beside the config (`admin.token_file`).
+    pub fn admin_token_file(mut self, contents: &str) -> Self {
+        self.admin_token_file = Some(contents.to_owned());
+        self
+    }
+
     pub fn canary(mut self, version: &str, weight: f64) -> Self {
         self.canary = Some((version.to_owned(), weight));
         self
@@ -374,9 +391,16 @@ impl TestProxy {
     }
 
     pub fn render(&self) -> String {
-        let token = self.admin_token.as_deref().unwrap_or("null");
-        let mut y =
-            format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: {token} }}\n");
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (_, Some(_)) => "token_file: admin-token".to_owned(),
+            (token, None) => format!("token: {}", token.as_deref().unwrap_or("null")),
+        };
+        let admin_ip = if self.admin_on_all_interfaces {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        let mut y = format!("listen: 127.0.0.1:0\nadmin: {{ listen: {admin_ip}:0, {token} }}\n");
         y.push_str("reload: { interval: 50ms }\n");
         match &self.discovery {
             Some(discovery) => y.push_str(discovery),
@@ -434,6 +458,9 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tidegate.yaml");
         std::fs::write(&config, self.render()).unwrap();
+        if let Some(contents) = &self.admin_token_file {
+            std::fs::write(dir.path().join("admin-token"), contents).unwrap();
+        }
         (dir, config)
     }
 }
@@ -505,7 +532,7 @@ impl RunningProxy {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        let (addr, admin) = loop {
+        let (addr, mut admin) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 panic!(
@@ -527,6 +554,10 @@ impl RunningProxy {
                 break (field("listen"), field("admin"));
             }
         };
+        // Listening on every interface is reached through loopback.
+        if admin.ip().is_unspecified() {
+            admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         Self {
             child,
             dir,
