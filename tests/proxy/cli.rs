@@ -214,3 +214,41 @@ fn an_unreadable_kubeconfig_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.yaml");
+    std::fs::write(&path, TestProxy::new().render()).unwrap();
+    // Text is the default format: what `kubectl logs` shows when nobody chose JSON.
+    let mut child = Command::new(binary())
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let started = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains("tidegate proxy started") => break Some(line),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = started.expect("the start line");
+    assert!(!started.contains('\u{1b}'), "{started:?}");
+    assert!(started.contains(" INFO "), "{started:?}");
+}
