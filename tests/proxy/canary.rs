@@ -149,16 +149,22 @@ async fn apply_paused_shares_by_pod_count_while_moving_and_apply_always_keeps_th
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_kept_in_a_file_guards_the_admin_api() {
-    let stable = backend("v1").run().await;
-    let canary = backend("v2").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&stable, &canary])
+/// `config` in front of one `v1` and one `v2` endpoint, `v2` the canary at 10%. The endpoints live
+/// as long as the returned handles.
+async fn ten_percent_canary(config: TestProxy) -> (RunningProxy, [Backend; 2]) {
+    let backends = [backend("v1").run().await, backend("v2").run().await];
+    let proxy = config
+        .endpoints(&[&backends[0], &backends[1]])
         .canary("v2", 10.0)
-        .admin_token_file("from-a-secret\n")
         .start()
         .await;
+    (proxy, backends)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_kept_in_a_file_guards_the_admin_api() {
+    let (proxy, _backends) =
+        ten_percent_canary(TestProxy::new().admin_token_file("from-a-secret\n")).await;
     let put = |token: &str| {
         Request::put(format!("http://{}/canary", proxy.admin))
             .header("authorization", format!("Bearer {token}"))
@@ -174,14 +180,7 @@ async fn a_token_kept_in_a_file_guards_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_api_beyond_loopback_without_a_token_refuses_to_change_anything() {
-    let stable = backend("v1").run().await;
-    let canary = backend("v2").run().await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&stable, &canary])
-        .canary("v2", 10.0)
-        .admin_on_all_interfaces()
-        .start()
-        .await;
+    let (proxy, _backends) = ten_percent_canary(TestProxy::new().admin_on_all_interfaces()).await;
     let url = format!("http://{}/canary", proxy.admin);
     let put = Request::put(&url).body(full(r#"{"weight": 100}"#)).unwrap();
     let (status, _, body) = send(proxy.client(), put).await.unwrap();

@@ -26,37 +26,6 @@ async fn head_deadline_proxy(app: &Backend) -> RunningProxy {
         .await
 }
 
-/// Reads one response with a `content-length` body off a raw connection: (status line, body).
-async fn read_response(socket: &mut TcpStream) -> (String, String) {
-    let mut data = Vec::new();
-    let head_end = loop {
-        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before a response head: {data:?}");
-        data.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .expect("a content-length")
-        .trim()
-        .parse()
-        .unwrap();
-    while data.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed mid-body");
-        data.extend_from_slice(&chunk[..n]);
-    }
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    let body = String::from_utf8_lossy(&data[head_end..head_end + length]).into_owned();
-    (status, body)
-}
-
 /// Opens a connection that sends nothing and waits (at most 5 s) until the proxy closes it: from
 /// then on, every connection that was quiet since before the call has been quiet for longer than
 /// the head deadline.
