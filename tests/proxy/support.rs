@@ -303,6 +303,16 @@ impl Fnv {
 // ---------------------------------------------------------------------------------------------
 // The proxy under test: the real binary
 
+/// Where the rendered config takes the admin token from.
+#[derive(Clone, Default)]
+enum AdminToken {
+    #[default]
+    None,
+    Inline(String),
+    /// These contents, written to `admin-token` beside the config (`admin.token_file`).
+    File(String),
+}
+
 /// Describes a config; renders YAML with ephemeral loopback ports for the proxy and admin API.
 #[derive(Clone, Default)]
 pub struct TestProxy {
@@ -310,9 +320,7 @@ pub struct TestProxy {
     discovery: Option<String>,
     endpoints: Vec<(SocketAddr, String, bool)>,
     canary: Option<(String, f64)>,
-    admin_token: Option<String>,
-    /// Written to `admin-token` beside the config, which names it in `admin.token_file`.
-    admin_token_file: Option<String>,
+    admin_token: AdminToken,
     /// The admin API on every interface (`0.0.0.0`) instead of loopback.
     admin_on_all_interfaces: bool,
     extra: Vec<String>,
@@ -362,7 +370,7 @@ impl TestProxy {
 
     /// The bearer token mutating admin calls need.
     pub fn admin_token(mut self, token: &str) -> Self {
-        self.admin_token = Some(token.to_owned());
+        self.admin_token = AdminToken::Inline(token.to_owned());
         self
     }
 
@@ -375,7 +383,7 @@ impl TestProxy {
 
     /// The bearer token, kept in a file beside the config (`admin.token_file`).
     pub fn admin_token_file(mut self, contents: &str) -> Self {
-        self.admin_token_file = Some(contents.to_owned());
+        self.admin_token = AdminToken::File(contents.to_owned());
         self
     }
 
@@ -391,9 +399,10 @@ impl TestProxy {
     }
 
     pub fn render(&self) -> String {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (_, Some(_)) => "token_file: admin-token".to_owned(),
-            (token, None) => format!("token: {}", token.as_deref().unwrap_or("null")),
+        let token = match &self.admin_token {
+            AdminToken::None => "token: null".to_owned(),
+            AdminToken::Inline(token) => format!("token: {token}"),
+            AdminToken::File(_) => "token_file: admin-token".to_owned(),
         };
         let admin_ip = if self.admin_on_all_interfaces {
             "0.0.0.0"
@@ -458,7 +467,7 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tidegate.yaml");
         std::fs::write(&config, self.render()).unwrap();
-        if let Some(contents) = &self.admin_token_file {
+        if let AdminToken::File(contents) = &self.admin_token {
             std::fs::write(dir.path().join("admin-token"), contents).unwrap();
         }
         (dir, config)

@@ -311,8 +311,7 @@ async fn an_http_1_0_answer_reaches_an_http_1_1_client_as_http_1_1_on_a_kept_con
             "the proxy speaks its own HTTP version to the client: {head}"
         );
         assert!(
-            head.to_ascii_lowercase()
-                .contains("\r\nvia: 1.0 tidegate\r\n"),
+            head.contains("\r\nvia: 1.0 tidegate\r\n"),
             "Via names the protocol the answer was received with: {head}"
         );
         assert_eq!(body, format!("old {n:02}"));
