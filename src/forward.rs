@@ -40,7 +40,7 @@ use head_deadline::HeadDeadline;
 use replay::Replay;
 
 pub use body::{ResponseBody, UpstreamBody};
-pub use error::{ErrorKind, ProxyError};
+pub use error::{ClientError, ClientFault, ErrorKind, ProxyError};
 
 /// Connection-level settings fixed for the life of a listener.
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +163,7 @@ struct Forwarder {
     snapshots: Snapshots,
     unrouted: VersionMetrics,
     errors: [IntCounter; ErrorKind::ALL.len()],
+    client_errors: [IntCounter; ClientFault::ALL.len()],
     retries: [IntCounter; Retry::REASONS],
     budget: RetryBudget,
     budget_exhausted: IntCounter,
@@ -275,6 +276,7 @@ impl Forwarder {
             canary_stats,
             unrouted: metrics.unrouted(),
             errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
+            client_errors: ClientFault::ALL.map(|k| metrics.client_error(k.as_str())),
             retries: Retry::LABELS.map(|reason| metrics.retry(reason)),
             budget: RetryBudget::new(),
             budget_exhausted: metrics.retry_budget_exhausted(),
@@ -353,10 +355,7 @@ impl Forwarder {
                     {
                         Ok(kept) => replay = kept,
                         Err(error) => {
-                            tracing::debug!(%error, "client request body failed");
-                            let mut response = Response::new(body::local(format!("{error}\n")));
-                            *response.status_mut() = StatusCode::BAD_REQUEST;
-                            return response;
+                            return self.client_failure(&error, endpoint.metrics(), role, start)
                         }
                     }
                     if upgrade.is_none() {
@@ -446,6 +445,18 @@ impl Forwarder {
                             Ok((response, false))
                         }
                         Ok(Err(mut failed)) => {
+                            if let Some(fault) = ClientFault::of_exchange(failed.error()) {
+                                let error = ClientError {
+                                    fault,
+                                    source: failed.into_error().into(),
+                                };
+                                return self.client_failure(
+                                    &error,
+                                    endpoint.metrics(),
+                                    role,
+                                    start,
+                                );
+                            }
                             let unsent = failed.take_message();
                             let error = ProxyError::exchange(failed.into_error());
                             // Safe to send again if it never left, or if it left with nothing to
@@ -657,6 +668,36 @@ impl Forwarder {
         if role == Role::Canary {
             self.canary_stats.record(status);
         }
+    }
+
+    /// The answer to a request that failed through the client's fault: counted as the client's,
+    /// recorded under its status for the version, and kept out of the canary's outcomes. The
+    /// connection closes after it: its framing can no longer be trusted.
+    fn client_failure(
+        &self,
+        error: &ClientError,
+        metrics: &VersionMetrics,
+        role: Role,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        tracing::debug!(%error, "client request failed");
+        self.client_errors[error.fault.index()].inc();
+        let status = error.fault.status();
+        metrics.count(status.as_u16(), role);
+        metrics.observe(start.elapsed(), role);
+        let mut response = Response::new(body::local(format!("{error}\n")));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(
+            "x-tidegate-error",
+            HeaderValue::from_static(error.fault.as_str()),
+        );
+        response
     }
 
     /// tidegate's own answer for a request it could not forward.

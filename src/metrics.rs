@@ -28,6 +28,7 @@ pub struct Metrics {
     duration: HistogramVec,
     endpoints: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    client_errors: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounter,
     ejections: IntCounter,
@@ -82,6 +83,16 @@ impl Metrics {
                 "tidegate_upstream_errors_total",
                 "Failed attempts to get a response from an endpoint, by kind (connect, \
                  connect_timeout, timeout, reset, protocol); counted per attempt, retried or not.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "tidegate_client_errors_total",
+                "Requests that failed through the client's own fault, by kind (bad_framing: a \
+                 malformed body; body_timeout: the body stalled; aborted: the client hung up \
+                 mid-request). Never held against an endpoint, a canary or the retry budget.",
             ),
             &["kind"],
         )
@@ -185,6 +196,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(endpoints.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(client_errors.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ejections.clone()),
@@ -214,6 +226,7 @@ impl Metrics {
             duration,
             endpoints,
             upstream_errors,
+            client_errors,
             retries,
             retry_budget_exhausted,
             ejections,
@@ -252,6 +265,11 @@ impl Metrics {
     /// The counter for one upstream error kind; resolve once and keep it.
     pub fn upstream_error(&self, kind: &str) -> IntCounter {
         self.upstream_errors.with_label_values(&[kind])
+    }
+
+    /// The counter for one kind of client fault; resolve once and keep it.
+    pub fn client_error(&self, kind: &str) -> IntCounter {
+        self.client_errors.with_label_values(&[kind])
     }
 
     /// Retries refused because the budget was spent; resolve once and keep it.

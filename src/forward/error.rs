@@ -1,5 +1,9 @@
 //! Why a request could not be forwarded: who is at fault, whether a retry is safe, and what the
 //! client is told.
+//!
+//! Every failure belongs to one party (Pingora's downstream / upstream / internal split): a
+//! [`ClientError`] is the client's (broken framing, a stalled body, a hang-up) and never counts
+//! against an endpoint; a [`ProxyError`] is an endpoint's, or tidegate's own (`no_endpoints`).
 
 use std::time::Duration;
 
@@ -116,6 +120,112 @@ impl ProxyError {
     }
 }
 
+/// What a client did wrong. Answered with its own status when an answer is still possible,
+/// counted in `tidegate_client_errors_total`, never retried and never held against an endpoint,
+/// a canary's abort rate or the retry budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The request body's framing is invalid (a malformed chunk, a body longer than declared).
+    BadFraming,
+    /// The request body stopped arriving.
+    BodyTimeout,
+    /// The client closed or reset its connection before its request was complete.
+    Aborted,
+}
+
+impl ClientFault {
+    /// Every kind, for resolving metric handles up front.
+    pub const ALL: [ClientFault; 3] = [
+        ClientFault::BadFraming,
+        ClientFault::BodyTimeout,
+        ClientFault::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::BadFraming => "bad_framing",
+            ClientFault::BodyTimeout => "body_timeout",
+            ClientFault::Aborted => "aborted",
+        }
+    }
+
+    /// The status the client is answered with (and the request is counted under). A client that
+    /// hung up hears nothing; it is counted as 499, nginx's "client closed request".
+    pub fn status(self) -> StatusCode {
+        match self {
+            ClientFault::BadFraming => StatusCode::BAD_REQUEST,
+            ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ClientFault::Aborted => {
+                StatusCode::from_u16(499).expect("499 is within the valid status range")
+            }
+        }
+    }
+
+    /// Index into per-kind handle arrays.
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What went wrong reading the client's body, from the error the body reported (hyper's
+    /// server side wraps the socket's error: end of stream or a reset is a hang-up, anything
+    /// else a framing fault).
+    pub(super) fn of_body(error: &(dyn std::error::Error + 'static)) -> ClientFault {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+                if hyper.is_incomplete_message() || hyper.is_canceled() {
+                    return ClientFault::Aborted;
+                }
+                if hyper.is_timeout() {
+                    return ClientFault::BodyTimeout;
+                }
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as Io;
+                return match io.kind() {
+                    Io::UnexpectedEof
+                    | Io::ConnectionReset
+                    | Io::ConnectionAborted
+                    | Io::BrokenPipe => ClientFault::Aborted,
+                    Io::TimedOut => ClientFault::BodyTimeout,
+                    _ => ClientFault::BadFraming,
+                };
+            }
+            cause = error.source();
+        }
+        ClientFault::BadFraming
+    }
+
+    /// The client's fault behind a failed upstream exchange, if it was one: hyper's client
+    /// reports an error of the request body it was streaming as the user's (ours), and that body
+    /// is the client's.
+    pub(super) fn of_exchange(error: &hyper::Error) -> Option<ClientFault> {
+        use std::error::Error as _;
+        if !error.is_user() {
+            return None;
+        }
+        error.source().map(ClientFault::of_body)
+    }
+}
+
+/// A request that failed through the client's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request failed ({}): {source}", fault.as_str())]
+pub struct ClientError {
+    pub fault: ClientFault,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl ClientError {
+    /// A failure reading the client's body.
+    pub(super) fn body(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let source = source.into();
+        let fault = ClientFault::of_body(&*source);
+        Self { fault, source }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +244,23 @@ mod tests {
         assert_eq!(ErrorKind::Reset.status(), StatusCode::BAD_GATEWAY);
         let all: Vec<_> = ErrorKind::ALL.iter().map(|k| k.index()).collect();
         assert_eq!(all, (0..ErrorKind::ALL.len()).collect::<Vec<_>>());
+        let all: Vec<_> = ClientFault::ALL.iter().map(|k| k.index()).collect();
+        assert_eq!(all, (0..ClientFault::ALL.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_body_that_ends_early_is_a_hang_up_and_bad_bytes_are_bad_framing() {
+        use std::io;
+        let fault = |kind: io::ErrorKind| {
+            let wrapped: Box<dyn std::error::Error + Send + Sync> =
+                Box::new(io::Error::new(kind, "from the client"));
+            ClientError::body(wrapped).fault
+        };
+        assert_eq!(fault(io::ErrorKind::UnexpectedEof), ClientFault::Aborted);
+        assert_eq!(fault(io::ErrorKind::ConnectionReset), ClientFault::Aborted);
+        assert_eq!(fault(io::ErrorKind::InvalidInput), ClientFault::BadFraming);
+        assert_eq!(fault(io::ErrorKind::TimedOut), ClientFault::BodyTimeout);
+        assert_eq!(ClientFault::BadFraming.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(ClientFault::Aborted.status().as_u16(), 499);
     }
 }

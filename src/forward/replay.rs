@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::upstream::RequestBody;
 
+use super::error::ClientError;
+
 /// RFC 9110 §9.2.2: sending these twice has the effect of sending them once.
 pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -27,18 +29,13 @@ pub(super) struct Replay {
     body: Bytes,
 }
 
-/// Why a request could not be prepared.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read the request body: {0}")]
-pub(super) struct BodyError(String);
-
 impl Replay {
     /// Keeps what is needed to send `req` again, if that is safe, reading a small body first.
     pub(super) async fn capture(
         req: &mut Request<RequestBody>,
         enabled: bool,
         max_body: u64,
-    ) -> Result<Option<Self>, BodyError> {
+    ) -> Result<Option<Self>, ClientError> {
         if !enabled || !is_idempotent(req.method()) {
             return Ok(None);
         }
@@ -58,7 +55,7 @@ impl Replay {
                     let bytes = Limited::new(streamed, limit)
                         .collect()
                         .await
-                        .map_err(|e| BodyError(e.to_string()))?
+                        .map_err(ClientError::body)?
                         .to_bytes();
                     *req.body_mut() = Either::Right(Full::new(bytes.clone()));
                     bytes

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod blame;
 mod canary;
 mod churn;
 mod cli;

@@ -1,0 +1,124 @@
+//! Every failure belongs to someone: a client that sends broken framing or abandons its upload is
+//! answered (or dropped) as the client's fault, and never counts against an endpoint, a canary's
+//! abort rate or the retry budget.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Sends `raw` on a fresh connection, then either reads whatever comes back until the proxy closes
+/// (`hang_up` false) or closes the socket at once (`hang_up` true). Returns what was read.
+async fn raw_exchange(proxy: &RunningProxy, raw: &[u8], hang_up: bool) -> String {
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+    socket.write_all(raw).await.unwrap();
+    if hang_up {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the proxy must not hang on a broken request");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sums every series of a family in `/metrics` (0 when there is none).
+async fn family_total(proxy: &RunningProxy, family: &str) -> f64 {
+    let (_, text) = proxy.admin_get("/metrics").await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter(|l| l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_and_abandoned_uploads_are_the_clients_fault_not_the_canarys() {
+    let stable = [backend("v1").run().await, backend("v1").run().await];
+    let canary = [backend("v2").run().await, backend("v2").run().await];
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable[0], &stable[1], &canary[0], &canary[1]])
+        .yaml(
+            "canary: { version: v2, weight: 10, header: x-tidegate-canary, \
+             abort: { max_error_rate: 0.05, min_requests: 20, window: 30s } }",
+        )
+        .yaml("outlier: { consecutive_failures: 3, base_ejection: 30s, max_ejected_percent: 50 }")
+        .start()
+        .await;
+    // POST streams its body upstream through hyper's client; a small PUT is read first (kept for a
+    // retry), on the lean path: both must blame the client.
+    let head = |method: &str, framing: &str| {
+        format!(
+            "{method} /upload HTTP/1.1\r\nhost: kubia\r\nx-tidegate-canary: always\r\n{framing}\r\n\r\n"
+        )
+    };
+
+    for _ in 0..50 {
+        let malformed = format!(
+            "{}5\r\nhello\r\nZZ-not-a-size\r\n",
+            head("POST", "transfer-encoding: chunked")
+        );
+        let answer = raw_exchange(&proxy, malformed.as_bytes(), false).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "malformed chunked framing is the client's: 400 or a closed connection, not {answer:?}"
+        );
+    }
+    for i in 0..50 {
+        let method = if i % 2 == 0 { "POST" } else { "PUT" };
+        let abandoned = format!("{}only ten", head(method, "content-length: 1000"));
+        raw_exchange(&proxy, abandoned.as_bytes(), true).await;
+    }
+
+    proxy
+        .wait_metric(
+            r#"tidegate_client_errors_total{kind="bad_framing"}"#,
+            50.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    proxy
+        .wait_metric(
+            r#"tidegate_client_errors_total{kind="aborted"}"#,
+            50.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        family_total(&proxy, "tidegate_client_errors_total").await,
+        100.0,
+        "each broken upload is counted once, as the client's"
+    );
+    assert_eq!(
+        family_total(&proxy, "tidegate_upstream_errors_total").await,
+        0.0,
+        "a client's fault is never an upstream error"
+    );
+    assert_eq!(
+        family_total(&proxy, "tidegate_ejections_total").await,
+        0.0,
+        "no endpoint may be ejected for a client's fault"
+    );
+    let (_, text) = proxy.admin_get("/metrics").await.unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tidegate_requests_total") && l.contains(r#"code="5"#)),
+        "no 5xx may be recorded for a client's fault (the canary abort rate counts them)"
+    );
+    let (_, canary_state) = proxy.admin_get("/canary").await.unwrap();
+    let canary_state: serde_json::Value = serde_json::from_str(&canary_state).unwrap();
+    assert!(
+        canary_state["aborted"].is_null(),
+        "the canary must not be aborted by client faults: {canary_state}"
+    );
+    // The canary still serves.
+    let req = http::Request::get(proxy.url("/"))
+        .header("x-tidegate-canary", "always")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(proxy.client(), req).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("v2"), "{body}");
+}
