@@ -66,6 +66,8 @@ pub struct Config {
     /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
     /// load tests and clients can tell versions apart without reading bodies.
     pub expose_version_header: bool,
+    /// An endpoint's response with more header lines than this is refused (502).
+    pub max_response_headers: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -212,6 +214,7 @@ impl Config {
             outlier: self.outlier,
             slow_start: self.slow_start,
             expose_version_header: self.expose_version_header,
+            max_response_headers: self.max_response_headers,
         }
     }
 

@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{pick_role, pick_version, sticky, Rng};
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
-use crate::upstream::{self, h1, h1::ExchangeError, RequestBody};
+use crate::upstream::{self, framing, h1, h1::ExchangeError, RequestBody};
 
 use budget::RetryBudget;
 use head_deadline::HeadDeadline;
@@ -380,7 +380,7 @@ impl Forwarder {
                     .map(|(conn, reused)| Checked::H1(conn, reused)),
                 None => endpoint
                     .pool()
-                    .checkout(settings.connect_timeout)
+                    .checkout(settings.connect_timeout, settings.max_response_headers)
                     .await
                     .map(Checked::Hyper),
             };
@@ -428,7 +428,7 @@ impl Forwarder {
                         sender.try_send_request(taken),
                     );
                     match sent.await {
-                        Ok(Ok(response)) => {
+                        Ok(Ok(mut response)) => {
                             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                                 if let Some(client_side) = upgrade.take() {
                                     self.record(endpoint.metrics(), role, 101);
@@ -439,6 +439,20 @@ impl Forwarder {
                                     );
                                 }
                             }
+                            // What the lean path checks as it parses; dropping the response
+                            // closes its connection.
+                            if let Err(why) = framing::check(&mut response, false) {
+                                return self.local_error(
+                                    &ProxyError::Exchange(ExchangeError::Invalid(why)),
+                                    endpoint.metrics(),
+                                    role,
+                                    start,
+                                );
+                            }
+                            // Answered with the canonical reason phrase, as the lean path does.
+                            response
+                                .extensions_mut()
+                                .remove::<hyper::ext::ReasonPhrase>();
                             let response = response.map(|body| {
                                 UpstreamBody::hyper(body, sender, in_flight, role, start)
                             });
@@ -482,7 +496,8 @@ impl Forwarder {
                                 append: &f.append,
                             });
                     let deadline = tokio::time::Instant::now() + settings.request_timeout;
-                    match h1::exchange(connection, &req, added, body, deadline).await {
+                    let limit = settings.max_response_headers;
+                    match h1::exchange(connection, &req, added, body, deadline, limit).await {
                         Ok(response) => {
                             let clean = response.body().hop_by_hop_removed();
                             let response =

@@ -177,6 +177,8 @@ pub struct Settings {
     pub slow_start: Duration,
     /// Responses carry `x-tidegate-version` naming the version that served them.
     pub expose_version_header: bool,
+    /// An endpoint's response with more header lines than this is refused, on both paths.
+    pub max_response_headers: usize,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -219,6 +221,7 @@ impl Default for Settings {
             outlier: None,
             slow_start: Duration::ZERO,
             expose_version_header: false,
+            max_response_headers: crate::upstream::framing::DEFAULT_MAX_HEADERS,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! request is handed over, so a connect failure leaves the request intact for a retry elsewhere.
 
 mod chunked;
+pub mod framing;
 pub mod h1;
 
 use std::io;
@@ -109,8 +110,13 @@ impl Pool {
         self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE))
     }
 
-    /// An idle connection that is ready for a request, or a new one.
-    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
+    /// An idle connection that is ready for a request, or a new one whose responses may carry at
+    /// most `max_headers` header lines (the limit the lean path applies too).
+    pub async fn checkout(
+        &self,
+        connect_timeout: Duration,
+        max_headers: usize,
+    ) -> Result<Connection, ConnectError> {
         while let Some(sender) = self.idle.get().and_then(ArrayQueue::pop) {
             if sender.is_ready() {
                 return Ok(Connection {
@@ -120,7 +126,7 @@ impl Pool {
             }
             // Closed by the peer (or otherwise unusable): dropping it releases its task.
         }
-        let sender = connect(self.address, connect_timeout).await?;
+        let sender = connect(self.address, connect_timeout, max_headers).await?;
         Ok(Connection {
             sender,
             reused: false,
@@ -159,9 +165,16 @@ async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream
     Ok(stream)
 }
 
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    max_headers: usize,
+) -> Result<Sender, ConnectError> {
     let stream = connect_tcp(address, timeout).await?;
+    // The framing policy's limits, as the lean path applies them (see `framing`).
     let (sender, connection) = http1::Builder::new()
+        .max_headers(max_headers)
+        .max_header_size(framing::MAX_HEAD)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Version, Weight};
+use crate::upstream::framing;
 
 use super::duration::{self, Dur};
 use super::scalar::{validated, Scalar};
@@ -47,6 +48,41 @@ pub(super) struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     expose_version_header: bool,
+    #[serde(default)]
+    upstream: RawUpstream,
+}
+
+/// How tidegate talks to endpoints.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(
+        default = "default_max_response_headers",
+        deserialize_with = "max_response_headers"
+    )]
+    max_response_headers: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            max_response_headers: default_max_response_headers(),
+        }
+    }
+}
+
+fn default_max_response_headers() -> usize {
+    framing::DEFAULT_MAX_HEADERS
+}
+
+fn max_response_headers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let limit = framing::MAX_HEADERS_LIMIT;
+    validated(d, "a number of header lines", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=limit as f64).contains(&n) => {
+            Ok(n as usize)
+        }
+        _ => Err(format!("must be a whole number from 1 to {limit}")),
+    })
 }
 
 fn default_listen() -> SocketAddr {
@@ -683,6 +719,7 @@ impl RawConfig {
                 },
             },
             reload_interval: self.reload.interval.0,
+            max_response_headers: self.upstream.max_response_headers,
         })
     }
 }

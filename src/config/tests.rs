@@ -192,3 +192,20 @@ fn the_admin_token_can_come_from_a_file_beside_the_config() {
     let msg = Config::parse(&both, &config).unwrap_err().to_string();
     assert!(msg.contains("not both"), "{msg}");
 }
+
+#[test]
+fn the_response_header_limit_defaults_to_hypers_and_is_bounded() {
+    let c = parse("discovery: { static: { endpoints: [] } }").unwrap();
+    assert_eq!(c.max_response_headers, 100);
+    let c =
+        parse("discovery: { static: { endpoints: [] } }\nupstream: { max_response_headers: 40 }")
+            .unwrap();
+    assert_eq!(c.settings().max_response_headers, 40);
+    for bad in ["0", "257", "1.5", "many"] {
+        let (msg, line) = error_of(&format!(
+            "discovery: {{ static: {{ endpoints: [] }} }}\nupstream:\n  max_response_headers: {bad}"
+        ));
+        assert!(msg.contains("upstream.max_response_headers"), "{msg}");
+        assert_eq!(line, Some(3), "{msg}");
+    }
+}

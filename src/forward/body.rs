@@ -119,10 +119,17 @@ impl Body for UpstreamBody {
                 }
                 frame.map(|f| f.map_err(UpstreamBodyError::from))
             }
-            Inner::H1(body) => ready!(body.poll_data(cx))
-                .map(|data| data.map(Frame::data).map_err(UpstreamBodyError::from)),
+            Inner::H1(body) => {
+                ready!(body.poll_frame(cx)).map(|f| f.map_err(UpstreamBodyError::from))
+            }
         };
-        if frame.is_none() {
+        // Trailers are always the last frame, and the server may stop polling after them.
+        let last = match &frame {
+            None => true,
+            Some(Ok(frame)) => frame.is_trailers(),
+            Some(Err(_)) => false,
+        };
+        if last {
             this.complete();
         }
         Poll::Ready(frame)

@@ -13,13 +13,13 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
-const HOP_COUNT: usize = 7;
+/// `Trailer` is not one of them (RFC 9110 §6.6.2): it announces the trailers that follow.
+const HOP_COUNT: usize = 6;
 // A static, not a const: a const array of `HeaderName` is rebuilt and dropped at every use.
 static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     PROXY_CONNECTION,
@@ -240,7 +240,6 @@ mod tests {
                 ("x-secret-hop", "1"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
-                ("trailer", "x-t"),
                 ("upgrade", "websocket"),
                 ("proxy-authorization", "Basic Zm9v"),
                 ("proxy-connection", "keep-alive"),
@@ -254,7 +253,6 @@ mod tests {
             "x-secret-hop",
             "keep-alive",
             "te",
-            "trailer",
             "upgrade",
             "proxy-authorization",
             "proxy-connection",

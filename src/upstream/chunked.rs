@@ -1,6 +1,10 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded incrementally over whatever part of the
 //! body has been read. Pure: it says how many bytes to skip and how many are data; the caller
-//! owns the buffer. Extensions and trailers are read and dropped.
+//! owns the buffer. Extensions are read and dropped; trailer lines are handed to the caller.
+//!
+//! Strict where hyper's decoder is strict (the two upstream paths share one policy): a size line
+//! ends in CRLF, never a bare LF; whitespace may follow the size only before an extension or the
+//! line's end (RFC 9112 §7.1.1 BWS).
 
 /// Where the decoder is between calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub enum Decoded {
     },
     /// Skip this many bytes of framing and decode again.
     Skip(usize),
+    /// A trailer field line of `len` bytes (without its CRLF); skip `len + 2` after reading it.
+    Trailer(usize),
     /// Skip this many bytes: the body has ended.
     Done(usize),
     /// Read more first.
@@ -76,12 +82,13 @@ impl Chunked {
                         false => Decoded::NeedMore,
                     };
                 };
-                let digits = buf[..line]
-                    .split(|b| *b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                let Some(size) = parse_hex(digits) else {
+                let digits = buf[..line].split(|b| *b == b';').next().unwrap_or_default();
+                if buf[..line].contains(&b'\n')
+                    || digits.first().is_some_and(|b| !b.is_ascii_hexdigit())
+                {
+                    return Decoded::Invalid("invalid chunk size line");
+                }
+                let Some(size) = parse_hex(digits.trim_ascii_end()) else {
                     return Decoded::Invalid("invalid chunk size");
                 };
                 let skip = line + 2;
@@ -97,7 +104,8 @@ impl Chunked {
                     *self = Chunked::Done;
                     Decoded::Done(2)
                 }
-                Some(n) => Decoded::Skip(n + 2),
+                Some(n) if buf[..n].contains(&b'\n') => Decoded::Invalid("bare LF in a trailer"),
+                Some(n) => Decoded::Trailer(n),
                 None if buf.len() > MAX_LINE => Decoded::Invalid("trailer line too long"),
                 None => Decoded::NeedMore,
             },
@@ -137,6 +145,9 @@ mod tests {
                 Decoded::Skip(n) => {
                     buf.drain(..n);
                 }
+                Decoded::Trailer(n) => {
+                    buf.drain(..n + 2);
+                }
                 Decoded::Done(n) => {
                     buf.drain(..n);
                     return Ok((data, true));
@@ -164,6 +175,15 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_may_end_the_size_and_trailers_are_handed_over() {
+        let (data, done) = decode_all(b"5  \r\nhello\r\n5 ;x\r\nworld\r\n0\r\n\r\n", 3).unwrap();
+        assert!(done);
+        assert_eq!(data, b"helloworld");
+        let mut state = Chunked::Trailer;
+        assert_eq!(state.decode(b"x-sum: 1\r\n\r\n"), Decoded::Trailer(8));
+    }
+
+    #[test]
     fn an_unfinished_body_is_not_done() {
         assert_eq!(
             decode_all(b"5\r\nhel", 4).unwrap(),
@@ -178,6 +198,9 @@ mod tests {
             b"5\r\nhelloXX",
             b"\r\n",
             b"11111111111111111\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b" 5\r\nhello\r\n",
+            b"5 5\r\nhello\r\n",
         ] {
             assert!(decode_all(bad, 100).is_err(), "{bad:?}");
         }

@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,10 +23,7 @@ use tokio::time::Instant;
 use crate::deadline::Deadline;
 
 use super::chunked::{Chunked, Decoded};
-
-/// A response head bigger than this is refused, as hyper's client would.
-const MAX_HEAD: usize = 64 * 1024 - 1;
-const MAX_HEADERS: usize = 64;
+use super::framing::{self, MAX_HEAD, MAX_HEADERS_LIMIT};
 /// Read space kept available in a connection's buffer.
 const READ_SPACE: usize = 8 * 1024;
 
@@ -164,32 +162,48 @@ pub struct Added<'a> {
 }
 
 /// Sends `req` (whose body is `body`, already in memory) with `added` headers, and reads the
-/// response head by `deadline`. The response's body streams from the connection, which it carries.
+/// response head by `deadline`, refusing one with more than `max_headers` header lines. The
+/// response's body streams from the connection, which it carries.
 pub async fn exchange<B>(
     mut conn: Connection,
     req: &Request<B>,
     added: Added<'_>,
     body: &[u8],
     deadline: Instant,
+    max_headers: usize,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
     conn.deadline.set(deadline);
     encode_head(&mut conn.head, req, added, body);
     conn.send_head().await?;
     let mut received = false;
     loop {
-        match parse_head(&conn.buf[..conn.filled], req.method(), &mut conn.spans)? {
+        let parsed = parse_head(
+            &conn.buf[..conn.filled],
+            req.method(),
+            &mut conn.spans,
+            max_headers,
+        )?;
+        match parsed {
+            // This path never asks for an upgrade.
+            Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(ExchangeError::Invalid("unsolicited 101 response"))
+            }
             Some(head) if head.status.is_informational() => {
                 conn.skip(head.len);
                 continue;
             }
             Some(head) => {
                 let bytes = conn.take(head.len);
-                let headers = header_map(&conn.spans, &bytes)?;
+                let mut headers = header_map(&conn.spans, &bytes)?;
+                if let Some(length) = head.folded_length {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                }
                 let mut response = Response::new(ResponseBody {
                     conn: Some(conn),
                     framing: head.framing,
                     reusable: head.keep_alive,
                     hop_by_hop_left: head.hop_by_hop_left,
+                    trailers: None,
                 });
                 *response.status_mut() = head.status;
                 *response.version_mut() = head.version;
@@ -272,6 +286,8 @@ struct Head {
     keep_alive: bool,
     /// Some hop-by-hop header other than this hop's framing and connection ones is still there.
     hop_by_hop_left: bool,
+    /// Content-Length came as a list or repeated: the one value to send on instead.
+    folded_length: Option<u64>,
 }
 
 /// Where a kept header is within the head: name start, name end, value start, value end. Its
@@ -324,14 +340,15 @@ fn parse_head(
     buf: &[u8],
     method: &Method,
     spans: &mut Vec<Span>,
+    max_headers: usize,
 ) -> Result<Option<Head>, ExchangeError> {
     // Uninitialised slots: initialising a hundred of them per response costs more than parsing.
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
     let mut parsed = httparse::Response::new(&mut []);
     let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut parsed,
         buf,
-        &mut slots,
+        &mut slots[..max_headers.min(MAX_HEADERS_LIMIT)],
     );
     let len = match parsing {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
@@ -355,20 +372,25 @@ fn parse_head(
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
     let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
     let (mut close, mut keep_alive_token, mut hop_by_hop_left) = (false, false, false);
+    let mut folded_length = false;
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         // The headers this hop cares about are few and known: one look at the name's shape picks
         // at most one candidate, instead of comparing every name with all of them.
         match Special::of(name) {
             Some(Special::ContentLength) => {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or(ExchangeError::Invalid("invalid content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::Invalid("conflicting content-length"));
+                let first = length.is_none();
+                length = Some(
+                    framing::content_length(h.value, length)
+                        .ok_or(ExchangeError::Invalid("invalid content-length"))?,
+                );
+                // A list or a repeat is sent on as one plain value.
+                if !first || h.value.contains(&b',') {
+                    folded_length = true;
+                    if !first {
+                        continue;
+                    }
                 }
-                length = Some(n);
             }
             // This hop's framing and connection handling end here.
             Some(Special::TransferEncoding) => {
@@ -397,6 +419,22 @@ fn parse_head(
         let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
         spans.push(at);
     }
+    if coded && length.is_some() {
+        return Err(ExchangeError::Invalid(
+            "content-length and transfer-encoding together",
+        ));
+    }
+    if coded && !framing::coding_allowed(version) {
+        return Err(ExchangeError::Invalid(
+            "transfer-encoding on an HTTP/1.0 response",
+        ));
+    }
+    if folded_length {
+        // Drop the kept Content-Length line: the folded value replaces it.
+        spans.retain(|[ns, ne, ..]| {
+            Special::of(&buf[*ns as usize..*ne as usize]) != Some(Special::ContentLength)
+        });
+    }
     let bodyless = *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -420,6 +458,7 @@ fn parse_head(
         framing,
         keep_alive,
         hop_by_hop_left,
+        folded_length: length.filter(|_| folded_length),
     }))
 }
 
@@ -439,7 +478,8 @@ enum Special {
     TransferEncoding,
     Connection,
     KeepAlive,
-    /// `TE`, `Trailer`, `Upgrade`, `Proxy-*`: hop-by-hop, left for the general pass.
+    /// `TE`, `Upgrade`, `Proxy-*`: hop-by-hop, left for the general pass. (`Trailer` is
+    /// end-to-end, RFC 9110 §6.6.2: it names the trailer fields the client may get.)
     OtherHopByHop,
 }
 
@@ -452,7 +492,6 @@ impl Special {
             (10, Some(b'c')) if is(b"connection") => Some(Special::Connection),
             (10, Some(b'k')) if is(b"keep-alive") => Some(Special::KeepAlive),
             (2, Some(b't')) if is(b"te") => Some(Special::OtherHopByHop),
-            (7, Some(b't')) if is(b"trailer") => Some(Special::OtherHopByHop),
             (7, Some(b'u')) if is(b"upgrade") => Some(Special::OtherHopByHop),
             (7.., Some(b'p')) if name[..6].eq_ignore_ascii_case(b"proxy-") => {
                 Some(Special::OtherHopByHop)
@@ -476,6 +515,8 @@ pub struct ResponseBody {
     framing: Framing,
     reusable: bool,
     hop_by_hop_left: bool,
+    /// Trailer fields of a chunked body, gathered until its end (boxed: rare).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl ResponseBody {
@@ -494,12 +535,13 @@ impl ResponseBody {
         }
     }
 
-    /// Whether the whole body has been read.
+    /// Whether the whole body (trailers included) has been read.
     pub fn is_end_stream(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunked::DONE)
-        )
+        self.trailers.is_none()
+            && matches!(
+                self.framing,
+                Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunked::DONE)
+            )
     }
 
     /// Exact length when known.
@@ -511,8 +553,8 @@ impl ResponseBody {
         }
     }
 
-    /// The next piece of the body; `None` at its end.
-    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    /// The next piece of the body, then its trailers if it has any; `None` at its end.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -525,35 +567,45 @@ impl ResponseBody {
                             .unwrap_or(usize::MAX)
                             .min(conn.filled);
                         *remaining -= n as u64;
-                        return Poll::Ready(Some(Ok(conn.take(n))));
+                        return Poll::Ready(Some(Ok(Frame::data(conn.take(n)))));
                     }
                 }
                 Framing::Close => {
                     if conn.filled > 0 {
-                        return Poll::Ready(Some(Ok(conn.take(conn.filled))));
+                        return Poll::Ready(Some(Ok(Frame::data(conn.take(conn.filled)))));
                     }
                 }
                 Framing::Chunked(state) => match state.decode(&conn.buf[..conn.filled]) {
                     Decoded::Data { skip, len } => {
                         conn.skip(skip);
-                        return Poll::Ready(Some(Ok(conn.take(len))));
+                        return Poll::Ready(Some(Ok(Frame::data(conn.take(len)))));
                     }
                     Decoded::Skip(n) => {
                         conn.skip(n);
                         continue;
                     }
+                    Decoded::Trailer(n) => {
+                        let field = trailer_field(&conn.buf[..n]);
+                        conn.skip(n + 2);
+                        match field {
+                            Some((name, value)) => {
+                                self.trailers.get_or_insert_default().append(name, value);
+                                continue;
+                            }
+                            None => {
+                                return Poll::Ready(Some(Err(self.broken("invalid trailer field"))))
+                            }
+                        }
+                    }
                     Decoded::Done(n) => {
                         conn.skip(n);
-                        return Poll::Ready(None);
+                        return match self.trailers.take() {
+                            Some(trailers) => Poll::Ready(Some(Ok(Frame::trailers(*trailers)))),
+                            None => Poll::Ready(None),
+                        };
                     }
                     Decoded::NeedMore => {}
-                    Decoded::Invalid(why) => {
-                        self.conn = None;
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            why,
-                        ))));
-                    }
+                    Decoded::Invalid(why) => return Poll::Ready(Some(Err(self.broken(why)))),
                 },
             }
             match ready!(conn.poll_fill(cx)) {
@@ -573,6 +625,20 @@ impl ResponseBody {
             }
         }
     }
+
+    /// The body broke its framing: the connection is closed, never reused.
+    fn broken(&mut self, why: &'static str) -> io::Error {
+        self.conn = None;
+        io::Error::new(io::ErrorKind::InvalidData, why)
+    }
+}
+
+/// One `name: value` trailer line (RFC 9110 §6.5), or `None` if it is not a valid field.
+fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+    Some((name, value))
 }
 
 #[cfg(test)]
@@ -580,7 +646,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: Method) -> Head {
-        parse_head(raw.as_bytes(), &method, &mut Vec::new())
+        parse_head(raw.as_bytes(), &method, &mut Vec::new(), 100)
             .unwrap()
             .unwrap()
     }
@@ -588,7 +654,7 @@ mod tests {
     /// The head and the headers it passes on.
     fn head_and_headers(raw: &str) -> (Head, HeaderMap) {
         let mut spans = Vec::new();
-        let h = parse_head(raw.as_bytes(), &Method::GET, &mut spans)
+        let h = parse_head(raw.as_bytes(), &Method::GET, &mut spans, 100)
             .unwrap()
             .unwrap();
         let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..h.len]);
@@ -688,7 +754,7 @@ mod tests {
             ("content-length: 0\r\n", Method::GET, Framing::Empty),
             ("content-length: 5\r\n", Method::HEAD, Framing::Empty),
             (
-                "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
+                "transfer-encoding: chunked\r\n",
                 Method::GET,
                 Framing::Chunked(Chunked::default()),
             ),
@@ -733,12 +799,7 @@ mod tests {
             assert!(!headers.contains_key(gone), "{gone} is this hop's");
         }
         assert!(!h.hop_by_hop_left, "nothing hop-by-hop is left");
-        for other in [
-            "Upgrade: h2c",
-            "TE: trailers",
-            "Trailer: x",
-            "Proxy-Authenticate: Basic",
-        ] {
+        for other in ["Upgrade: h2c", "TE: trailers", "Proxy-Authenticate: Basic"] {
             let raw = format!("HTTP/1.1 200 OK\r\n{other}\r\ncontent-length: 0\r\n\r\n");
             assert!(
                 head(&raw, Method::GET).hop_by_hop_left,
@@ -758,7 +819,8 @@ mod tests {
         assert!(parse_head(
             b"HTTP/1.1 200 OK\r\ncontent-le",
             &Method::GET,
-            &mut Vec::new()
+            &mut Vec::new(),
+            100
         )
         .unwrap()
         .is_none());
@@ -767,10 +829,13 @@ mod tests {
             "NOT HTTP\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert!(
                 matches!(
-                    parse_head(bad.as_bytes(), &Method::GET, &mut Vec::new()),
+                    parse_head(bad.as_bytes(), &Method::GET, &mut Vec::new(), 100),
                     Err(ExchangeError::Invalid(_))
                 ),
                 "{bad:?}"

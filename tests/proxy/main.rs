@@ -16,6 +16,7 @@ mod demo;
 mod fake_api;
 mod fake_api_tests;
 mod faults;
+mod framing;
 mod kubernetes;
 mod loadtest;
 mod prometheus;
