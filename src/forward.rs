@@ -288,6 +288,14 @@ impl Forwarder {
         let start = Instant::now();
         let now = health::now_ms(start);
         self.budget.deposit(start);
+        if let Err(fault) = request::admit(&req) {
+            let reason = match fault {
+                ClientFault::NotAllowed => "tidegate is a reverse proxy: CONNECT is not forwarded",
+                _ => "an HTTP/1.1 request needs exactly one Host header",
+            };
+            let error = ClientError::refused(fault, reason);
+            return self.client_failure(&error, &self.unrouted, Role::Stable, start);
+        }
         let mut req = req.map(Either::Left);
         let mut upgrade = upgrade::requested(&mut req);
         // The forwarding headers, when the lean path writes them itself.
@@ -348,6 +356,7 @@ impl Forwarder {
                     lean = Some(Bytes::new());
                 } else {
                     request::prepare(&mut req, &conn.client);
+                    request::frame_streamed_body(&mut req);
                     if let Some(upgrade) = &upgrade {
                         upgrade.restore_request_headers(req.headers_mut());
                     }
@@ -712,6 +721,13 @@ impl Forwarder {
             "x-tidegate-error",
             HeaderValue::from_static(error.fault.as_str()),
         );
+        if error.fault == ClientFault::NotAllowed {
+            // RFC 9110 §15.5.6: a 405 says what is allowed.
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+            );
+        }
         response
     }
 

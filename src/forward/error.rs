@@ -131,14 +131,20 @@ pub enum ClientFault {
     BodyTimeout,
     /// The client closed or reset its connection before its request was complete.
     Aborted,
+    /// A request a reverse proxy must not forward (an HTTP/1.1 request without exactly one Host).
+    BadRequest,
+    /// `CONNECT`: tidegate is a reverse proxy, not a forward proxy.
+    NotAllowed,
 }
 
 impl ClientFault {
     /// Every kind, for resolving metric handles up front.
-    pub const ALL: [ClientFault; 3] = [
+    pub const ALL: [ClientFault; 5] = [
         ClientFault::BadFraming,
         ClientFault::BodyTimeout,
         ClientFault::Aborted,
+        ClientFault::BadRequest,
+        ClientFault::NotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -146,6 +152,8 @@ impl ClientFault {
             ClientFault::BadFraming => "bad_framing",
             ClientFault::BodyTimeout => "body_timeout",
             ClientFault::Aborted => "aborted",
+            ClientFault::BadRequest => "bad_request",
+            ClientFault::NotAllowed => "method_not_allowed",
         }
     }
 
@@ -153,7 +161,8 @@ impl ClientFault {
     /// hung up hears nothing; it is counted as 499, nginx's "client closed request".
     pub fn status(self) -> StatusCode {
         match self {
-            ClientFault::BadFraming => StatusCode::BAD_REQUEST,
+            ClientFault::BadFraming | ClientFault::BadRequest => StatusCode::BAD_REQUEST,
+            ClientFault::NotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ClientFault::Aborted => {
                 StatusCode::from_u16(499).expect("499 is within the valid status range")
@@ -218,6 +227,14 @@ pub struct ClientError {
 }
 
 impl ClientError {
+    /// A request refused before forwarding, for `reason`.
+    pub(super) fn refused(fault: ClientFault, reason: &'static str) -> Self {
+        Self {
+            fault,
+            source: reason.into(),
+        }
+    }
+
     /// A failure reading the client's body.
     pub(super) fn body(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         let source = source.into();

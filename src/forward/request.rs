@@ -1,10 +1,13 @@
 //! Header rewriting at the proxy boundary (RFC 9110 §7.6): hop-by-hop headers stop here, the
 //! forwarding headers say who asked, and the upstream request is plain HTTP/1.1 in origin form.
+//! Before any of that, [`admit`] refuses what a reverse proxy must not forward.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
+
+use super::error::ClientFault;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -69,6 +72,33 @@ impl Forwarding {
     }
 }
 
+/// Refuses a request that a reverse proxy must not forward: `CONNECT` (tidegate is not a forward
+/// proxy: 405), and an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: 400).
+pub(super) fn admit<B>(req: &Request<B>) -> Result<(), ClientFault> {
+    if req.method() == Method::CONNECT {
+        return Err(ClientFault::NotAllowed);
+    }
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        if hosts.next().is_none() || hosts.next().is_some() {
+            return Err(ClientFault::BadRequest);
+        }
+    }
+    Ok(())
+}
+
+/// A body that streams with no declared length goes chunked: the client's `Transfer-Encoding`
+/// stopped at this hop, and hyper's client would otherwise send a GET, HEAD or DELETE without
+/// the body the client sent.
+pub(super) fn frame_streamed_body<B: http_body::Body>(req: &mut Request<B>) {
+    if !req.body().is_end_stream() && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
 /// Rewrites a client request for the upstream hop.
 pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
     let forwarding = prepare_lean(req, client);
@@ -90,8 +120,10 @@ pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwardi
         Version::HTTP_10 => HeaderValue::from_static("1.0 tidegate"),
         _ => HeaderValue::from_static("1.1 tidegate"),
     };
-    // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-    if !req.headers().contains_key(header::HOST) {
+    // HTTP/2 carries the host in :authority, which wins over a `host` header (RFC 9113
+    // §8.3.1); HTTP/1.1 upstreams need it as Host.
+    let h2 = req.version() == Version::HTTP_2;
+    if h2 || !req.headers().contains_key(header::HOST) {
         if let Some(host) = req
             .uri()
             .authority()
@@ -169,6 +201,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
             .map(str::trim)
             .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            // Host identifies the resource, not the connection: a client naming it in
+            // `Connection` cannot make the request lose it.
+            .filter(|name| name != header::HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -269,6 +304,46 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["via"], "1.1 tidegate");
         assert_eq!(req.uri(), "/a?b=1");
+    }
+
+    #[test]
+    fn connect_and_http11_without_one_host_are_refused() {
+        let admitted = |version, headers: &[(&str, &str)]| admit(&request(version, "/", headers));
+        assert_eq!(admitted(Version::HTTP_11, &[("host", "h")]), Ok(()));
+        assert_eq!(admitted(Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(admitted(Version::HTTP_2, &[]), Ok(()));
+        assert_eq!(
+            admitted(Version::HTTP_11, &[]),
+            Err(ClientFault::BadRequest)
+        );
+        assert_eq!(
+            admitted(Version::HTTP_11, &[("host", "a"), ("host", "b")]),
+            Err(ClientFault::BadRequest)
+        );
+        let connect = Request::connect("h:443")
+            .header("host", "h:443")
+            .body(())
+            .unwrap();
+        assert_eq!(admit(&connect), Err(ClientFault::NotAllowed));
+    }
+
+    #[test]
+    fn host_survives_connection_and_authority_wins_on_http2() {
+        let mut req = request(
+            Version::HTTP_11,
+            "/",
+            &[("host", "shop"), ("connection", "host, x-a"), ("x-a", "1")],
+        );
+        prepare(&mut req, &ip());
+        assert_eq!(req.headers()["host"], "shop");
+        assert!(!req.headers().contains_key("x-a"));
+        let mut req = request(
+            Version::HTTP_2,
+            "http://shop.example/x",
+            &[("host", "evil.example")],
+        );
+        prepare(&mut req, &ip());
+        assert_eq!(req.headers()["host"], "shop.example", ":authority wins");
     }
 
     #[test]

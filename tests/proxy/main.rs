@@ -22,5 +22,6 @@ mod loadtest;
 mod prometheus;
 mod protocol;
 mod reload;
+mod requests;
 mod routing;
 mod upstream;
