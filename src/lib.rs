@@ -20,6 +20,8 @@
 //! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
+//! - `fuzzing` (only with `--cfg fuzzing`, and in tests): the parsers of untrusted input, for the
+//!   fuzzers in `fuzz/`.
 //! - [`loadtest`]: the load generator (`tidegate loadtest`, and the demo's traffic); uses the core,
 //!   never used by it.
 #![forbid(unsafe_code)]
@@ -33,6 +35,9 @@ pub mod deadline;
 pub mod demo;
 pub mod discovery;
 pub mod forward;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loadtest;
 pub mod metrics;
 pub mod pick;

@@ -641,6 +641,67 @@ fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     Some((name, value))
 }
 
+/// What an endpoint's bytes amount to, read as the lean path reads them: the response head, then
+/// the body its framing delimits (to the end of `bytes`), then any trailers. For the fuzzers and
+/// their regression tests: whatever the bytes, this returns, never panics.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn read_response(
+    bytes: &[u8],
+    method: &Method,
+    max_headers: usize,
+) -> Result<(Response<Vec<u8>>, Option<HeaderMap>), ExchangeError> {
+    let mut spans = Vec::new();
+    let mut rest = bytes;
+    let head = loop {
+        match parse_head(rest, method, &mut spans, max_headers)? {
+            Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(ExchangeError::Invalid("unsolicited 101 response"))
+            }
+            Some(head) if head.status.is_informational() => rest = &rest[head.len..],
+            Some(head) => break head,
+            None => return Err(ExchangeError::Invalid("incomplete response head")),
+        }
+    };
+    let head_bytes = Bytes::copy_from_slice(&rest[..head.len]);
+    let mut headers = header_map(&spans, &head_bytes)?;
+    if let Some(length) = head.folded_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let mut body = Vec::new();
+    let mut trailers: Option<HeaderMap> = None;
+    let mut rest = &rest[head.len..];
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX).min(rest.len());
+            body.extend_from_slice(&rest[..n]);
+        }
+        Framing::Close => body.extend_from_slice(rest),
+        Framing::Chunked(mut state) => loop {
+            match state.decode(rest) {
+                Decoded::Data { skip, len } => {
+                    body.extend_from_slice(&rest[skip..skip + len]);
+                    rest = &rest[skip + len..];
+                }
+                Decoded::Skip(n) => rest = &rest[n..],
+                Decoded::Trailer(n) => {
+                    let (name, value) = trailer_field(&rest[..n])
+                        .ok_or(ExchangeError::Invalid("invalid trailer field"))?;
+                    trailers.get_or_insert_default().append(name, value);
+                    rest = &rest[n + 2..];
+                }
+                Decoded::Done(_) | Decoded::NeedMore => break,
+                Decoded::Invalid(why) => return Err(ExchangeError::Invalid(why)),
+            }
+        },
+    }
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = headers;
+    Ok((response, trailers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
