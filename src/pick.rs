@@ -1,4 +1,5 @@
-//! Choosing an endpoint for a request: the canary split, then power-of-two-choices within the role.
+//! Choosing an endpoint for a request: [`route`] applies the precedence (canary header, then sticky
+//! cookie, then the canary split), then power-of-two-choices within the role or version.
 //!
 //! Pure arithmetic over a borrowed [`Snapshot`]: no await, no lock, no allocation, no hashing. The
 //! caller owns the RNG so tests can inject a seeded one.
@@ -9,9 +10,52 @@ pub mod sticky;
 
 use std::sync::Arc;
 
+use http::HeaderMap;
+
 use crate::snapshot::{health, Endpoint, Role, Snapshot};
 
 pub use fastrand::Rng;
+
+/// What a request brings to routing.
+#[derive(Clone, Copy)]
+pub struct Hints<'r> {
+    /// Its headers: the canary header and the sticky cookie are read from them.
+    pub headers: &'r HeaderMap,
+    /// Endpoints this request already failed on.
+    pub avoid: &'r [Arc<Endpoint>],
+    /// Milliseconds on the health clock (see [`health::now_ms`]).
+    pub now: u64,
+}
+
+/// Where a request goes.
+pub struct Route<'s> {
+    pub endpoint: &'s Arc<Endpoint>,
+    /// The role that serves (the other role serves when the chosen one has nothing left).
+    pub role: Role,
+    /// The client is not (or no longer) pinned to the version that serves: give it the cookie.
+    pub set_cookie: bool,
+}
+
+/// The one routing decision: a canary header's `always`/`never` beats the sticky cookie, which
+/// beats the split; within the chosen side, power-of-two-choices. `None` only when nothing
+/// routable is left outside `hints.avoid`.
+#[inline]
+pub fn route<'s>(snapshot: &'s Snapshot, hints: &Hints<'_>, rng: &mut Rng) -> Option<Route<'s>> {
+    let sticky = snapshot.settings().sticky;
+    let requested = snapshot.requested_role(hints.headers);
+    let pinned = (sticky && requested.is_none())
+        .then(|| sticky::pinned_version(hints.headers))
+        .flatten();
+    let (endpoint, role) = pinned
+        .and_then(|version| pick_version(snapshot, version, rng, hints.avoid, hints.now))
+        .or_else(|| pick_role(snapshot, rng, hints.avoid, requested, hints.now))?;
+    let set_cookie = sticky && pinned != Some(endpoint.version().as_str());
+    Some(Route {
+        endpoint,
+        role,
+        set_cookie,
+    })
+}
 
 /// Picks an endpoint, skipping any in `avoid` (endpoints this request already failed to reach).
 ///
@@ -96,6 +140,10 @@ mod tests {
     }
 
     fn snapshot(stable: usize, canary: usize, split: Split) -> Snapshot {
+        snapshot_with(stable, canary, split, Settings::default())
+    }
+
+    fn snapshot_with(stable: usize, canary: usize, split: Split, settings: Settings) -> Snapshot {
         let mut listed = Vec::new();
         for i in 0..stable {
             listed.push(Listed {
@@ -111,7 +159,7 @@ mod tests {
                 state: EndpointState::Ready,
             });
         }
-        Snapshot::build(1, listed, split, None, Settings::default())
+        Snapshot::build(1, listed, split, None, settings)
     }
 
     fn weighted(percent: f64) -> Split {
@@ -219,6 +267,54 @@ mod tests {
             pick_version(&snap, "v9", &mut rng, &[], 0).is_none(),
             "gone: re-pick"
         );
+    }
+
+    #[test]
+    fn the_canary_header_beats_the_cookie_which_beats_the_split() {
+        let sticky = Settings {
+            sticky: true,
+            ..Settings::default()
+        };
+        let snap = snapshot_with(3, 1, weighted(0.0), sticky)
+            .with_canary_header(Some(http::HeaderName::from_static("x-canary")));
+        let hints = |headers| Hints {
+            headers,
+            avoid: &[],
+            now: 0,
+        };
+        let mut rng = Rng::with_seed(8);
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        let cookie = ("cookie", "tidegate-version=v2");
+        let pinned = headers(&[cookie]);
+        let r = route(&snap, &hints(&pinned), &mut rng).unwrap();
+        assert_eq!(
+            r.endpoint.version().as_str(),
+            "v2",
+            "the cookie beats the split"
+        );
+        assert!(!r.set_cookie, "already pinned to what served");
+        let overridden = headers(&[cookie, ("x-canary", "never")]);
+        let r = route(&snap, &hints(&overridden), &mut rng).unwrap();
+        assert_eq!(
+            r.endpoint.version().as_str(),
+            "v1",
+            "the header beats the cookie"
+        );
+        assert!(r.set_cookie, "re-pinned to what served");
+        let fresh = headers(&[]);
+        let r = route(&snap, &hints(&fresh), &mut rng).unwrap();
+        assert_eq!(
+            r.endpoint.version().as_str(),
+            "v1",
+            "weight 0: the split says stable"
+        );
+        assert!(r.set_cookie);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Two kinds of connection, two pools. A request whose body is in memory (none, or a small one kept
 //! for replay) takes the lean path in [`h1`]: the exchange runs in the request's own task. A request
 //! that streams its body, or asks for an upgrade, goes through hyper's client, whose connection
-//! task writes the body while the response streams back.
+//! task writes the body while the response streams back. Either is sent through one
+//! [`Transport`] service, under one framing policy ([`framing`]).
 //!
 //! The pools live in the endpoint's cell, so checking out needs no lookup and an endpoint that leaves
 //! the snapshot closes its idle connections when its last user lets go. Connecting happens before a
@@ -13,6 +14,9 @@
 mod chunked;
 pub mod framing;
 pub mod h1;
+pub mod transport;
+
+pub use transport::{Answer, Outbound, SendError, Transport};
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,11 +59,20 @@ impl ConnectError {
     }
 }
 
-/// A connection ready for one request.
-pub struct Connection {
-    pub sender: Sender,
-    /// Taken from the idle pool: the peer may have closed it meanwhile, so a "not sent" failure on
-    /// it says nothing about the endpoint's health.
+/// Which kind of connection a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The body (if any) is in memory: the lean exchange.
+    Lean,
+    /// The body streams, or the request asks for an upgrade: hyper's client.
+    Streaming,
+}
+
+/// A connection checked out for one request.
+pub struct Checkout {
+    pub transport: Transport,
+    /// Taken from the idle pool: the peer may have closed it meanwhile, so a failure before any
+    /// response byte says nothing about the endpoint's health.
     pub reused: bool,
 }
 
@@ -81,10 +94,29 @@ impl Pool {
         }
     }
 
-    /// An idle connection for the lean path, or a new one; `true` when it was reused (the peer
-    /// may have closed it after the check, so a failure before any response byte says nothing
-    /// about the endpoint).
-    pub async fn checkout_h1(
+    /// An idle connection of the kind `path` needs, or a new one (connected within
+    /// `connect_timeout`; a new hyper connection refuses responses with more than `max_headers`
+    /// header lines, the limit the lean path applies per exchange).
+    pub async fn checkout(
+        &self,
+        path: Path,
+        connect_timeout: Duration,
+        max_headers: usize,
+    ) -> Result<Checkout, ConnectError> {
+        let (transport, reused) = match path {
+            Path::Lean => {
+                let (conn, reused) = self.checkout_h1(connect_timeout).await?;
+                (Transport::H1(Some(conn)), reused)
+            }
+            Path::Streaming => {
+                let (sender, reused) = self.checkout_hyper(connect_timeout, max_headers).await?;
+                (Transport::Hyper(Some(sender)), reused)
+            }
+        };
+        Ok(Checkout { transport, reused })
+    }
+
+    async fn checkout_h1(
         &self,
         connect_timeout: Duration,
     ) -> Result<(h1::Connection, bool), ConnectError> {
@@ -110,27 +142,19 @@ impl Pool {
         self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE))
     }
 
-    /// An idle connection that is ready for a request, or a new one whose responses may carry at
-    /// most `max_headers` header lines (the limit the lean path applies too).
-    pub async fn checkout(
+    async fn checkout_hyper(
         &self,
         connect_timeout: Duration,
         max_headers: usize,
-    ) -> Result<Connection, ConnectError> {
+    ) -> Result<(Sender, bool), ConnectError> {
         while let Some(sender) = self.idle.get().and_then(ArrayQueue::pop) {
             if sender.is_ready() {
-                return Ok(Connection {
-                    sender,
-                    reused: true,
-                });
+                return Ok((sender, true));
             }
             // Closed by the peer (or otherwise unusable): dropping it releases its task.
         }
         let sender = connect(self.address, connect_timeout, max_headers).await?;
-        Ok(Connection {
-            sender,
-            reused: false,
-        })
+        Ok((sender, false))
     }
 
     /// Returns a connection that finished its exchange and is ready for the next one.

@@ -6,7 +6,7 @@
 //!
 //! Requests that stream a body, and upgrades, go through hyper's client instead (see `upstream`).
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -101,42 +101,44 @@ impl Connection {
         Poll::Ready(Ok(n))
     }
 
-    /// Writes the encoded head (and body), or fails at the deadline.
-    async fn send_head(&mut self) -> Result<(), ExchangeError> {
+    /// Writes the encoded head (and body) from `*written` on, or fails at the deadline.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: &mut usize,
+    ) -> Poll<Result<(), ExchangeError>> {
         let unsent = |source| ExchangeError::Io {
             source,
             nothing_received: true,
         };
-        let mut written = 0;
-        poll_fn(|cx| {
-            while written < self.head.len() {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.head[written..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(unsent(io::ErrorKind::WriteZero.into())))
-                    }
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(unsent(error))),
-                    Poll::Pending => {
-                        ready!(self.deadline.poll_passed(cx));
-                        return Poll::Ready(Err(ExchangeError::Timeout));
-                    }
+        while *written < self.head.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.head[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(unsent(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(unsent(error))),
+                Poll::Pending => {
+                    ready!(self.deadline.poll_passed(cx));
+                    return Poll::Ready(Err(ExchangeError::Timeout));
                 }
             }
-            Poll::Ready(Ok(()))
-        })
-        .await
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Reads more into the buffer (`Ok(0)` is the end of the stream), or fails at the deadline.
-    async fn fill(&mut self) -> Result<io::Result<usize>, ExchangeError> {
-        poll_fn(|cx| match self.poll_fill(cx) {
+    fn poll_fill_by_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<io::Result<usize>, ExchangeError>> {
+        match self.poll_fill(cx) {
             Poll::Ready(read) => Poll::Ready(Ok(read)),
             Poll::Pending => {
                 ready!(self.deadline.poll_passed(cx));
                 Poll::Ready(Err(ExchangeError::Timeout))
             }
-        })
-        .await
+        }
     }
 
     /// Takes `n` consumed bytes off the front of the buffer.
@@ -161,72 +163,114 @@ pub struct Added<'a> {
     pub append: &'a [(HeaderName, HeaderValue)],
 }
 
-/// Sends `req` (whose body is `body`, already in memory) with `added` headers, and reads the
-/// response head by `deadline`, refusing one with more than `max_headers` header lines. The
-/// response's body streams from the connection, which it carries.
-pub async fn exchange<B>(
-    mut conn: Connection,
-    req: &Request<B>,
-    added: Added<'_>,
-    body: &[u8],
-    deadline: Instant,
+/// One lean exchange under way: writing the request, then reading the response head. A named
+/// future (not an `async fn`) so that the transport service can name its future without boxing.
+pub struct Exchange {
+    /// Taken into the response's body when the head has arrived.
+    conn: Option<Connection>,
+    /// Bytes of the encoded request written so far.
+    written: usize,
+    sent: bool,
+    /// Some byte of a response has arrived.
+    received: bool,
+    head_request: bool,
     max_headers: usize,
-) -> Result<Response<ResponseBody>, ExchangeError> {
-    conn.deadline.set(deadline);
-    encode_head(&mut conn.head, req, added, body);
-    conn.send_head().await?;
-    let mut received = false;
-    loop {
-        let parsed = parse_head(
-            &conn.buf[..conn.filled],
-            req.method(),
-            &mut conn.spans,
+}
+
+impl Exchange {
+    /// Starts sending `req` (whose body is `body`, already in memory) with `added` headers on
+    /// `conn`; the response head must arrive by `deadline` and carry at most `max_headers` header
+    /// lines. The request is encoded here, so the exchange does not borrow it.
+    pub fn start<B>(
+        mut conn: Connection,
+        req: &Request<B>,
+        added: Added<'_>,
+        body: &[u8],
+        deadline: Instant,
+        max_headers: usize,
+    ) -> Self {
+        conn.deadline.set(deadline);
+        encode_head(&mut conn.head, req, added, body);
+        Self {
+            conn: Some(conn),
+            written: 0,
+            sent: false,
+            received: false,
+            head_request: req.method() == Method::HEAD,
             max_headers,
-        )?;
-        match parsed {
-            // This path never asks for an upgrade.
-            Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                return Err(ExchangeError::Invalid("unsolicited 101 response"))
-            }
-            Some(head) if head.status.is_informational() => {
-                conn.skip(head.len);
-                continue;
-            }
-            Some(head) => {
-                let bytes = conn.take(head.len);
-                let mut headers = header_map(&conn.spans, &bytes)?;
-                if let Some(length) = head.folded_length {
-                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-                }
-                let mut response = Response::new(ResponseBody {
-                    conn: Some(conn),
-                    framing: head.framing,
-                    reusable: head.keep_alive,
-                    hop_by_hop_left: head.hop_by_hop_left,
-                    trailers: None,
-                });
-                *response.status_mut() = head.status;
-                *response.version_mut() = head.version;
-                *response.headers_mut() = headers;
-                return Ok(response);
-            }
-            None if conn.filled >= MAX_HEAD => {
-                return Err(ExchangeError::Invalid("response head too large"))
-            }
-            None => {}
         }
-        let n = conn.fill().await?.map_err(|source| ExchangeError::Io {
-            source,
-            nothing_received: !received,
-        })?;
-        if n == 0 {
-            return Err(ExchangeError::Io {
-                source: io::ErrorKind::UnexpectedEof.into(),
-                nothing_received: !received,
-            });
-        }
-        received = true;
     }
+}
+
+impl Future for Exchange {
+    /// The response, whose body streams from the connection it carries.
+    type Output = Result<Response<ResponseBody>, ExchangeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let conn = this
+            .conn
+            .as_mut()
+            .expect("an exchange is not polled after it completed");
+        if !this.sent {
+            ready!(conn.poll_send(cx, &mut this.written))?;
+            this.sent = true;
+        }
+        loop {
+            let buf = &conn.buf[..conn.filled];
+            match parse_head(buf, this.head_request, &mut conn.spans, this.max_headers)? {
+                // This path never asks for an upgrade.
+                Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Poll::Ready(Err(ExchangeError::Invalid("unsolicited 101 response")))
+                }
+                Some(head) if head.status.is_informational() => {
+                    conn.skip(head.len);
+                    continue;
+                }
+                Some(head) => {
+                    let conn = this.conn.take().expect("checked above");
+                    return Poll::Ready(respond(conn, head));
+                }
+                None if conn.filled >= MAX_HEAD => {
+                    return Poll::Ready(Err(ExchangeError::Invalid("response head too large")))
+                }
+                None => {}
+            }
+            let nothing_received = !this.received;
+            let n =
+                ready!(conn.poll_fill_by_deadline(cx))?.map_err(|source| ExchangeError::Io {
+                    source,
+                    nothing_received,
+                })?;
+            if n == 0 {
+                return Poll::Ready(Err(ExchangeError::Io {
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                    nothing_received,
+                }));
+            }
+            this.received = true;
+        }
+    }
+}
+
+/// The response for a parsed `head` at the front of `conn`'s buffer.
+fn respond(mut conn: Connection, head: Head) -> Result<Response<ResponseBody>, ExchangeError> {
+    let bytes = conn.take(head.len);
+    let mut headers = header_map(&conn.spans, &bytes)?;
+    if let Some(length) = head.folded_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let mut response = Response::new(ResponseBody {
+        conn: Some(conn),
+        framing: head.framing,
+        reusable: head.keep_alive,
+        hop_by_hop_left: head.hop_by_hop_left,
+        trailers: None,
+    });
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
 /// `METHOD target HTTP/1.1`, the headers as they are (hop-by-hop ones already removed) with
@@ -338,7 +382,7 @@ fn header_name(name: &[u8]) -> Result<HeaderName, ExchangeError> {
 /// moves a fixed-size table).
 fn parse_head(
     buf: &[u8],
-    method: &Method,
+    head_request: bool,
     spans: &mut Vec<Span>,
     max_headers: usize,
 ) -> Result<Option<Head>, ExchangeError> {
@@ -435,7 +479,7 @@ fn parse_head(
             Special::of(&buf[*ns as usize..*ne as usize]) != Some(Special::ContentLength)
         });
     }
-    let bodyless = *method == Method::HEAD
+    let bodyless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -653,7 +697,7 @@ pub(crate) fn read_response(
     let mut spans = Vec::new();
     let mut rest = bytes;
     let head = loop {
-        match parse_head(rest, method, &mut spans, max_headers)? {
+        match parse_head(rest, method == Method::HEAD, &mut spans, max_headers)? {
             Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(ExchangeError::Invalid("unsolicited 101 response"))
             }
@@ -707,7 +751,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: Method) -> Head {
-        parse_head(raw.as_bytes(), &method, &mut Vec::new(), 100)
+        parse_head(raw.as_bytes(), method == Method::HEAD, &mut Vec::new(), 100)
             .unwrap()
             .unwrap()
     }
@@ -715,7 +759,7 @@ mod tests {
     /// The head and the headers it passes on.
     fn head_and_headers(raw: &str) -> (Head, HeaderMap) {
         let mut spans = Vec::new();
-        let h = parse_head(raw.as_bytes(), &Method::GET, &mut spans, 100)
+        let h = parse_head(raw.as_bytes(), false, &mut spans, 100)
             .unwrap()
             .unwrap();
         let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..h.len]);
@@ -879,7 +923,7 @@ mod tests {
     fn partial_heads_wait_and_bad_ones_are_refused() {
         assert!(parse_head(
             b"HTTP/1.1 200 OK\r\ncontent-le",
-            &Method::GET,
+            false,
             &mut Vec::new(),
             100
         )
@@ -896,7 +940,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_head(bad.as_bytes(), &Method::GET, &mut Vec::new(), 100),
+                    parse_head(bad.as_bytes(), false, &mut Vec::new(), 100),
                     Err(ExchangeError::Invalid(_))
                 ),
                 "{bad:?}"

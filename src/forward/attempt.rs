@@ -1,0 +1,262 @@
+//! One attempt at an endpoint: check out a connection, send through the upstream transport, and
+//! classify what happened — a response for the client, or a failure put to the retry decision —
+//! blaming the party at fault.
+
+use std::future::poll_fn;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use tower_service::Service;
+
+use crate::snapshot::InFlight;
+use crate::upstream::{framing, h1::ExchangeError, Answer, ConnectError, RequestBody, SendError};
+
+use super::body::{ResponseBody, UpstreamBody};
+use super::error::{ClientError, ClientFault, ProxyError};
+use super::outgoing::Outgoing;
+use super::respond::Outcome;
+use super::retry::{self, Charge, Decision, Failed, Retry, Tries};
+use super::{Conn, Forwarder, Routed};
+
+/// How an attempt ended.
+// The large variant is the common one: boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Attempted {
+    /// The request's answer: the endpoint's response, a tunnel, or a client's fault.
+    Done(Response<ResponseBody>),
+    /// A failure that the retry decision looks at.
+    Failed(Failure),
+}
+
+/// A failed attempt: what failed, and what the client gets if it is not retried.
+pub(super) struct Failure {
+    failed: Failed,
+    cause: Cause,
+}
+
+enum Cause {
+    /// tidegate's error; with the request, if hyper handed it back unsent.
+    Error(ProxyError, Option<Box<Request<RequestBody>>>),
+    /// The endpoint's own 502 or 503 (boxed: the rare path).
+    Status(Box<Response<ResponseBody>>),
+}
+
+impl Forwarder {
+    /// One attempt on `route`'s endpoint.
+    pub(super) async fn attempt(
+        &self,
+        out: &mut Outgoing,
+        route: &Routed,
+        conn: &Conn,
+        start: Instant,
+    ) -> Attempted {
+        let settings = &route.settings;
+        let in_flight = route.endpoint.begin();
+        let checkout = route.endpoint.pool().checkout(
+            out.path(),
+            settings.connect_timeout,
+            settings.max_response_headers,
+        );
+        let mut checkout = match checkout.await {
+            Ok(checkout) => checkout,
+            Err(error) => return self.connect_failed(error, route),
+        };
+        let transport = &mut checkout.transport;
+        let deadline = tokio::time::Instant::now() + settings.request_timeout;
+        let sent = match poll_fn(|cx| transport.poll_ready(cx)).await {
+            Ok(()) => {
+                let outbound = out.outbound(deadline, settings.max_response_headers);
+                transport.call(outbound).await
+            }
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(answer) => self.answered(answer, out, route, in_flight, conn, start),
+            Err(error) => self.send_failed(error, out, route, checkout.reused, start),
+        }
+    }
+
+    fn connect_failed(&self, error: ConnectError, route: &Routed) -> Attempted {
+        let refused = error.is_refused();
+        let error = ProxyError::from(error);
+        self.count(&error);
+        let outcome = if refused {
+            Outcome::Refused
+        } else {
+            Outcome::Failed
+        };
+        self.observe_health(route, outcome);
+        tracing::debug!(endpoint = %route.endpoint.address(), %error, "connect failed");
+        Attempted::Failed(Failure {
+            failed: Failed::Connect { refused },
+            cause: Cause::Error(error, None),
+        })
+    }
+
+    /// A response head arrived: a tunnel, the client's answer, or a status to retry.
+    fn answered(
+        &self,
+        answer: Answer,
+        out: &mut Outgoing,
+        route: &Routed,
+        in_flight: InFlight,
+        conn: &Conn,
+        start: Instant,
+    ) -> Attempted {
+        let role = route.role;
+        let (response, clean) = match answer {
+            Answer::H1(response) => {
+                let clean = response.body().hop_by_hop_removed();
+                let response = response.map(|b| UpstreamBody::h1(b, in_flight, role, start));
+                (response, clean)
+            }
+            Answer::Hyper(mut response, sender) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = out.upgrade.take() {
+                        self.record(route.endpoint.metrics(), role, 101);
+                        let tunnel = client_side.tunnel(response, in_flight, conn.open.clone());
+                        return Attempted::Done(tunnel);
+                    }
+                }
+                // What the lean path checks as it parses; dropping the response closes its
+                // connection.
+                if let Err(why) = framing::check(&mut response, false) {
+                    let invalid = SendError::H1(ExchangeError::Invalid(why));
+                    return self.send_failed(invalid, out, route, false, start);
+                }
+                // Answered with the canonical reason phrase, as the lean path does.
+                response
+                    .extensions_mut()
+                    .remove::<hyper::ext::ReasonPhrase>();
+                let response =
+                    response.map(|b| UpstreamBody::hyper(b, sender, in_flight, role, start));
+                (response, false)
+            }
+        };
+        let mut response = response.map(Either::Left);
+        self.finish(&mut response, route, clean);
+        let status = response.status();
+        let outcome = if status.is_server_error() {
+            Outcome::Failed
+        } else {
+            Outcome::Passed
+        };
+        self.observe_health(route, outcome);
+        let policy = route.settings.retry;
+        if (status == StatusCode::BAD_GATEWAY && policy.on_502)
+            || (status == StatusCode::SERVICE_UNAVAILABLE && policy.on_503)
+        {
+            return Attempted::Failed(Failure {
+                failed: Failed::Status {
+                    resendable: out.can_resend(false),
+                },
+                cause: Cause::Status(Box::new(response)),
+            });
+        }
+        self.record(route.endpoint.metrics(), role, status.as_u16());
+        Attempted::Done(response)
+    }
+
+    /// No response head: the client's fault (its body broke), or a failure to decide on.
+    fn send_failed(
+        &self,
+        error: SendError,
+        out: &Outgoing,
+        route: &Routed,
+        reused: bool,
+        start: Instant,
+    ) -> Attempted {
+        let (error, unsent, closed) = match error {
+            SendError::Hyper(error, unsent) => {
+                if let Some(fault) = ClientFault::of_exchange(&error) {
+                    let error = ClientError {
+                        fault,
+                        source: error.into(),
+                    };
+                    let metrics = route.endpoint.metrics();
+                    return Attempted::Done(
+                        self.client_failure(&error, metrics, route.role, start),
+                    );
+                }
+                (ProxyError::exchange(error), unsent, false)
+            }
+            SendError::H1(error) => {
+                // A pooled connection that the peer closed while idle: not one byte came back.
+                let closed = reused
+                    && matches!(
+                        error,
+                        ExchangeError::Io {
+                            nothing_received: true,
+                            ..
+                        }
+                    );
+                (ProxyError::from(error), None, closed)
+            }
+            SendError::Timeout => (
+                ProxyError::Timeout(route.settings.request_timeout),
+                None,
+                false,
+            ),
+        };
+        self.count(&error);
+        let may =
+            closed || retry::may_resend(&error, unsent.is_some(), route.settings.retry.on_reset);
+        Attempted::Failed(Failure {
+            failed: Failed::Exchange {
+                resendable: may && out.can_resend(unsent.is_some()),
+                sent: unsent.is_none(),
+                reused,
+            },
+            cause: Cause::Error(error, unsent),
+        })
+    }
+
+    /// Puts a failure to the retry decision: `None` sends the request round again (made ready
+    /// in `out`), `Some` is the client's answer.
+    pub(super) fn settle(
+        &self,
+        failure: Failure,
+        route: &Routed,
+        tries: &mut Tries,
+        out: &mut Outgoing,
+        start: Instant,
+    ) -> Option<Response<ResponseBody>> {
+        let decision = retry::decide(failure.failed, &route.settings, tries.used);
+        // A pooled connection closed under the request says nothing of the endpoint; every
+        // other broken exchange counts against it. (Connects and responses were observed as
+        // they happened.)
+        if matches!(failure.failed, Failed::Exchange { .. })
+            && decision != Decision::Retry(Charge::Stale)
+        {
+            self.observe_health(route, Outcome::Failed);
+        }
+        let charge = match decision {
+            Decision::Retry(charge) => charge,
+            Decision::RetryIfBudget if self.spend(route.settings.retry.budget_percent) => {
+                Charge::Attempt
+            }
+            Decision::RetryIfBudget | Decision::Answer => {
+                let metrics = route.endpoint.metrics();
+                return Some(match failure.cause {
+                    Cause::Status(response) => {
+                        self.record(metrics, route.role, response.status().as_u16());
+                        *response
+                    }
+                    Cause::Error(error, _) => self.local_error(&error, metrics, route.role, start),
+                });
+            }
+        };
+        tries.used.charge(charge);
+        let (retry, unsent) = match failure.cause {
+            Cause::Status(response) => (
+                Retry::Status(response, route.endpoint.clone(), route.role),
+                None,
+            ),
+            Cause::Error(error, unsent) => (Retry::exchange(error, charge), unsent),
+        };
+        tries.retrying(retry, &route.endpoint, route.role, charge);
+        out.rewind(unsent);
+        None
+    }
+}

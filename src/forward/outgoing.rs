@@ -1,0 +1,136 @@
+//! The client's request as it goes upstream, prepared once: headers rewritten for the hop, and the
+//! body either in memory (the lean path: the request itself is what a retry sends) or streaming
+//! (hyper's path: sent once, unless a small copy was kept for replay).
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::snapshot::RetryPolicy;
+use crate::upstream::{h1, Outbound, Path, RequestBody};
+
+use super::error::ClientError;
+use super::replay::{self, Replay};
+use super::request::{self, Client, Forwarding};
+use super::upgrade::{self, ClientUpgrade};
+
+pub(super) struct Outgoing {
+    req: Request<RequestBody>,
+    /// The client asked for a protocol upgrade (taken when the endpoint agrees).
+    pub(super) upgrade: Option<ClientUpgrade>,
+    prepared: Option<Prepared>,
+}
+
+/// How the request is sent, decided on its first attempt.
+enum Prepared {
+    /// The body is in memory; the forwarding headers are written with the head.
+    Lean(Bytes, Option<Forwarding>),
+    /// The body streams; a copy is kept when it may be sent again.
+    Streaming(Option<Replay>),
+}
+
+impl Outgoing {
+    pub(super) fn new(req: Request<Incoming>) -> Self {
+        let mut req = req.map(Either::Left);
+        let upgrade = upgrade::requested(&mut req);
+        Self {
+            req,
+            upgrade,
+            prepared: None,
+        }
+    }
+
+    /// The request's headers, for routing (the canary header, the sticky cookie).
+    pub(super) fn headers(&self) -> &HeaderMap {
+        self.req.headers()
+    }
+
+    pub(super) fn is_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Rewrites the request for the upstream hop and decides its path, under the first attempt's
+    /// retry `policy`. A body kept for replay is read here: a client's failure to send it is the
+    /// client's.
+    pub(super) async fn prepare(
+        &mut self,
+        policy: RetryPolicy,
+        client: &Client,
+    ) -> Result<(), ClientError> {
+        let req = &mut self.req;
+        let resendable = policy.idempotent && replay::is_idempotent(req.method());
+        if resendable && self.upgrade.is_none() && req.body().is_end_stream() {
+            // The common case: nothing to copy, the request itself is sent again.
+            let forwarding = request::prepare_lean(req, client);
+            self.prepared = Some(Prepared::Lean(Bytes::new(), Some(forwarding)));
+            return Ok(());
+        }
+        request::prepare(req, client);
+        request::frame_streamed_body(req);
+        if let Some(upgrade) = &self.upgrade {
+            upgrade.restore_request_headers(req.headers_mut());
+        }
+        let kept = Replay::capture(req, policy.idempotent, policy.max_replay_body).await?;
+        self.prepared = Some(match kept {
+            Some(kept) if self.upgrade.is_none() => Prepared::Lean(kept.body().clone(), None),
+            kept => Prepared::Streaming(kept),
+        });
+        Ok(())
+    }
+
+    /// The connection kind the prepared request needs.
+    pub(super) fn path(&self) -> Path {
+        match self.prepared {
+            Some(Prepared::Lean(..)) => Path::Lean,
+            _ => Path::Streaming,
+        }
+    }
+
+    /// The request for one attempt through an upstream transport.
+    pub(super) fn outbound(
+        &mut self,
+        deadline: tokio::time::Instant,
+        max_headers: usize,
+    ) -> Outbound<'_> {
+        let (body, added): (&[u8], _) = match &self.prepared {
+            Some(Prepared::Lean(body, Some(f))) => (
+                body,
+                h1::Added {
+                    replace: &f.replace[..f.replacing],
+                    append: &f.append,
+                },
+            ),
+            Some(Prepared::Lean(body, None)) => (body, h1::Added::default()),
+            _ => (&[], h1::Added::default()),
+        };
+        Outbound {
+            request: &mut self.req,
+            added,
+            body,
+            deadline,
+            max_headers,
+        }
+    }
+
+    /// Whether the request could be sent again after an attempt that took it: the lean path
+    /// keeps it, a streamed one needs its `unsent` self back or a kept copy.
+    pub(super) fn can_resend(&self, unsent: bool) -> bool {
+        match &self.prepared {
+            Some(Prepared::Lean(..)) => true,
+            Some(Prepared::Streaming(replay)) => unsent || replay.is_some(),
+            None => false,
+        }
+    }
+
+    /// Makes the request ready to send again: the `unsent` request handed back, or a fresh copy
+    /// of the kept one (the lean path's request never left).
+    pub(super) fn rewind(&mut self, unsent: Option<Box<Request<RequestBody>>>) {
+        match (unsent, &self.prepared) {
+            (Some(unsent), _) => self.req = *unsent,
+            (None, Some(Prepared::Streaming(Some(replay)))) => self.req = replay.request(),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The answers tidegate gives, and the bookkeeping every answer does: an endpoint's response
+//! finished for the client hop, tidegate's own errors, a client's fault, and the metrics, passive
+//! health and canary outcomes they feed.
+
+use std::time::Instant;
+
+use http::{header, HeaderValue, Response};
+
+use crate::metrics::VersionMetrics;
+use crate::snapshot::Role;
+
+use super::body::{self, ResponseBody};
+use super::error::{ClientError, ClientFault, ProxyError};
+use super::request;
+use super::retry::Retry;
+use super::{Forwarder, Routed, VERSION_HEADER};
+
+/// An attempt's result, as passive health sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Passed,
+    Failed,
+    /// Nothing listens there: ejects at once.
+    Refused,
+}
+
+impl Forwarder {
+    /// An endpoint's response made ready for the client: this hop's headers, the sticky cookie
+    /// and the version header. `clean`: the upstream path removed hop-by-hop headers already.
+    pub(super) fn finish(
+        &self,
+        response: &mut Response<ResponseBody>,
+        route: &Routed,
+        clean: bool,
+    ) {
+        if clean {
+            request::for_client_hop(response);
+        } else {
+            request::prepare_response(response);
+        }
+        if route.set_cookie {
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, route.endpoint.sticky_cookie().clone());
+        }
+        if route.settings.expose_version_header {
+            response
+                .headers_mut()
+                .insert(VERSION_HEADER, route.endpoint.version_header().clone());
+        }
+    }
+
+    /// Feeds an attempt's outcome to passive health; may eject the endpoint.
+    pub(super) fn observe_health(&self, route: &Routed, outcome: Outcome) {
+        let Some(policy) = route.settings.outlier else {
+            return;
+        };
+        let endpoint = &route.endpoint;
+        if outcome == Outcome::Passed {
+            endpoint.health().success();
+            return;
+        }
+        // Failure path only: one more snapshot load to size the version.
+        let size = self
+            .snapshots
+            .load()
+            .version_group(endpoint.version().as_str())
+            .map_or(1, |g| g.endpoints.len());
+        if endpoint
+            .health()
+            .failure(route.now, &policy, size, outcome == Outcome::Refused)
+        {
+            self.ejections.inc();
+            tracing::warn!(endpoint = %endpoint.address(), version = %endpoint.version(), "ejected after consecutive failures");
+        }
+    }
+
+    /// Takes a retry from the budget, counting a refusal.
+    pub(super) fn spend(&self, percent: u32) -> bool {
+        let granted = self.budget.withdraw(Instant::now(), percent);
+        if !granted {
+            self.budget_exhausted.inc();
+        }
+        granted
+    }
+
+    /// The answer when no endpoint is left to retry on: the upstream's own 502/503 if there was
+    /// one, else tidegate's error for the last failure.
+    pub(super) fn give_up(
+        &self,
+        retry: Retry,
+        metrics: &VersionMetrics,
+        role: Role,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        match retry {
+            Retry::Status(response, endpoint, role) => {
+                self.record(endpoint.metrics(), role, response.status().as_u16());
+                *response
+            }
+            Retry::Failed(error) | Retry::Stale(error) => {
+                self.local_error(&error, metrics, role, start)
+            }
+        }
+    }
+
+    pub(super) fn count(&self, error: &ProxyError) {
+        self.errors[error.kind().index()].inc();
+    }
+
+    /// Counts a response: the metric by version, role and code, and the canary's outcome.
+    #[inline]
+    pub(super) fn record(&self, metrics: &VersionMetrics, role: Role, status: u16) {
+        metrics.count(status, role);
+        if role == Role::Canary {
+            self.canary_stats.record(status);
+        }
+    }
+
+    /// The answer to a request that failed through the client's fault: counted as the client's,
+    /// recorded under its status for the version, and kept out of the canary's outcomes. The
+    /// connection closes after it: its framing can no longer be trusted.
+    pub(super) fn client_failure(
+        &self,
+        error: &ClientError,
+        metrics: &VersionMetrics,
+        role: Role,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        tracing::debug!(%error, "client request failed");
+        self.client_errors[error.fault.index()].inc();
+        let status = error.fault.status();
+        metrics.count(status.as_u16(), role);
+        metrics.observe(start.elapsed(), role);
+        let mut response = Response::new(body::local(format!("{error}\n")));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(
+            "x-tidegate-error",
+            HeaderValue::from_static(error.fault.as_str()),
+        );
+        if error.fault == ClientFault::NotAllowed {
+            // RFC 9110 §15.5.6: a 405 says what is allowed.
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+            );
+        }
+        response
+    }
+
+    /// tidegate's own answer for a request it could not forward.
+    pub(super) fn local_error(
+        &self,
+        error: &ProxyError,
+        metrics: &VersionMetrics,
+        role: Role,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        let kind = error.kind();
+        self.record(metrics, role, kind.status().as_u16());
+        metrics.observe(start.elapsed(), role);
+        let mut response = Response::new(body::local(format!("{error}\n")));
+        *response.status_mut() = kind.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert("x-tidegate-error", HeaderValue::from_static(kind.as_str()));
+        response
+    }
+}
