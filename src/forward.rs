@@ -205,10 +205,11 @@ impl Forwarder {
         let start = Instant::now();
         let now = health::now_ms(start);
         self.budget.deposit(start);
-        if let Err(fault) = request::admit(&req) {
-            return self.refuse(fault, start);
-        }
-        let mut out = Outgoing::new(req);
+        let host = match request::admit(&req) {
+            Ok(host) => host,
+            Err(fault) => return self.refuse(fault, start),
+        };
+        let mut out = Outgoing::new(req, host);
         let mut rng = Rng::new();
         let mut tries = Tries::default();
         loop {

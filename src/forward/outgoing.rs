@@ -3,7 +3,7 @@
 //! (hyper's path: sent once, unless a small copy was kept for replay).
 
 use bytes::Bytes;
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -18,6 +18,8 @@ use super::upgrade::{self, ClientUpgrade};
 
 pub(super) struct Outgoing {
     req: Request<RequestBody>,
+    /// The Host that admission found, until the request is prepared.
+    host: Option<HeaderValue>,
     /// The client asked for a protocol upgrade (taken when the endpoint agrees).
     pub(super) upgrade: Option<ClientUpgrade>,
     prepared: Option<Prepared>,
@@ -32,11 +34,13 @@ enum Prepared {
 }
 
 impl Outgoing {
-    pub(super) fn new(req: Request<Incoming>) -> Self {
+    /// The admitted request, with its Host (see [`request::admit`]).
+    pub(super) fn new(req: Request<Incoming>, host: Option<HeaderValue>) -> Self {
         let mut req = req.map(Either::Left);
         let upgrade = upgrade::requested(&mut req);
         Self {
             req,
+            host,
             upgrade,
             prepared: None,
         }
@@ -63,11 +67,11 @@ impl Outgoing {
         let resendable = policy.idempotent && replay::is_idempotent(req.method());
         if resendable && self.upgrade.is_none() && req.body().is_end_stream() {
             // The common case: nothing to copy, the request itself is sent again.
-            let forwarding = request::prepare_lean(req, client);
+            let forwarding = request::prepare_lean(req, client, self.host.take());
             self.prepared = Some(Prepared::Lean(Bytes::new(), Some(forwarding)));
             return Ok(());
         }
-        request::prepare(req, client);
+        request::prepare(req, client, self.host.take());
         request::frame_streamed_body(req);
         if let Some(upgrade) = &self.upgrade {
             upgrade.restore_request_headers(req.headers_mut());

@@ -73,18 +73,18 @@ impl Forwarding {
 }
 
 /// Refuses a request that a reverse proxy must not forward: `CONNECT` (tidegate is not a forward
-/// proxy: 405), and an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: 400).
-pub(super) fn admit<B>(req: &Request<B>) -> Result<(), ClientFault> {
+/// proxy: 405), and an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: 400). Returns
+/// the request's Host, so that preparing it needs no second lookup.
+pub(super) fn admit<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ClientFault> {
     if req.method() == Method::CONNECT {
         return Err(ClientFault::NotAllowed);
     }
-    if req.version() == Version::HTTP_11 {
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        if hosts.next().is_none() || hosts.next().is_some() {
-            return Err(ClientFault::BadRequest);
-        }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if req.version() == Version::HTTP_11 && (host.is_none() || hosts.next().is_some()) {
+        return Err(ClientFault::BadRequest);
     }
-    Ok(())
+    Ok(host.cloned())
 }
 
 /// A body that streams with no declared length goes chunked: the client's `Transfer-Encoding`
@@ -100,8 +100,8 @@ pub(super) fn frame_streamed_body<B: http_body::Body>(req: &mut Request<B>) {
 }
 
 /// Rewrites a client request for the upstream hop.
-pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
-    let forwarding = prepare_lean(req, client);
+pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client, host: Option<HeaderValue>) {
+    let forwarding = prepare_lean(req, client, host);
     let origin_form = req
         .uri()
         .path_and_query()
@@ -114,7 +114,11 @@ pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client) {
 
 /// The part of [`prepare`] that edits the request; the forwarding headers are returned for the
 /// lean upstream path to write as it encodes the head, which saves four map insertions.
-pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwarding {
+pub(super) fn prepare_lean<B>(
+    req: &mut Request<B>,
+    client: &Client,
+    host: Option<HeaderValue>,
+) -> Forwarding {
     let via = match req.version() {
         Version::HTTP_2 => HeaderValue::from_static("2 tidegate"),
         Version::HTTP_10 => HeaderValue::from_static("1.0 tidegate"),
@@ -122,30 +126,34 @@ pub(super) fn prepare_lean<B>(req: &mut Request<B>, client: &Client) -> Forwardi
     };
     // HTTP/2 carries the host in :authority, which wins over a `host` header (RFC 9113
     // §8.3.1); HTTP/1.1 upstreams need it as Host.
-    let h2 = req.version() == Version::HTTP_2;
-    if h2 || !req.headers().contains_key(header::HOST) {
-        if let Some(host) = req
+    let host = match host {
+        Some(host) if req.version() != Version::HTTP_2 => Some(host),
+        host => match req
             .uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
+            Some(authority) => {
+                req.headers_mut().insert(header::HOST, authority.clone());
+                Some(authority)
+            }
+            None => host,
+        },
+    };
     let headers = req.headers_mut();
     // tidegate answers `Expect: 100-continue` itself when it starts reading the body.
     strip_hop_by_hop(headers, Some(&header::EXPECT));
-    let host = headers.get(header::HOST).cloned();
+    let replacing = if host.is_some() { 3 } else { 2 };
     Forwarding {
         replace: [
             (X_FORWARDED_FOR, forwarded_for(headers, client)),
             (X_FORWARDED_PROTO, HeaderValue::from_static("http")),
             (
                 X_FORWARDED_HOST,
-                host.clone().unwrap_or(HeaderValue::from_static("")),
+                host.unwrap_or(HeaderValue::from_static("")),
             ),
         ],
-        replacing: if host.is_some() { 3 } else { 2 },
+        replacing,
         append: [(header::VIA, via)],
     }
 }
@@ -264,6 +272,12 @@ mod tests {
         Client::new("10.1.2.3".parse().unwrap())
     }
 
+    /// Admits and prepares `req`, as the pipeline does.
+    fn prepare<B>(req: &mut Request<B>, client: &Client) {
+        let host = admit(req).expect("an admissible request");
+        super::prepare(req, client, host);
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
         let mut req = request(
@@ -308,7 +322,8 @@ mod tests {
 
     #[test]
     fn connect_and_http11_without_one_host_are_refused() {
-        let admitted = |version, headers: &[(&str, &str)]| admit(&request(version, "/", headers));
+        let admitted =
+            |version, headers: &[(&str, &str)]| admit(&request(version, "/", headers)).map(|_| ());
         assert_eq!(admitted(Version::HTTP_11, &[("host", "h")]), Ok(()));
         assert_eq!(admitted(Version::HTTP_10, &[]), Ok(()));
         assert_eq!(admitted(Version::HTTP_2, &[]), Ok(()));
@@ -325,6 +340,12 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(admit(&connect), Err(ClientFault::NotAllowed));
+        let host = admit(&request(Version::HTTP_11, "/", &[("host", "shop")]));
+        assert_eq!(
+            host,
+            Ok(Some(HeaderValue::from_static("shop"))),
+            "the Host is handed on"
+        );
     }
 
     #[test]

@@ -47,7 +47,12 @@ pub enum ExchangeError {
 }
 
 /// An idle or busy HTTP/1.1 connection: the socket and what was read from it but not consumed.
-pub struct Connection {
+/// Boxed, so that the connection moves as one pointer through checkout, exchange and the
+/// response body (the box is made once per connection, not per request).
+pub struct Connection(Box<Io>);
+
+/// A connection's state.
+pub struct Io {
     stream: TcpStream,
     /// `buf[..filled]` is data read and not yet consumed; the rest is initialised read space.
     buf: BytesMut,
@@ -60,16 +65,30 @@ pub struct Connection {
     deadline: Deadline,
 }
 
+impl std::ops::Deref for Connection {
+    type Target = Io;
+
+    fn deref(&self) -> &Io {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Io {
+        &mut self.0
+    }
+}
+
 impl Connection {
     pub(super) fn new(stream: TcpStream) -> Self {
-        Self {
+        Self(Box::new(Io {
             stream,
             buf: BytesMut::new(),
             filled: 0,
             head: Vec::new(),
             spans: Vec::new(),
             deadline: Deadline::default(),
-        }
+        }))
     }
 
     /// Whether an idle connection can take a request: the peer has not closed it (and sent
@@ -88,7 +107,9 @@ impl Connection {
             }
         }
     }
+}
 
+impl Io {
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.len() - self.filled < READ_SPACE / 2 {
@@ -173,6 +194,9 @@ pub struct Exchange {
     sent: bool,
     /// Some byte of a response has arrived.
     received: bool,
+    /// Bytes arrived since the buffer was last parsed (a wake-up with nothing new costs no
+    /// parse).
+    unparsed: bool,
     head_request: bool,
     max_headers: usize,
 }
@@ -196,6 +220,7 @@ impl Exchange {
             written: 0,
             sent: false,
             received: false,
+            unparsed: false,
             head_request: req.method() == Method::HEAD,
             max_headers,
         }
@@ -216,25 +241,31 @@ impl Future for Exchange {
             ready!(conn.poll_send(cx, &mut this.written))?;
             this.sent = true;
         }
+        // Parse only what is new: a wake-up that brought nothing reads first.
         loop {
-            let buf = &conn.buf[..conn.filled];
-            match parse_head(buf, this.head_request, &mut conn.spans, this.max_headers)? {
-                // This path never asks for an upgrade.
-                Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                    return Poll::Ready(Err(ExchangeError::Invalid("unsolicited 101 response")))
+            if std::mem::take(&mut this.unparsed) {
+                let io: &mut Io = conn;
+                let buf = &io.buf[..io.filled];
+                let parsed = parse_head(buf, this.head_request, &mut io.spans, this.max_headers)?;
+                match parsed {
+                    // This path never asks for an upgrade.
+                    Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                        return Poll::Ready(Err(ExchangeError::Invalid("unsolicited 101 response")))
+                    }
+                    Some(head) if head.status.is_informational() => {
+                        conn.skip(head.len);
+                        this.unparsed = conn.filled > 0;
+                        continue;
+                    }
+                    Some(head) => {
+                        let conn = this.conn.take().expect("checked above");
+                        return Poll::Ready(respond(conn, head));
+                    }
+                    None if conn.filled >= MAX_HEAD => {
+                        return Poll::Ready(Err(ExchangeError::Invalid("response head too large")))
+                    }
+                    None => {}
                 }
-                Some(head) if head.status.is_informational() => {
-                    conn.skip(head.len);
-                    continue;
-                }
-                Some(head) => {
-                    let conn = this.conn.take().expect("checked above");
-                    return Poll::Ready(respond(conn, head));
-                }
-                None if conn.filled >= MAX_HEAD => {
-                    return Poll::Ready(Err(ExchangeError::Invalid("response head too large")))
-                }
-                None => {}
             }
             let nothing_received = !this.received;
             let n =
@@ -249,6 +280,7 @@ impl Future for Exchange {
                 }));
             }
             this.received = true;
+            this.unparsed = true;
         }
     }
 }
@@ -616,7 +648,8 @@ impl ResponseBody {
                 }
                 Framing::Close => {
                     if conn.filled > 0 {
-                        return Poll::Ready(Some(Ok(Frame::data(conn.take(conn.filled)))));
+                        let all = conn.filled;
+                        return Poll::Ready(Some(Ok(Frame::data(conn.take(all)))));
                     }
                 }
                 Framing::Chunked(state) => match state.decode(&conn.buf[..conn.filled]) {
