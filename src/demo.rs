@@ -4,6 +4,7 @@
 //! story runs v1 → paused v2 canary at 10% and 50% → v2 → broken v10 → undo.
 
 mod backend;
+mod deployment;
 mod pods;
 mod story;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, DiscoveryConfig};
-use crate::discovery::simulated::{Deployment, Spec, Strategy};
+use deployment::{Deployment, Spec, Strategy};
 use crate::loadtest::{self, LoadtestError, Plan, Summary, Target};
 use crate::server::{Server, ServerError};
 use crate::shutdown::{self, Shutdown};

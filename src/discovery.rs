@@ -3,7 +3,6 @@
 
 pub mod kubernetes;
 pub mod rollout;
-pub mod simulated;
 pub mod slices;
 pub mod static_file;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::discovery::simulated::{Action, Deployment, PodId};
+use super::deployment::{Action, Deployment, PodId};
 use crate::discovery::Update;
 use crate::shutdown::{self, Trigger};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::discovery::simulated::Deployment;
+use super::deployment::Deployment;
 use crate::loadtest::{Live, Marker};
 use crate::snapshot::Version;
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Rollout, Update};
+use crate::discovery::{Rollout, Update};
 use crate::snapshot::{EndpointSpec, EndpointState, Version};
 
 /// How fast a rollout may go, in pods (the controller's resolved `maxSurge` / `maxUnavailable`).
@@ -151,11 +151,6 @@ impl Deployment {
         }
     }
 
-    /// The newest ReplicaSet's version: what the rollout is rolling to.
-    pub fn newest_version(&self) -> &Version {
-        &self.sets[self.newest()].version
-    }
-
     /// Every pod runs the newest template and is available: `kubectl rollout status` returns.
     pub fn is_complete(&self, now: Instant) -> bool {
         let newest = self.newest();
@@ -251,9 +246,10 @@ impl Deployment {
         parts.join(" · ")
     }
 
-    /// The Deployment's name, for pod names and logs.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The newest ReplicaSet's version: what the rollout is rolling to.
+    #[cfg(test)]
+    fn newest_version(&self) -> &Version {
+        &self.sets[self.newest()].version
     }
 
     fn newest(&self) -> usize {
