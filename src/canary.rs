@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{AbortConfig, Apply, CanaryConfig};
 use crate::discovery::Rollout;
-use crate::snapshot::{EndpointSpec, EndpointState, Split, Version, Weight};
+use crate::snapshot::{EndpointSpec, Split, Version, Weight};
 
 /// The Deployment annotation that sets the canary weight, in percent.
 pub const WEIGHT_ANNOTATION: &str = "tidegate.io/canary-weight";
@@ -109,7 +109,8 @@ pub struct CanaryStatus {
     /// The weight in force before deciding whether it applies, in percent.
     pub configured_weight: f64,
     pub source: WeightSource,
-    /// The share of requests the canary gets now, in percent.
+    /// The share of requests the canary gets now, in percent: what the published snapshot does
+    /// ([`crate::snapshot::Snapshot::canary_share`]), filled in by the control loop.
     pub effective_weight: f64,
     /// Whether the configured weight applies now (else traffic follows ready endpoint counts).
     pub applies: bool,
@@ -184,24 +185,6 @@ impl CanaryPolicy {
             (Some(_), true, None) => Split::Weighted(weight),
             _ => Split::ByEndpointCount,
         };
-        let ready = |canary_side: bool| {
-            endpoints
-                .iter()
-                .filter(|e| e.state == EndpointState::Ready)
-                .filter(|e| (canary.as_ref() == Some(&e.version)) == canary_side)
-                .count() as f64
-        };
-        let effective_weight = match split {
-            Split::Weighted(w) => w.percent(),
-            Split::ByEndpointCount => {
-                let (c, s) = (ready(true), ready(false));
-                if c + s == 0.0 {
-                    0.0
-                } else {
-                    100.0 * c / (c + s)
-                }
-            }
-        };
         let mut stable_versions: Vec<String> = endpoints
             .iter()
             .filter(|e| canary.as_ref() != Some(&e.version))
@@ -212,7 +195,8 @@ impl CanaryPolicy {
         let status = CanaryStatus {
             configured_weight: weight.percent(),
             source,
-            effective_weight,
+            // What the published snapshot does is its business: the control loop fills this in.
+            effective_weight: 0.0,
             applies: canary.is_some() && applies,
             apply: match self.apply {
                 Apply::Paused => "paused",
@@ -247,6 +231,7 @@ pub fn parse_annotation(raw: &str) -> Result<Weight, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::EndpointState;
 
     fn spec(version: &str) -> EndpointSpec {
         EndpointSpec {
@@ -312,7 +297,6 @@ mod tests {
         assert_eq!(paused.canary, Some(v("b7c9")));
         let moving = p.plan(Some(&rollout(false)), &endpoints);
         assert_eq!(moving.split, Split::ByEndpointCount);
-        assert_eq!(moving.status.effective_weight, 25.0, "1 ready canary of 4");
         let always = policy(None, 10.0, Apply::Always).plan(Some(&rollout(false)), &endpoints);
         assert_eq!(always.split, Split::Weighted(w(10.0)));
         let done = p.plan(Some(&rollout(true)), &[spec("b7c9")]);
@@ -352,7 +336,6 @@ mod tests {
         });
         let aborted = p.plan(None, &endpoints);
         assert_eq!(aborted.split, Split::Weighted(Weight::ZERO));
-        assert_eq!(aborted.status.effective_weight, 0.0);
         assert!(aborted.status.aborted.is_some());
         p.admin = Some(w(5.0));
         let retried = p.plan(None, &endpoints);

@@ -253,8 +253,10 @@ impl Control {
             source = ?plan.status.source,
             "published snapshot"
         );
-        self.status.send_replace(plan.status.clone());
-        plan.status
+        let mut status = plan.status;
+        status.effective_weight = self.publisher.canary_share();
+        self.status.send_replace(status.clone());
+        status
     }
 }
 

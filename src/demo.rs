@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, DiscoveryConfig};
-use deployment::{Deployment, Spec, Strategy};
 use crate::loadtest::{self, LoadtestError, Plan, Summary, Target};
 use crate::server::{Server, ServerError};
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::Version;
+use deployment::{Deployment, Spec, Strategy};
 
 pub use story::STORY_SECONDS;
 

@@ -419,6 +419,21 @@ impl Snapshot {
         }
     }
 
+    /// The percentage of requests this snapshot sends to the canary: the split's share while
+    /// both sides have routable endpoints, else all or nothing. The one place the effective
+    /// weight is computed: the admin API and `tidegate_canary_weight` report this.
+    pub fn canary_share(&self) -> f64 {
+        match (self.canary.is_empty(), self.stable.is_empty(), self.split) {
+            (true, ..) => 0.0,
+            (false, true, _) => 100.0,
+            (false, false, Split::Weighted(w)) => w.percent(),
+            (false, false, Split::ByEndpointCount) => {
+                let (c, s) = (self.canary.len() as f64, self.stable.len() as f64);
+                100.0 * c / (c + s)
+            }
+        }
+    }
+
     pub fn canary_threshold(&self) -> u64 {
         self.canary_threshold
     }
@@ -535,6 +550,42 @@ mod tests {
 
         let s = build(vec![listed(NotReady, Role::Stable, 4)]);
         assert!(!s.has_routable(), "not-ready endpoints never get traffic");
+    }
+
+    #[test]
+    fn the_canary_share_is_what_routing_does() {
+        use EndpointState::*;
+        let build = |split, entries: Vec<Listed>| {
+            Snapshot::build(1, entries, split, None, Settings::default())
+        };
+        let ten = Split::Weighted(Weight::new(10.0).unwrap());
+        let both = || {
+            vec![
+                listed(Ready, Role::Stable, 1),
+                listed(Ready, Role::Stable, 2),
+                listed(Ready, Role::Stable, 3),
+                listed(Ready, Role::Canary, 4),
+            ]
+        };
+        assert_eq!(build(ten, both()).canary_share(), 10.0);
+        assert_eq!(build(Split::ByEndpointCount, both()).canary_share(), 25.0);
+        let warming_canary = vec![
+            listed(Ready, Role::Stable, 1),
+            listed(Warming, Role::Canary, 2),
+        ];
+        assert_eq!(
+            build(ten, warming_canary).canary_share(),
+            0.0,
+            "a canary with nothing routable gets nothing, whatever the weight"
+        );
+        let only_canary = vec![listed(Ready, Role::Canary, 2)];
+        assert_eq!(build(ten, only_canary).canary_share(), 100.0);
+        let snap = build(ten, both());
+        let share = snap.canary_threshold() as f64 / ALL_DRAWS as f64 * 100.0;
+        assert!(
+            (share - snap.canary_share()).abs() < 1e-6,
+            "the threshold agrees"
+        );
     }
 
     #[test]

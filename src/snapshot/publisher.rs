@@ -137,7 +137,7 @@ impl Publisher {
         self.endpoints = live;
         self.versions.retain(|v, _| live_versions.contains(v));
 
-        self.record_gauges(&listed, desired.split);
+        self.record_gauges(&listed);
         let snapshot = Snapshot::build(
             generation,
             listed,
@@ -146,12 +146,13 @@ impl Publisher {
             desired.settings,
         )
         .with_canary_header(desired.canary_header);
+        self.metrics.set_canary_weight(snapshot.canary_share());
         self.swap.store(Arc::new(snapshot));
         self.generation.send_replace(generation);
         generation
     }
 
-    fn record_gauges(&self, listed: &[Listed], split: Split) {
+    fn record_gauges(&self, listed: &[Listed]) {
         let mut counts: HashMap<(&Version, Role, EndpointState), i64> = HashMap::new();
         for l in listed {
             *counts
@@ -163,24 +164,11 @@ impl Publisher {
                 .into_iter()
                 .map(|((v, role, state), n)| (v.as_str(), role.as_str(), state.as_str(), n)),
         );
-        let weight = match split {
-            Split::Weighted(w) => w.percent(),
-            Split::ByEndpointCount => {
-                let ready = |role| {
-                    listed
-                        .iter()
-                        .filter(|l| l.role == role && l.state == EndpointState::Ready)
-                        .count() as f64
-                };
-                let (canary, stable) = (ready(Role::Canary), ready(Role::Stable));
-                if canary + stable == 0.0 {
-                    0.0
-                } else {
-                    100.0 * canary / (canary + stable)
-                }
-            }
-        };
-        self.metrics.set_canary_weight(weight);
+    }
+
+    /// The canary's share of requests in the current snapshot (see [`Snapshot::canary_share`]).
+    pub fn canary_share(&self) -> f64 {
+        self.swap.load().canary_share()
     }
 }
 
