@@ -161,6 +161,8 @@ pub struct Timeouts {
     pub request: Duration,
     /// For a client to send a complete request head (slow clients are cut off).
     pub header_read: Duration,
+    /// A client's request body may pause this long between two reads (then 408).
+    pub body_read: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain: Duration,
 }
@@ -208,6 +210,7 @@ impl Config {
         Settings {
             connect_timeout: self.timeouts.connect,
             request_timeout: self.timeouts.request,
+            body_read_timeout: self.timeouts.body_read,
             connect_attempts: self.retries.connect_attempts,
             sticky: self.canary.sticky,
             retry: self.retries.policy,

@@ -217,7 +217,7 @@ impl Forwarder {
                 return self.exhausted(tries, start);
             };
             if !out.is_prepared() {
-                if let Err(error) = out.prepare(route.settings.retry, &conn.client).await {
+                if let Err(error) = out.prepare(&route.settings, &conn.client).await {
                     let metrics = route.endpoint.metrics();
                     return self.client_failure(&error, metrics, route.role, start);
                 }

@@ -165,7 +165,10 @@ pub struct EndpointSpec {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
     pub connect_timeout: Duration,
+    /// From the end of the request to the response head.
     pub request_timeout: Duration,
+    /// The longest pause between two reads of a client's request body.
+    pub body_read_timeout: Duration,
     /// Endpoints tried for one request when connecting fails (1 = no retry).
     pub connect_attempts: u32,
     /// Pin clients to the version they were first served by, with a cookie.
@@ -215,6 +218,7 @@ impl Default for Settings {
         Self {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
             connect_attempts: 2,
             sticky: false,
             retry: RetryPolicy::default(),

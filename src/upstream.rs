@@ -12,10 +12,12 @@
 //! request is handed over, so a connect failure leaves the request intact for a retry elsewhere.
 
 mod chunked;
+mod client_body;
 pub mod framing;
 pub mod h1;
 pub mod transport;
 
+pub use client_body::{BodyError, ClientBody};
 pub use transport::{Answer, Outbound, SendError, Transport};
 
 use std::io;
@@ -26,14 +28,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The request body sent upstream: the client's body streamed through, or a buffered one (a small
 /// body kept so that the request can be sent again after its first attempt failed).
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
+pub type RequestBody = Either<ClientBody, Full<Bytes>>;
 
 /// One HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<RequestBody>;

@@ -320,6 +320,8 @@ struct RawTimeouts {
     request: Dur,
     #[serde(default = "secs::<10>")]
     header_read: Dur,
+    #[serde(default = "secs::<60>")]
+    body_read: Dur,
     #[serde(default = "secs::<30>")]
     drain: Dur,
 }
@@ -330,6 +332,7 @@ impl Default for RawTimeouts {
             connect: secs::<1>(),
             request: secs::<30>(),
             header_read: secs::<10>(),
+            body_read: secs::<60>(),
             drain: secs::<30>(),
         }
     }
@@ -616,6 +619,9 @@ impl RawConfig {
         if self.timeouts.header_read.0.is_zero() {
             return Err(invalid("timeouts.header_read", "must be greater than 0"));
         }
+        if self.timeouts.body_read.0.is_zero() {
+            return Err(invalid("timeouts.body_read", "must be greater than 0"));
+        }
         if self
             .canary
             .abort
@@ -690,6 +696,7 @@ impl RawConfig {
                 connect: self.timeouts.connect.0,
                 request: self.timeouts.request.0,
                 header_read: self.timeouts.header_read.0,
+                body_read: self.timeouts.body_read.0,
                 drain: self.timeouts.drain.0,
             },
             health_check: self.health_check.map(|h| CheckConfig {

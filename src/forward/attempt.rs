@@ -63,12 +63,8 @@ impl Forwarder {
             Err(error) => return self.connect_failed(error, route),
         };
         let transport = &mut checkout.transport;
-        let deadline = tokio::time::Instant::now() + settings.request_timeout;
         let sent = match poll_fn(|cx| transport.poll_ready(cx)).await {
-            Ok(()) => {
-                let outbound = out.outbound(deadline, settings.max_response_headers);
-                transport.call(outbound).await
-            }
+            Ok(()) => transport.call(out.outbound(settings)).await,
             Err(error) => Err(error),
         };
         match sent {

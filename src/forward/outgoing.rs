@@ -8,8 +8,8 @@ use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::snapshot::RetryPolicy;
-use crate::upstream::{h1, Outbound, Path, RequestBody};
+use crate::snapshot::Settings;
+use crate::upstream::{h1, ClientBody, Outbound, Path, RequestBody};
 
 use super::error::ClientError;
 use super::replay::{self, Replay};
@@ -36,7 +36,7 @@ enum Prepared {
 impl Outgoing {
     /// The admitted request, with its Host (see [`request::admit`]).
     pub(super) fn new(req: Request<Incoming>, host: Option<HeaderValue>) -> Self {
-        let mut req = req.map(Either::Left);
+        let mut req = req.map(|body| Either::Left(ClientBody::new(body)));
         let upgrade = upgrade::requested(&mut req);
         Self {
             req,
@@ -56,13 +56,14 @@ impl Outgoing {
     }
 
     /// Rewrites the request for the upstream hop and decides its path, under the first attempt's
-    /// retry `policy`. A body kept for replay is read here: a client's failure to send it is the
+    /// `settings`. A body kept for replay is read here: a client's failure to send it is the
     /// client's.
     pub(super) async fn prepare(
         &mut self,
-        policy: RetryPolicy,
+        settings: &Settings,
         client: &Client,
     ) -> Result<(), ClientError> {
+        let policy = settings.retry;
         let req = &mut self.req;
         let resendable = policy.idempotent && replay::is_idempotent(req.method());
         if resendable && self.upgrade.is_none() && req.body().is_end_stream() {
@@ -72,6 +73,9 @@ impl Outgoing {
             return Ok(());
         }
         request::prepare(req, client, self.host.take());
+        if let Either::Left(body) = req.body_mut() {
+            body.set_idle_timeout(settings.body_read_timeout);
+        }
         request::frame_streamed_body(req);
         if let Some(upgrade) = &self.upgrade {
             upgrade.restore_request_headers(req.headers_mut());
@@ -93,11 +97,8 @@ impl Outgoing {
     }
 
     /// The request for one attempt through an upstream transport.
-    pub(super) fn outbound(
-        &mut self,
-        deadline: tokio::time::Instant,
-        max_headers: usize,
-    ) -> Outbound<'_> {
+    pub(super) fn outbound(&mut self, settings: &Settings) -> Outbound<'_> {
+        let deadline = tokio::time::Instant::now() + settings.request_timeout;
         let (body, added): (&[u8], _) = match &self.prepared {
             Some(Prepared::Lean(body, Some(f))) => (
                 body,
@@ -114,7 +115,8 @@ impl Outgoing {
             added,
             body,
             deadline,
-            max_headers,
+            request_timeout: settings.request_timeout,
+            max_headers: settings.max_response_headers,
         }
     }
 

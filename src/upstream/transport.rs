@@ -9,13 +9,17 @@
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, ExchangeError};
 use super::{RequestBody, Sender};
@@ -37,8 +41,10 @@ pub struct Outbound<'a> {
     pub added: h1::Added<'a>,
     /// The lean path's body, already in memory.
     pub body: &'a [u8],
-    /// The response head must have arrived by then.
+    /// The lean path's response head must have arrived by then.
     pub deadline: Instant,
+    /// hyper's path: the response head must arrive this long after the request body's end.
+    pub request_timeout: Duration,
     /// The framing policy's header-line limit, for the lean path (hyper's connection has its own).
     pub max_headers: usize,
 }
@@ -61,22 +67,44 @@ pub enum SendError {
     Timeout,
 }
 
-/// hyper's send with its deadline, in one allocation.
+/// hyper's send.
 type HyperSend = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    Result<Response<Incoming>, TrySendError<Request<RequestBody>>>,
-                    tokio::time::error::Elapsed,
-                >,
-            > + Send,
-    >,
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + Send>,
 >;
 
 /// An attempt under way.
 pub enum Sending {
     H1(h1::Exchange),
-    Hyper(HyperSend, Option<Sender>),
+    Hyper(Box<HyperSending>),
+}
+
+/// An attempt through hyper's client (boxed: the streaming path only).
+pub struct HyperSending {
+    send: HyperSend,
+    sender: Option<Sender>,
+    timer: Pin<Box<Sleep>>,
+    timeout: Duration,
+    /// Set when the client's body has all been read; `None`: it was complete from the start.
+    body_ended: Option<Arc<AtomicBool>>,
+}
+
+impl HyperSending {
+    /// Whether the response is overdue: the timer fired and the endpoint has had the whole
+    /// request for `timeout`. While the client is still sending, the timer starts again (a
+    /// stalled body fails on its own, see `ClientBody`).
+    fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            match &self.body_ended {
+                // Acquire: pairs with the body's Release store.
+                Some(ended) if !ended.load(Ordering::Acquire) => {
+                    let next = Instant::now() + self.timeout;
+                    self.timer.as_mut().reset(next);
+                }
+                _ => return Poll::Ready(()),
+            }
+        }
+    }
 }
 
 impl<'a> tower_service::Service<Outbound<'a>> for Transport {
@@ -107,13 +135,20 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
             )),
             Transport::Hyper(sender) => {
                 let mut sender = sender.take().expect(ONCE);
+                let body_ended = match out.request.body_mut() {
+                    Either::Left(body) if !body.is_end_stream() => Some(body.watch_end()),
+                    _ => None,
+                };
                 let request =
                     mem::replace(out.request, Request::new(Either::Right(Full::default())));
-                let send = sender.try_send_request(request);
-                let deadline = out.deadline;
-                let send: HyperSend =
-                    Box::pin(async move { tokio::time::timeout_at(deadline, send).await });
-                Sending::Hyper(send, Some(sender))
+                let timeout = out.request_timeout;
+                Sending::Hyper(Box::new(HyperSending {
+                    send: Box::pin(sender.try_send_request(request)),
+                    sender: Some(sender),
+                    timer: Box::pin(tokio::time::sleep(timeout)),
+                    timeout,
+                    body_ended,
+                }))
             }
         }
     }
@@ -127,19 +162,24 @@ impl Future for Sending {
             Sending::H1(exchange) => Pin::new(exchange)
                 .poll(cx)
                 .map(|sent| sent.map(Answer::H1).map_err(SendError::from)),
-            Sending::Hyper(send, sender) => {
-                let sent = match ready!(send.as_mut().poll(cx)) {
-                    Ok(Ok(response)) => Ok(Answer::Hyper(
+            Sending::Hyper(hyper) => {
+                let sent = match hyper.send.as_mut().poll(cx) {
+                    Poll::Ready(sent) => sent,
+                    Poll::Pending => {
+                        ready!(hyper.poll_overdue(cx));
+                        return Poll::Ready(Err(SendError::Timeout));
+                    }
+                };
+                Poll::Ready(match sent {
+                    Ok(response) => Ok(Answer::Hyper(
                         response,
-                        sender.take().expect("a send completes once"),
+                        hyper.sender.take().expect("a send completes once"),
                     )),
-                    Ok(Err(mut failed)) => {
+                    Err(mut failed) => {
                         let unsent = failed.take_message().map(Box::new);
                         Err(SendError::Hyper(failed.into_error(), unsent))
                     }
-                    Err(_elapsed) => Err(SendError::Timeout),
-                };
-                Poll::Ready(sent)
+                })
             }
         }
     }
