@@ -173,6 +173,23 @@ struct Forwarder {
     canary_stats: Arc<CanaryStats>,
 }
 
+/// Counts a request whose client went away before it was answered.
+struct Abandoned<'a>(Option<&'a IntCounter>);
+
+impl Abandoned<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(aborted) = self.0 {
+            aborted.inc();
+        }
+    }
+}
+
 /// Where one attempt goes, with the settings of the snapshot it was picked from (one request sees
 /// one consistent set of settings per attempt).
 struct Routed {
@@ -199,9 +216,18 @@ impl Forwarder {
         }
     }
 
+    /// Answers a request. A client that hangs up first cancels this future: that is counted as
+    /// the client's `aborted`, and the attempt under way is cancelled with it.
+    async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
+        let abandoned = Abandoned(Some(&self.client_errors[ClientFault::Aborted.index()]));
+        let response = self.pipeline(req, conn).await;
+        abandoned.answered();
+        response
+    }
+
     /// A request's pipeline: admit it, then per attempt route → prepare (once) → send through the
     /// upstream transport → classify → decide whether to go again.
-    async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
+    async fn pipeline(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
         let start = Instant::now();
         let now = health::now_ms(start);
         self.budget.deposit(start);

@@ -14,10 +14,13 @@
 //! - [`control`]: the control loop, sole owner of the routing model; publishes snapshots.
 //! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
 //! - [`pick`]: canary header, sticky cookie, canary split, power-of-two-choices; arithmetic only.
-//! - [`upstream`]: per-endpoint connections and idle pool.
+//! - [`upstream`]: per-endpoint connection pools, and the one transport service (a
+//!   `tower::Service`) that the lean HTTP/1.1 exchange and hyper's client implement under one
+//!   framing policy.
 //! - [`deadline`]: per-request deadlines on one timer per connection (client and upstream side).
 //! - [`probe`]: optional active health checks, recorded in the endpoint cells.
-//! - [`forward`]: the hyper server: pick, connect, retry, rewrite headers, stream.
+//! - [`forward`]: the hyper server and a request's stages: admit, route, prepare, attempt
+//!   (classified by who is at fault: client, endpoint or tidegate), retry decision, respond.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
 //! - `fuzzing` (only with `--cfg fuzzing`, and in tests): the parsers of untrusted input, for the

@@ -194,3 +194,32 @@ async fn a_slow_but_moving_upload_is_not_an_upstream_timeout() {
         "the response timeout runs from the end of the request: {answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_before_its_answer_is_counted_as_the_clients() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+    socket
+        .write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nhost: kubia\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until(
+        "the request reaches the endpoint",
+        Duration::from_secs(5),
+        || async { app.in_flight() == 1 },
+    )
+    .await;
+    drop(socket);
+    proxy
+        .wait_metric(
+            r#"tidegate_client_errors_total{kind="aborted"}"#,
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(
+        family_total(&proxy, "tidegate_upstream_errors_total").await,
+        0.0
+    );
+}
