@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use http::{header, HeaderValue, Response};
+use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::metrics::VersionMetrics;
 use crate::snapshot::Role;
@@ -132,18 +132,9 @@ impl Forwarder {
         let status = error.fault.status();
         metrics.count(status.as_u16(), role);
         metrics.observe(start.elapsed(), role);
-        let mut response = Response::new(body::local(format!("{error}\n")));
-        *response.status_mut() = status;
+        let mut response = error_response(status, error.fault.as_str(), error);
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        headers.insert(
-            "x-tidegate-error",
-            HeaderValue::from_static(error.fault.as_str()),
-        );
         if error.fault == ClientFault::NotAllowed {
             // RFC 9110 §15.5.6: a 405 says what is allowed.
             headers.insert(
@@ -165,14 +156,23 @@ impl Forwarder {
         let kind = error.kind();
         self.record(metrics, role, kind.status().as_u16());
         metrics.observe(start.elapsed(), role);
-        let mut response = Response::new(body::local(format!("{error}\n")));
-        *response.status_mut() = kind.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert("x-tidegate-error", HeaderValue::from_static(kind.as_str()));
-        response
+        error_response(kind.status(), kind.as_str(), error)
     }
+}
+
+/// A plain-text answer of tidegate's own: the reason in the body, the kind in `x-tidegate-error`.
+fn error_response(
+    status: StatusCode,
+    kind: &'static str,
+    reason: &dyn std::fmt::Display,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(body::local(format!("{reason}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-tidegate-error", HeaderValue::from_static(kind));
+    response
 }

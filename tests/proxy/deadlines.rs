@@ -199,15 +199,7 @@ async fn an_upgraded_tunnel_may_idle_longer_than_the_head_deadline() {
 async fn an_http2_connection_may_idle_longer_than_the_head_deadline() {
     let app = backend("v1").run().await;
     let proxy = head_deadline_proxy(&app).await;
-    // One connection, held by hand: a pooled client would hide a closed one by reconnecting.
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_connection(proxy.addr).await;
     let request = || {
         http::Request::get(proxy.url("/"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -133,14 +133,7 @@ async fn the_endpoint_gets_the_host_the_client_asked_for() {
     );
 
     // An HTTP/2 connection to the proxy whose requests name another authority.
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_connection(proxy.addr).await;
     let req = Request::get(format!("http://shop.example:{}/", proxy.addr.port()))
         .header("host", "evil.example")
         .body(empty())

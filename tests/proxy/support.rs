@@ -756,6 +756,23 @@ pub fn h2_client() -> HttpClient {
         .build_http()
 }
 
+/// One HTTP/2 connection to `addr`, held by hand (a pooled client would hide a closed one by
+/// reconnecting, and always names the authority it connects to).
+pub async fn h2_connection<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 pub fn empty() -> ClientBody {
     Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
 }
