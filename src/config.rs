@@ -174,10 +174,30 @@ pub struct Retries {
     pub policy: RetryPolicy,
 }
 
+/// A config file larger than this is refused (a mistyped path such as `/dev/zero` would
+/// otherwise be read until memory runs out).
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Reads a text file of at most `limit` bytes.
+pub(crate) fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_limited(path, MAX_CONFIG_FILE).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

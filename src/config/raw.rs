@@ -121,7 +121,8 @@ impl RawAdmin {
             return Err("set admin.token or admin.token_file, not both".to_owned());
         }
         let file = config.parent().unwrap_or(Path::new("")).join(file);
-        let text = std::fs::read_to_string(&file)
+        // A token is short; anything past 4 KiB is a wrong file, not a token.
+        let text = super::read_limited(&file, 4096)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         match text.trim() {
             "" => Err(format!("{} is empty", file.display())),

@@ -16,8 +16,9 @@ pub enum Chunked {
     Data(u64),
     /// After a chunk's data, at its CRLF.
     DataEnd,
-    /// After the last (zero-size) chunk, at a trailer line or the final CRLF.
-    Trailer,
+    /// After the last (zero-size) chunk, at a trailer line or the final CRLF; with the bytes of
+    /// trailer lines so far.
+    Trailer(usize),
     /// The whole body has been read.
     Done,
 }
@@ -48,6 +49,10 @@ pub enum Decoded {
 
 /// A chunk-size line longer than this is refused (extensions included).
 const MAX_LINE: usize = 4096;
+
+/// Trailer lines beyond this many bytes in all are refused, as a response head beyond it is:
+/// a header map holds at most 24,576 fields, and an endpoint must not be able to push it there.
+const MAX_TRAILERS: usize = super::framing::MAX_HEAD;
 
 impl Chunked {
     /// Decodes from the front of `buf`, advancing the state past what it returns.
@@ -93,19 +98,23 @@ impl Chunked {
                 };
                 let skip = line + 2;
                 if size == 0 {
-                    *self = Chunked::Trailer;
+                    *self = Chunked::Trailer(0);
                     return Decoded::Skip(skip);
                 }
                 *self = Chunked::Data(size);
                 Decoded::Skip(skip)
             }
-            Chunked::Trailer => match line(buf) {
+            Chunked::Trailer(seen) => match line(buf) {
                 Some(0) => {
                     *self = Chunked::Done;
                     Decoded::Done(2)
                 }
                 Some(n) if buf[..n].contains(&b'\n') => Decoded::Invalid("bare LF in a trailer"),
-                Some(n) => Decoded::Trailer(n),
+                Some(n) if seen + n + 2 > MAX_TRAILERS => Decoded::Invalid("trailers too large"),
+                Some(n) => {
+                    *self = Chunked::Trailer(seen + n + 2);
+                    Decoded::Trailer(n)
+                }
                 None if buf.len() > MAX_LINE => Decoded::Invalid("trailer line too long"),
                 None => Decoded::NeedMore,
             },
@@ -179,8 +188,19 @@ mod tests {
         let (data, done) = decode_all(b"5  \r\nhello\r\n5 ;x\r\nworld\r\n0\r\n\r\n", 3).unwrap();
         assert!(done);
         assert_eq!(data, b"helloworld");
-        let mut state = Chunked::Trailer;
+        let mut state = Chunked::Trailer(0);
         assert_eq!(state.decode(b"x-sum: 1\r\n\r\n"), Decoded::Trailer(8));
+        assert_eq!(state, Chunked::Trailer(10));
+    }
+
+    #[test]
+    fn trailers_are_bounded_like_a_head() {
+        let mut wire = b"0\r\n".to_vec();
+        for i in 0..20_000 {
+            wire.extend_from_slice(format!("t{i}:\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        assert_eq!(decode_all(&wire, 4096), Err("trailers too large"));
     }
 
     #[test]

@@ -251,6 +251,15 @@ fn cases() -> Vec<Case> {
         response: many(130).into_bytes(),
         ..case("130 headers", "", 502, false)
     });
+    // Trailers are bounded like a head: 20,000 fields (~150 KiB) break the body off.
+    let trailers: String = (0..20_000).map(|i| format!("t{i}: 1\r\n")).collect();
+    cases.push(Case {
+        response: format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n{trailers}\r\n"
+        )
+        .into_bytes(),
+        ..case("150 KiB of trailers", "", 0, false).request("te: trailers\r\n")
+    });
     cases
 }
 
