@@ -444,78 +444,22 @@ fn parse_head(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    spans.clear();
-    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
-    let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
-    let (mut close, mut keep_alive_token, mut hop_by_hop_left) = (false, false, false);
-    let mut folded_length = false;
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        // The headers this hop cares about are few and known: one look at the name's shape picks
-        // at most one candidate, instead of comparing every name with all of them.
-        match Special::of(name) {
-            Some(Special::ContentLength) => {
-                let first = length.is_none();
-                length = Some(
-                    framing::content_length(h.value, length)
-                        .ok_or(ExchangeError::Invalid("invalid content-length"))?,
-                );
-                // A list or a repeat is sent on as one plain value.
-                if !first || h.value.contains(&b',') {
-                    folded_length = true;
-                    if !first {
-                        continue;
-                    }
-                }
-            }
-            // This hop's framing and connection handling end here.
-            Some(Special::TransferEncoding) => {
-                coded = true;
-                chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-                continue;
-            }
-            Some(Special::KeepAlive) => continue,
-            Some(Special::Connection) => {
-                for token in h.value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-                if only_close_or_keep_alive(h.value) {
-                    continue;
-                }
-                // It names other headers: the general hop-by-hop pass removes them and it.
-                hop_by_hop_left = true;
-            }
-            Some(Special::OtherHopByHop) => hop_by_hop_left = true,
-            None => {}
-        }
-        let (ns, vs) = (offset(name), offset(h.value));
-        // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
-        let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
-        spans.push(at);
-    }
-    if coded && length.is_some() {
+    let fields = scan(parsed.headers, buf, spans)?;
+    if fields.coded && fields.length.is_some() {
         return Err(ExchangeError::Invalid(
             "content-length and transfer-encoding together",
         ));
     }
-    if coded && !framing::coding_allowed(version) {
+    if fields.coded && !framing::coding_allowed(version) {
         return Err(ExchangeError::Invalid(
             "transfer-encoding on an HTTP/1.0 response",
         ));
-    }
-    if folded_length {
-        // Drop the kept Content-Length line: the folded value replaces it.
-        spans.retain(|[ns, ne, ..]| {
-            Special::of(&buf[*ns as usize..*ne as usize]) != Some(Special::ContentLength)
-        });
     }
     let bodyless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let framing = match (bodyless, coded, chunked, length) {
+    let framing = match (bodyless, fields.coded, fields.chunked, fields.length) {
         (true, ..) => Framing::Empty,
         // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); a coding other than a final
         // `chunked` runs until close.
@@ -525,17 +469,97 @@ fn parse_head(
         (_, false, _, Some(n)) => Framing::Length(n),
         (_, false, _, None) => Framing::Close,
     };
-    let keep_alive =
-        !close && framing != Framing::Close && (version == Version::HTTP_11 || keep_alive_token);
+    let keep_alive = !fields.close
+        && framing != Framing::Close
+        && (version == Version::HTTP_11 || fields.keep_alive_token);
     Ok(Some(Head {
         len,
         status,
         version,
         framing,
         keep_alive,
-        hop_by_hop_left,
-        folded_length: length.filter(|_| folded_length),
+        hop_by_hop_left: fields.hop_by_hop_left,
+        folded_length: fields.length.filter(|_| fields.folded_length),
     }))
+}
+
+/// What a response head's headers say about this hop.
+#[derive(Default)]
+struct Fields {
+    length: Option<u64>,
+    /// A Transfer-Encoding is present; `chunked` when its last coding is chunked.
+    coded: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive_token: bool,
+    hop_by_hop_left: bool,
+    /// Content-Length came as a list or repeated.
+    folded_length: bool,
+}
+
+/// Reads the headers this hop acts on and leaves the positions of those to pass on in `spans`.
+#[inline]
+fn scan(
+    headers: &[httparse::Header<'_>],
+    buf: &[u8],
+    spans: &mut Vec<Span>,
+) -> Result<Fields, ExchangeError> {
+    spans.clear();
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    let mut f = Fields::default();
+    for h in headers {
+        let name = h.name.as_bytes();
+        // The headers this hop cares about are few and known: one look at the name's shape picks
+        // at most one candidate, instead of comparing every name with all of them.
+        match Special::of(name) {
+            Some(Special::ContentLength) => {
+                let first = f.length.is_none();
+                f.length = Some(
+                    framing::content_length(h.value, f.length)
+                        .ok_or(ExchangeError::Invalid("invalid content-length"))?,
+                );
+                // A list or a repeat is sent on as one plain value.
+                if !first || h.value.contains(&b',') {
+                    f.folded_length = true;
+                    if !first {
+                        continue;
+                    }
+                }
+            }
+            // This hop's framing and connection handling end here.
+            Some(Special::TransferEncoding) => {
+                f.coded = true;
+                f.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                continue;
+            }
+            Some(Special::KeepAlive) => continue,
+            Some(Special::Connection) => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+                if only_close_or_keep_alive(h.value) {
+                    continue;
+                }
+                // It names other headers: the general hop-by-hop pass removes them and it.
+                f.hop_by_hop_left = true;
+            }
+            Some(Special::OtherHopByHop) => f.hop_by_hop_left = true,
+            None => {}
+        }
+        let (ns, vs) = (offset(name), offset(h.value));
+        // A head is at most MAX_HEAD (< 64 KiB) long, so every offset fits.
+        let at = [ns, ns + name.len(), vs, vs + h.value.len()].map(|o| o as u16);
+        spans.push(at);
+    }
+    if f.folded_length {
+        // Drop the kept Content-Length line: the folded value replaces it.
+        spans.retain(|[ns, ne, ..]| {
+            Special::of(&buf[*ns as usize..*ne as usize]) != Some(Special::ContentLength)
+        });
+    }
+    Ok(f)
 }
 
 /// `Connection: keep-alive` (or `close`) names no other hop-by-hop header, so it can be dropped
