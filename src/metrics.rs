@@ -92,7 +92,8 @@ impl Metrics {
                 "tidegate_client_errors_total",
                 "Requests that failed through the client's own fault, by kind (bad_framing: a \
                  malformed body; body_timeout: the body stalled; aborted: the client hung up \
-                 mid-request). Never held against an endpoint, a canary or the retry budget.",
+                 before its answer; bad_request: no or two Host headers; method_not_allowed: \
+                 CONNECT). Never held against an endpoint, a canary or the retry budget.",
             ),
             &["kind"],
         )
