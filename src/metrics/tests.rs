@@ -39,6 +39,7 @@ fn every_family_exposed() -> String {
     v1.observe(Duration::from_millis(1), Role::Stable);
     metrics.set_endpoint_counts([("v1", "stable", "ready", 1)]);
     metrics.upstream_error("connect").inc();
+    metrics.client_error("bad_framing").inc();
     metrics.retry("connect").inc();
     metrics.discovery_error("endpointslices").inc();
     metrics.discovery_skipped("no_port");
