@@ -9,18 +9,12 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// Sends `raw` on a fresh connection, then either reads whatever comes back until the proxy closes
-/// (`hang_up` false) or closes the socket at once (`hang_up` true). Returns what was read.
-async fn raw_exchange(proxy: &RunningProxy, raw: &[u8], hang_up: bool) -> String {
-    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
-    socket.write_all(raw).await.unwrap();
-    if hang_up {
-        return String::new();
-    }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "the proxy must not hang on a broken request");
-    String::from_utf8_lossy(&answer).into_owned()
+/// Waits until the client-error counter of `kind` reads `value`.
+async fn wait_client_errors(proxy: &RunningProxy, kind: &str, value: f64) {
+    let series = format!(r#"tidegate_client_errors_total{{kind="{kind}"}}"#);
+    proxy
+        .wait_metric(&series, value, Duration::from_secs(10))
+        .await;
 }
 
 /// Sums every series of a family in `/metrics` (0 when there is none).
@@ -59,7 +53,7 @@ async fn broken_and_abandoned_uploads_are_the_clients_fault_not_the_canarys() {
             "{}5\r\nhello\r\nZZ-not-a-size\r\n",
             head("POST", "transfer-encoding: chunked")
         );
-        let answer = raw_exchange(&proxy, malformed.as_bytes(), false).await;
+        let answer = raw_round_trip(proxy.addr, malformed.as_bytes()).await;
         assert!(
             answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
             "malformed chunked framing is the client's: 400 or a closed connection, not {answer:?}"
@@ -68,23 +62,12 @@ async fn broken_and_abandoned_uploads_are_the_clients_fault_not_the_canarys() {
     for i in 0..50 {
         let method = if i % 2 == 0 { "POST" } else { "PUT" };
         let abandoned = format!("{}only ten", head(method, "content-length: 1000"));
-        raw_exchange(&proxy, abandoned.as_bytes(), true).await;
+        let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+        socket.write_all(abandoned.as_bytes()).await.unwrap();
     }
 
-    proxy
-        .wait_metric(
-            r#"tidegate_client_errors_total{kind="bad_framing"}"#,
-            50.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    proxy
-        .wait_metric(
-            r#"tidegate_client_errors_total{kind="aborted"}"#,
-            50.0,
-            Duration::from_secs(10),
-        )
-        .await;
+    wait_client_errors(&proxy, "bad_framing", 50.0).await;
+    wait_client_errors(&proxy, "aborted", 50.0).await;
     assert_eq!(
         family_total(&proxy, "tidegate_client_errors_total").await,
         100.0,
@@ -211,13 +194,7 @@ async fn a_client_that_hangs_up_before_its_answer_is_counted_as_the_clients() {
     )
     .await;
     drop(socket);
-    proxy
-        .wait_metric(
-            r#"tidegate_client_errors_total{kind="aborted"}"#,
-            1.0,
-            Duration::from_secs(5),
-        )
-        .await;
+    wait_client_errors(&proxy, "aborted", 1.0).await;
     assert_eq!(
         family_total(&proxy, "tidegate_upstream_errors_total").await,
         0.0

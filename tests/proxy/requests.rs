@@ -3,24 +3,12 @@
 
 use http::Request;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// Sends raw bytes and reads until the proxy closes (every request here says `connection: close`
-/// or is refused, which closes).
+/// Every request here says `connection: close` or is refused, which closes.
 async fn raw(proxy: &RunningProxy, request: &str) -> String {
-    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        socket.read_to_end(&mut answer),
-    )
-    .await;
-    assert!(read.is_ok(), "no end of answer to {request:?}");
-    String::from_utf8_lossy(&answer).into_owned()
+    raw_round_trip(proxy.addr, request.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -982,6 +982,22 @@ impl Body for Generated {
     }
 }
 
+/// Sends `request` on a fresh connection to `addr` and reads until the proxy closes it, failing
+/// the test if that takes over 5 s (a broken request must never hang a connection).
+pub async fn raw_round_trip(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "no end of the answer to {:?}",
+        String::from_utf8_lossy(request)
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Reads one response with a `content-length` body off a raw connection: (its head, lower-cased;
 /// its body).
 pub async fn read_response(socket: &mut tokio::net::TcpStream) -> (String, String) {
