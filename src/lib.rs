@@ -21,6 +21,8 @@
 //! - [`probe`]: optional active health checks, recorded in the endpoint cells.
 //! - [`forward`]: the hyper server and a request's stages: admit, route, prepare, attempt
 //!   (classified by who is at fault: client, endpoint or tidegate), retry decision, respond.
+//! - [`grpc`]: gRPC over a proxy: call detection, `grpc-status` outcomes and failure codes,
+//!   `grpc-timeout`, and the trailers-only answers tidegate gives when it cannot forward.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
 //! - `fuzzing` (only with `--cfg fuzzing`, and in tests): the parsers of untrusted input, for the
@@ -41,6 +43,7 @@ pub mod forward;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod loadtest;
 pub mod metrics;
 pub mod pick;

@@ -1,7 +1,8 @@
 //! Every Prometheus family tidegate exports, registered once in one non-global registry.
 //!
-//! Label handles are resolved when an endpoint's version group or a server starts, never per request:
-//! the request path only calls `inc()` and `observe()`.
+//! Label handles are resolved when an endpoint's version group or a server starts, or on first use,
+//! never per request: the request path only calls `inc()` and `observe()`. The one exception is a
+//! gRPC call answered with an HTTP status other than 200 (rare), whose series is looked up each time.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::grpc::Code;
 use crate::snapshot::{Role, Version};
 
 /// Latency buckets in seconds: sub-millisecond proxying up to the default 30 s request timeout.
@@ -56,9 +58,11 @@ impl Metrics {
             Opts::new(
                 "tidegate_requests_total",
                 "Requests answered to clients, by the version that served them (\"none\" when \
-                 tidegate answered itself) and HTTP status code; counted when the response starts.",
+                 tidegate answered itself), HTTP status code, role, and grpc_status: the gRPC \
+                 status a call ended with (0..16), empty for non-gRPC; counted when the response \
+                 starts, a gRPC call once its status is known.",
             ),
-            &["version", "code", "role"],
+            &["version", "code", "role", "grpc_status"],
         )
         .expect("valid metric definition");
         let duration = HistogramVec::new(
@@ -259,6 +263,7 @@ impl Metrics {
             roles,
             requests: self.requests.clone(),
             codes: Role::ALL.map(|_| (0..CODES).map(|_| OnceLock::new()).collect()),
+            grpc_ok: Role::ALL.map(|_| std::array::from_fn(|_| OnceLock::new())),
             duration: roles.map(|role| self.duration.with_label_values(&[label, role])),
         }
     }
@@ -369,32 +374,56 @@ impl Metrics {
 /// Status codes 100..=599 get a lazily resolved counter each.
 const CODES: usize = 500;
 
-/// The request-path handles of one version: a counter per status code (resolved on first use, then a
-/// plain atomic load) and the latency histogram.
+/// The `grpc_status` label of a response that is not a gRPC call.
+const NOT_GRPC: &str = "";
+
+/// The request-path handles of one version: a counter per status code and, for gRPC calls answered
+/// 200, per gRPC status (each resolved on first use, then a plain atomic load), and the latency
+/// histogram.
 pub struct VersionMetrics {
     label: String,
     roles: [&'static str; 2],
     requests: IntCounterVec,
-    /// Per role, per status code.
+    /// Per role, per status code; non-gRPC responses.
     codes: [Box<[OnceLock<IntCounter>]>; 2],
+    /// Per role, per gRPC status; gRPC calls answered HTTP 200 (nearly all of them: a gRPC server
+    /// reports failures in `grpc-status`, not in the HTTP status).
+    grpc_ok: [[OnceLock<IntCounter>; Code::COUNT]; 2],
     duration: [Histogram; 2],
 }
 
 impl VersionMetrics {
-    /// Counts a response with `status`, served in `role`.
+    /// Counts a response with `status` that is not a gRPC call, served in `role`.
     #[inline]
     pub fn count(&self, status: u16, role: Role) {
-        let resolve = || {
-            self.requests.with_label_values(&[
-                self.label.as_str(),
-                &status.to_string(),
-                self.roles[role.index()],
-            ])
-        };
+        let resolve = || self.resolve(status, role, NOT_GRPC);
         match (status as usize).checked_sub(100) {
             Some(i) if i < CODES => self.codes[role.index()][i].get_or_init(resolve).inc(),
             _ => resolve().inc(),
         }
+    }
+
+    /// Counts a gRPC call answered with HTTP `status` that ended with `code`, served in `role`.
+    /// Only 200 has cached handles: any other status is a proxy or protocol failure, rare enough
+    /// to resolve its series each time.
+    #[inline]
+    pub fn count_grpc(&self, status: u16, code: Code, role: Role) {
+        let resolve = || self.resolve(status, role, code.label());
+        match status {
+            200 => self.grpc_ok[role.index()][code.index()]
+                .get_or_init(resolve)
+                .inc(),
+            _ => resolve().inc(),
+        }
+    }
+
+    fn resolve(&self, status: u16, role: Role, grpc_status: &str) -> IntCounter {
+        self.requests.with_label_values(&[
+            self.label.as_str(),
+            &status.to_string(),
+            self.roles[role.index()],
+            grpc_status,
+        ])
     }
 
     /// Records a finished request's duration.

@@ -16,11 +16,15 @@ fn version_handles_count_into_the_shared_family() {
     v1.observe(Duration::from_millis(3), Role::Canary);
     let text = metrics.encode();
     assert!(
-        text.contains(r#"tidegate_requests_total{code="200",role="stable",version="v1"} 2"#),
+        text.contains(
+            r#"tidegate_requests_total{code="200",grpc_status="",role="stable",version="v1"} 2"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"tidegate_requests_total{code="503",role="canary",version="v1"} 1"#),
+        text.contains(
+            r#"tidegate_requests_total{code="503",grpc_status="",role="canary",version="v1"} 1"#
+        ),
         "{text}"
     );
     assert!(
@@ -28,6 +32,44 @@ fn version_handles_count_into_the_shared_family() {
         "{text}"
     );
     assert!(text.contains(r#"tidegate_build_info{version=""#), "{text}");
+}
+
+#[test]
+fn grpc_calls_are_counted_by_grpc_status_beside_plain_responses() {
+    use crate::grpc::Code;
+
+    let metrics = Metrics::new();
+    let v1 = metrics.version(&Version::new("v1").unwrap());
+    v1.count(200, Role::Stable);
+    v1.count_grpc(200, Code::OK, Role::Stable);
+    v1.count_grpc(200, Code::OK, Role::Stable);
+    v1.count_grpc(200, Code::UNAVAILABLE, Role::Canary);
+    v1.count_grpc(200, Code::from_name("NOT_FOUND").unwrap(), Role::Stable);
+    // Not 200: resolved each time, into the same series.
+    v1.count_grpc(502, Code::UNAVAILABLE, Role::Stable);
+    v1.count_grpc(502, Code::UNAVAILABLE, Role::Stable);
+    metrics
+        .unrouted()
+        .count_grpc(200, Code::UNAVAILABLE, Role::Stable);
+    let text = metrics.encode();
+    for series in [
+        r#"{code="200",grpc_status="",role="stable",version="v1"} 1"#,
+        r#"{code="200",grpc_status="0",role="stable",version="v1"} 2"#,
+        r#"{code="200",grpc_status="14",role="canary",version="v1"} 1"#,
+        r#"{code="200",grpc_status="5",role="stable",version="v1"} 1"#,
+        r#"{code="502",grpc_status="14",role="stable",version="v1"} 2"#,
+        r#"{code="200",grpc_status="14",role="none",version="none"} 1"#,
+    ] {
+        assert!(
+            text.contains(&format!("tidegate_requests_total{series}\n")),
+            "{series}:\n{text}"
+        );
+    }
+    let requests = text
+        .lines()
+        .filter(|l| l.starts_with("tidegate_requests_total{"))
+        .count();
+    assert_eq!(requests, 6, "no other series: {text}");
 }
 
 /// The text exposition with one series in every family: a labelled family with no series yet is

@@ -94,7 +94,7 @@ async fn canary_share_follows_the_weight_not_the_pod_count() {
     );
     assert_eq!(proxy.metric("tidegate_canary_weight").await, Some(10.0));
     let served = proxy
-        .metric(r#"tidegate_requests_total{code="200",role="canary",version="v2"}"#)
+        .metric(r#"tidegate_requests_total{code="200",grpc_status="",role="canary",version="v2"}"#)
         .await;
     assert_eq!(
         served,
@@ -119,7 +119,9 @@ async fn no_ready_endpoints_gives_503_with_the_reason() {
     assert_eq!(down.hits(), 0);
     assert_eq!(
         proxy
-            .metric(r#"tidegate_requests_total{code="503",role="none",version="none"}"#)
+            .metric(
+                r#"tidegate_requests_total{code="503",grpc_status="",role="none",version="none"}"#
+            )
             .await,
         Some(1.0)
     );
