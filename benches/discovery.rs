@@ -70,6 +70,7 @@ fn one_slice_event(c: &mut Criterion) {
                             },
                             name: e.pod.map(Arc::from),
                             image: None,
+                            protocol: None,
                         };
                         (spec, Role::Stable)
                     })

@@ -240,6 +240,7 @@ mod tests {
             state: EndpointState::Ready,
             name: None,
             image: None,
+            protocol: None,
         }
     }
 

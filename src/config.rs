@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use crate::grpc::FailureCodes;
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Settings, Version, Weight};
+use crate::upstream::Protocol;
 
 use raw::RawConfig;
 
@@ -68,6 +70,12 @@ pub struct Config {
     pub expose_version_header: bool,
     /// An endpoint's response with more header lines than this is refused (502).
     pub max_response_headers: usize,
+    /// How to speak to endpoints whose source does not say (`upstream.protocol`).
+    pub protocol: Protocol,
+    /// HTTP/1.1 connections open to one endpoint at most.
+    pub max_connections_per_endpoint: usize,
+    /// The gRPC statuses that count as an endpoint's failure.
+    pub grpc_failures: FailureCodes,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -238,6 +246,9 @@ impl Config {
             slow_start: self.slow_start,
             expose_version_header: self.expose_version_header,
             max_response_headers: self.max_response_headers,
+            protocol: self.protocol,
+            max_connections_per_endpoint: self.max_connections_per_endpoint,
+            grpc_failures: self.grpc_failures,
         }
     }
 

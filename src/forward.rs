@@ -12,6 +12,7 @@ mod body;
 mod budget;
 mod error;
 mod head_deadline;
+mod outcome;
 mod outgoing;
 mod replay;
 mod request;
@@ -40,6 +41,7 @@ use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
 use attempt::Attempted;
 use budget::RetryBudget;
 use head_deadline::HeadDeadline;
+use outcome::Outcomes;
 use outgoing::Outgoing;
 use retry::{Retry, Tries};
 
@@ -169,8 +171,8 @@ struct Forwarder {
     retries: [IntCounter; Retry::REASONS],
     budget: RetryBudget,
     budget_exhausted: IntCounter,
-    ejections: IntCounter,
-    canary_stats: Arc<CanaryStats>,
+    /// Shared with gRPC response bodies, which settle their call's outcome at its end.
+    outcomes: Arc<Outcomes>,
 }
 
 /// Counts a request whose client went away before it was answered.
@@ -203,16 +205,20 @@ struct Routed {
 
 impl Forwarder {
     fn new(snapshots: Snapshots, metrics: &Metrics, canary_stats: Arc<CanaryStats>) -> Self {
+        let outcomes = Arc::new(Outcomes {
+            snapshots: snapshots.clone(),
+            canary_stats,
+            ejections: metrics.ejections(),
+        });
         Self {
             snapshots,
-            canary_stats,
+            outcomes,
             unrouted: metrics.unrouted(),
             errors: ErrorKind::ALL.map(|k| metrics.upstream_error(k.as_str())),
             client_errors: ClientFault::ALL.map(|k| metrics.client_error(k.as_str())),
             retries: Retry::LABELS.map(|reason| metrics.retry(reason)),
             budget: RetryBudget::new(),
             budget_exhausted: metrics.retry_budget_exhausted(),
-            ejections: metrics.ejections(),
         }
     }
 
@@ -240,7 +246,7 @@ impl Forwarder {
         let mut tries = Tries::default();
         loop {
             let Some(route) = self.route(&out, &tries, &mut rng, now) else {
-                return self.exhausted(tries, start);
+                return self.exhausted(tries, out.grpc.is_some(), start);
             };
             if !out.is_prepared() {
                 if let Err(error) = out.prepare(&route.settings, &conn.client).await {
@@ -252,7 +258,7 @@ impl Forwarder {
                 self.retries[retry.reason()].inc();
                 // The client may yet be served, but the attempt still failed where it went.
                 if let (Role::Canary, Some(status)) = (role, retry.endpoint_status()) {
-                    self.canary_stats.record(status.as_u16());
+                    self.outcomes.canary_stats.record(status.as_u16());
                 }
             }
             let failure = match self.attempt(&mut out, &route, conn, start).await {
@@ -284,13 +290,13 @@ impl Forwarder {
     }
 
     /// Nothing (more) to route to: the last failure's answer, or 503 if there was none.
-    fn exhausted(&self, tries: Tries, start: Instant) -> Response<ResponseBody> {
+    fn exhausted(&self, tries: Tries, grpc: bool, start: Instant) -> Response<ResponseBody> {
         match tries.last_failure() {
-            Some((retry, failed, role)) => self.give_up(retry, failed.metrics(), role, start),
+            Some((retry, failed, role)) => self.give_up(retry, failed.metrics(), role, grpc, start),
             None => {
                 let error = ProxyError::NoEndpoints;
                 self.count(&error);
-                self.local_error(&error, &self.unrouted, Role::Stable, start)
+                self.local_error(&error, &self.unrouted, Role::Stable, grpc, start)
             }
         }
     }

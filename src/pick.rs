@@ -121,6 +121,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::snapshot::{EndpointSpec, EndpointState, Listed, Settings, Split, Version, Weight};
+    use crate::upstream::Protocol;
 
     fn endpoint(addr: &str, version: &str) -> Arc<Endpoint> {
         let metrics = Metrics::new();
@@ -131,9 +132,11 @@ mod tests {
             state: EndpointState::Ready,
             name: None,
             image: None,
+            protocol: None,
         };
         Arc::new(Endpoint::new(
             &spec,
+            Protocol::Http1,
             Arc::new(metrics.version(&v)),
             Arc::default(),
         ))

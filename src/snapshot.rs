@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use crate::grpc::FailureCodes;
+use crate::upstream::Protocol;
+
 pub use endpoint::{Endpoint, InFlight};
 pub use publisher::{Desired, Publisher, Snapshots};
 
@@ -158,6 +161,9 @@ pub struct EndpointSpec {
     pub name: Option<Arc<str>>,
     /// The container image tag behind the version, when the source knows it; for display.
     pub image: Option<Arc<str>>,
+    /// How to speak to it, when the source says (an EndpointSlice port's `appProtocol`, a static
+    /// endpoint's `protocol`); else `upstream.protocol` applies.
+    pub protocol: Option<Protocol>,
 }
 
 /// Forwarding settings that a config reload may change; they travel in the snapshot so that a
@@ -182,6 +188,12 @@ pub struct Settings {
     pub expose_version_header: bool,
     /// An endpoint's response with more header lines than this is refused, on both paths.
     pub max_response_headers: usize,
+    /// The protocol of endpoints whose source does not name one.
+    pub protocol: Protocol,
+    /// HTTP/1.1 connections open to one endpoint at most (in use and idle).
+    pub max_connections_per_endpoint: usize,
+    /// The gRPC statuses that count as the endpoint's failure (passive health, canary abort).
+    pub grpc_failures: FailureCodes,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -226,6 +238,9 @@ impl Default for Settings {
             slow_start: Duration::ZERO,
             expose_version_header: false,
             max_response_headers: crate::upstream::framing::DEFAULT_MAX_HEADERS,
+            protocol: Protocol::Http1,
+            max_connections_per_endpoint: crate::upstream::DEFAULT_MAX_CONNECTIONS,
+            grpc_failures: FailureCodes::default(),
         }
     }
 }
@@ -270,9 +285,15 @@ impl CanaryStats {
     /// Counts one canary response; 5xx (including tidegate's own 502/504) is an error.
     #[inline]
     pub fn record(&self, status: u16) {
+        self.record_outcome(status >= 500);
+    }
+
+    /// Counts one canary outcome judged otherwise (a gRPC call by its `grpc-status`).
+    #[inline]
+    pub fn record_outcome(&self, failed: bool) {
         // Relaxed: independent counters, read as a pair only approximately.
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
+        if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -496,7 +517,9 @@ mod tests {
                     state,
                     name: None,
                     image: None,
+                    protocol: None,
                 },
+                Protocol::Http1,
                 Arc::new(metrics.version(&v)),
                 Arc::default(),
             )),

@@ -1,7 +1,8 @@
-//! Connections to one endpoint: connect with a deadline, and lock-free pools of idle keep-alive
-//! connections.
+//! Connections to one endpoint: connect with a deadline, lock-free pools of idle keep-alive
+//! HTTP/1.1 connections, and multiplexed HTTP/2 connections for endpoints that speak h2c.
 //!
-//! Two kinds of connection, two pools. A request whose body is in memory (none, or a small one kept
+//! An endpoint speaks one [`Protocol`]. To an HTTP/2 endpoint every request is a stream on a shared
+//! connection ([`h2`]). To an HTTP/1.1 endpoint, two kinds of connection, two pools. A request whose body is in memory (none, or a small one kept
 //! for replay) takes the lean path in [`h1`]: the exchange runs in the request's own task. A request
 //! that streams its body, or asks for an upgrade, goes through hyper's client, whose connection
 //! task writes the body while the response streams back. Either is sent through one
@@ -15,6 +16,7 @@ mod chunked;
 mod client_body;
 pub mod framing;
 pub mod h1;
+pub mod h2;
 pub mod transport;
 
 pub use client_body::{BodyError, ClientBody};
@@ -22,7 +24,7 @@ pub use transport::{Answer, Outbound, SendError, Transport};
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +44,11 @@ pub type Sender = http1::SendRequest<RequestBody>;
 /// Idle connections kept per endpoint; more are closed when they become idle.
 const MAX_IDLE: usize = 64;
 
+/// `upstream.max_connections_per_endpoint` unless configured: HTTP/1.1 connections to one endpoint,
+/// in use and idle. nginx's default `worker_connections` is 512 for everything a worker does; a
+/// pod's accept backlog is often 128 or less.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -51,12 +58,66 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    /// The HTTP/2 connect that this request waited on, together with others, failed.
+    #[error("{0}")]
+    Shared(Arc<ConnectError>),
 }
 
 impl ConnectError {
     /// The endpoint refused the connection: nothing listens there.
     pub fn is_refused(&self) -> bool {
-        matches!(self, ConnectError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+        match self {
+            ConnectError::Io(e) => e.kind() == io::ErrorKind::ConnectionRefused,
+            ConnectError::Shared(e) => e.is_refused(),
+            _ => false,
+        }
+    }
+
+    /// The connection was not established in time.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ConnectError::Timeout(_) => true,
+            ConnectError::Shared(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+}
+
+/// How tidegate speaks to an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, over cleartext TCP (gRPC servers speak it).
+    H2c,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+        }
+    }
+
+    /// The protocol a configuration value names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "http1" => Some(Protocol::Http1),
+            "h2c" => Some(Protocol::H2c),
+            _ => None,
+        }
+    }
+
+    /// The protocol an EndpointSlice port's `appProtocol` names (KEP-3726's `kubernetes.io/h2c`,
+    /// and `grpc`, which is always HTTP/2); `None` for anything else, which leaves the default.
+    pub fn from_app_protocol(app_protocol: &str) -> Option<Self> {
+        match app_protocol {
+            "kubernetes.io/h2c" | "grpc" => Some(Protocol::H2c),
+            "http" | "kubernetes.io/http" => Some(Protocol::Http1),
+            _ => None,
+        }
     }
 }
 
@@ -77,9 +138,11 @@ pub struct Checkout {
     pub reused: bool,
 }
 
-/// Idle connections to one address.
+/// The connections to one address.
 pub struct Pool {
     address: SocketAddr,
+    protocol: Protocol,
+    h2: h2::Pool,
     /// Allocated on first use: most endpoints of a large snapshot never see a connection from
     /// this instance, and building a snapshot should not pay for their queues.
     idle: OnceLock<ArrayQueue<Sender>>,
@@ -87,23 +150,39 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(address: SocketAddr) -> Self {
+    pub fn new(address: SocketAddr, protocol: Protocol) -> Self {
         Self {
             address,
+            protocol,
+            h2: h2::Pool::default(),
             idle: OnceLock::new(),
             idle_h1: OnceLock::new(),
         }
     }
 
-    /// An idle connection of the kind `path` needs, or a new one (connected within
-    /// `connect_timeout`; a new hyper connection refuses responses with more than `max_headers`
-    /// header lines, the limit the lean path applies per exchange).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// A stream on an HTTP/2 endpoint's shared connection; else an idle connection of the kind
+    /// `path` needs, or a new one (connected within `connect_timeout`; a new hyper connection
+    /// refuses responses with more than `max_headers` header lines, the limit the lean path applies
+    /// per exchange).
     pub async fn checkout(
         &self,
         path: Path,
         connect_timeout: Duration,
         max_headers: usize,
     ) -> Result<Checkout, ConnectError> {
+        if self.protocol == Protocol::H2c {
+            let (stream, reused) = self.h2.checkout(self.address, connect_timeout).await?;
+            let transport = Transport::H2 {
+                stream: Some(stream),
+                address: self.address,
+                rewind: None,
+            };
+            return Ok(Checkout { transport, reused });
+        }
         let (transport, reused) = match path {
             Path::Lean => {
                 let (conn, reused) = self.checkout_h1(connect_timeout).await?;
@@ -174,6 +253,11 @@ impl Pool {
         if let Some(queue) = self.idle_h1.get() {
             while queue.pop().is_some() {}
         }
+    }
+
+    /// Open HTTP/2 connections.
+    pub fn h2_connections(&self) -> usize {
+        self.h2.open()
     }
 
     /// Idle connections currently pooled.

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs, only when missing: Debian's `prometheus` (it
 # ships `promtool`) for tests/proxy/prometheus.rs, which runs the shipped dashboard and rules
-# against a real Prometheus and fails when it is absent. Needs root (apt-get) only to install.
+# against a real Prometheus and fails when it is absent; Debian's `python3-grpcio` for the real
+# gRPC server and client of tests/grpc/fixture.py, run with Debian's own `/usr/bin/python3` (a
+# pyenv or venv python3 on PATH would not see the package). Needs root (apt-get) only to install.
 set -euo pipefail
+packages=()
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    packages+=(prometheus)
+fi
+if ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+    packages+=(python3-grpcio)
+fi
+if ((${#packages[@]})); then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
 fi

@@ -10,10 +10,11 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
+use crate::grpc::{Code, FailureCodes};
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Version, Weight};
-use crate::upstream::framing;
+use crate::upstream::{self, framing, Protocol};
 
 use super::duration::{self, Dur};
 use super::scalar::{validated, Scalar};
@@ -50,6 +51,31 @@ pub(super) struct RawConfig {
     expose_version_header: bool,
     #[serde(default)]
     upstream: RawUpstream,
+    #[serde(default)]
+    grpc: RawGrpc,
+}
+
+/// gRPC semantics.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrpc {
+    #[serde(default, deserialize_with = "failure_codes")]
+    failure_codes: FailureCodes,
+}
+
+fn failure_codes<'de, D: Deserializer<'de>>(d: D) -> Result<FailureCodes, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    let codes = names
+        .iter()
+        .map(|name| {
+            Code::from_name(name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "grpc.failure_codes: {name:?} is not a gRPC status name such as UNAVAILABLE"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FailureCodes::new(codes))
 }
 
 /// How tidegate talks to endpoints.
@@ -61,14 +87,47 @@ struct RawUpstream {
         deserialize_with = "max_response_headers"
     )]
     max_response_headers: usize,
+    #[serde(default, deserialize_with = "protocol")]
+    protocol: Protocol,
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "max_connections"
+    )]
+    max_connections_per_endpoint: usize,
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
             max_response_headers: default_max_response_headers(),
+            protocol: Protocol::default(),
+            max_connections_per_endpoint: default_max_connections(),
         }
     }
+}
+
+fn protocol<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+    validated(d, "a protocol", |s| match s {
+        Scalar::Str(name) => {
+            Protocol::from_name(name).ok_or_else(|| "must be `http1` or `h2c`".to_owned())
+        }
+        _ => Err("must be `http1` or `h2c`".to_owned()),
+    })
+}
+
+fn optional_protocol<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    protocol(d).map(Some)
+}
+
+fn default_max_connections() -> usize {
+    upstream::DEFAULT_MAX_CONNECTIONS
+}
+
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    validated(d, "a number of connections", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => Ok(n as usize),
+        _ => Err("must be a whole number from 1 to 65535".to_owned()),
+    })
 }
 
 fn default_max_response_headers() -> usize {
@@ -245,6 +304,8 @@ struct RawEndpoint {
     ready: bool,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default, deserialize_with = "optional_protocol")]
+    protocol: Option<Protocol>,
 }
 
 fn yes() -> bool {
@@ -669,6 +730,7 @@ impl RawConfig {
                             EndpointState::NotReady
                         },
                         name: e.name.map(Arc::from),
+                        protocol: e.protocol,
                         image: None,
                     })
                     .collect(),
@@ -728,6 +790,9 @@ impl RawConfig {
             },
             reload_interval: self.reload.interval.0,
             max_response_headers: self.upstream.max_response_headers,
+            protocol: self.upstream.protocol,
+            max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,
+            grpc_failures: self.grpc.failure_codes,
         })
     }
 }

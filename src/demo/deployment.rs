@@ -212,6 +212,7 @@ impl Deployment {
                     version,
                     state,
                     name: Some(p.name.clone()),
+                    protocol: None,
                 })
             })
             .collect();

@@ -454,6 +454,7 @@ impl State {
                     state,
                     name: e.pod.as_deref().map(Arc::from),
                     image,
+                    protocol: e.protocol,
                 }
             })
             .collect();

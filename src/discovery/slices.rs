@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use crate::config::PortRef;
+use crate::upstream::Protocol;
 
 /// What the slices say about an endpoint's readiness (EndpointConditions, KEP-1672).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct SliceEndpoint {
     /// The pod behind it (`targetRef` of kind Pod).
     pub pod: Option<String>,
     pub condition: Condition,
+    /// What the port's `appProtocol` says to speak, if it names a protocol tidegate knows.
+    pub protocol: Option<Protocol>,
 }
 
 /// Something in a slice that was skipped, with enough to say where.
@@ -74,7 +77,7 @@ pub fn merge<'a>(
             });
             continue;
         }
-        let Some(port) = slice_port(slice, port) else {
+        let Some((port, protocol)) = slice_port(slice, port) else {
             skipped.push(Skipped::NoPort { slice: name });
             continue;
         };
@@ -104,6 +107,7 @@ pub fn merge<'a>(
                     address: SocketAddr::new(ip, port),
                     pod: pod.clone(),
                     condition,
+                    protocol,
                 };
                 match merged.get(&found.address) {
                     Some((seen, _)) if *seen >= recency => {}
@@ -119,17 +123,23 @@ pub fn merge<'a>(
     (endpoints, skipped)
 }
 
-fn slice_port(slice: &EndpointSlice, wanted: Option<&PortRef>) -> Option<u16> {
+/// The port to send to, and the protocol its `appProtocol` names.
+fn slice_port(slice: &EndpointSlice, wanted: Option<&PortRef>) -> Option<(u16, Option<Protocol>)> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let found = match wanted {
         None => ports.first(),
         Some(PortRef::Name(name)) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
         Some(PortRef::Number(n)) => ports.iter().find(|p| p.port == Some(i32::from(*n))),
     }?;
-    found
+    let port = found
         .port
         .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
+        .filter(|p| *p != 0)?;
+    let protocol = found
+        .app_protocol
+        .as_deref()
+        .and_then(Protocol::from_app_protocol);
+    Some((port, protocol))
 }
 
 fn condition(endpoint: &Endpoint) -> Condition {

@@ -9,13 +9,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use tower_service::Service;
 
+use crate::grpc;
 use crate::snapshot::InFlight;
-use crate::upstream::{framing, h1::ExchangeError, Answer, ConnectError, RequestBody, SendError};
+use crate::upstream::{
+    framing, h1::ExchangeError, Answer, ConnectError, Protocol, RequestBody, SendError,
+};
 
 use super::body::{ResponseBody, UpstreamBody};
 use super::error::{ClientError, ClientFault, ProxyError};
+use super::outcome::{GrpcVerdict, Outcome};
 use super::outgoing::Outgoing;
-use super::respond::Outcome;
 use super::retry::{self, Charge, Decision, Failed, Retry, Tries};
 use super::{Conn, Forwarder, Routed};
 
@@ -52,6 +55,13 @@ impl Forwarder {
         start: Instant,
     ) -> Attempted {
         let settings = &route.settings;
+        if out.wants_upgrade() && route.endpoint.pool().protocol() == Protocol::H2c {
+            // tidegate's configuration, not the endpoint's failure: no health, no retry.
+            let error = ProxyError::UpgradeToHttp2;
+            self.count(&error);
+            let (metrics, grpc) = (route.endpoint.metrics(), out.grpc.is_some());
+            return Attempted::Done(self.local_error(&error, metrics, route.role, grpc, start));
+        }
         let in_flight = route.endpoint.begin();
         let checkout = route.endpoint.pool().checkout(
             out.path(),
@@ -66,6 +76,10 @@ impl Forwarder {
         let sent = match poll_fn(|cx| transport.poll_ready(cx)).await {
             Ok(()) => transport.call(out.outbound(settings)).await,
             Err(error) => Err(error),
+        };
+        let sent = match sent {
+            Err(error) => Err(transport.recover(error).await),
+            sent => sent,
         };
         match sent {
             Ok(answer) => self.answered(answer, out, route, in_flight, conn, start),
@@ -129,9 +143,18 @@ impl Forwarder {
                     response.map(|b| UpstreamBody::hyper(b, sender, in_flight, role, start));
                 (response, false)
             }
+            Answer::H2(response, stream) => {
+                // h2 refuses connection-specific headers as it parses.
+                let response =
+                    response.map(|b| UpstreamBody::h2(b, stream, in_flight, role, start));
+                (response, true)
+            }
         };
         let mut response = response.map(Either::Left);
         self.finish(&mut response, route, clean);
+        if out.grpc.is_some() && grpc::is_grpc(response.headers()) {
+            return self.grpc_answered(response, route);
+        }
         let status = response.status();
         let outcome = if status.is_server_error() {
             Outcome::Failed
@@ -151,6 +174,24 @@ impl Forwarder {
             });
         }
         self.record(route.endpoint.metrics(), role, status.as_u16());
+        Attempted::Done(response)
+    }
+
+    /// A gRPC call answered: judged by its `grpc-status`, in the head of a trailers-only
+    /// response, else in the trailers at the end of its body.
+    fn grpc_answered(&self, mut response: Response<ResponseBody>, route: &Routed) -> Attempted {
+        let verdict = GrpcVerdict {
+            outcomes: self.outcomes.clone(),
+            outlier: route.settings.outlier,
+            failures: route.settings.grpc_failures,
+            now: route.now,
+            status: response.status().as_u16(),
+        };
+        match (grpc::status(response.headers()), response.body_mut()) {
+            (Some(code), _) => verdict.settle(&route.endpoint, route.role, code),
+            (None, Either::Left(body)) => body.judge(verdict),
+            (None, Either::Right(_)) => {}
+        }
         Attempted::Done(response)
     }
 
@@ -239,7 +280,10 @@ impl Forwarder {
                         self.record(metrics, route.role, response.status().as_u16());
                         *response
                     }
-                    Cause::Error(error, _) => self.local_error(&error, metrics, route.role, start),
+                    Cause::Error(error, _) => {
+                        let grpc = out.grpc.is_some();
+                        self.local_error(&error, metrics, route.role, grpc, start)
+                    }
                 });
             }
         };

@@ -14,8 +14,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::grpc::{self, Code};
 use crate::snapshot::{Endpoint, InFlight, Role};
-use crate::upstream::{h1, Sender};
+use crate::upstream::{h1, h2, Sender};
+
+use super::outcome::GrpcVerdict;
 
 /// What tidegate answers clients with.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -29,6 +32,8 @@ pub struct UpstreamBody {
     in_flight: InFlight,
     role: Role,
     start: Instant,
+    /// A gRPC call whose `grpc-status` is still to come (in the trailers).
+    grpc: Option<Box<GrpcVerdict>>,
 }
 
 /// Where the body comes from: hyper's client connection (with its handle, for reuse), or a
@@ -39,6 +44,11 @@ enum Inner {
         sender: Option<Sender>,
     },
     H1(h1::ResponseBody),
+    /// A stream on a shared HTTP/2 connection, counted on it until the body ends.
+    H2 {
+        body: Incoming,
+        _stream: h2::StreamGuard,
+    },
 }
 
 /// Why a response body broke off.
@@ -62,11 +72,41 @@ impl UpstreamBody {
             body,
             sender: Some(sender),
         };
+        Self::new(inner, in_flight, role, start)
+    }
+
+    fn new(inner: Inner, in_flight: InFlight, role: Role, start: Instant) -> Self {
         Self {
             inner,
             in_flight,
             role,
             start,
+            grpc: None,
+        }
+    }
+
+    pub(super) fn h2(
+        body: Incoming,
+        stream: h2::StreamGuard,
+        in_flight: InFlight,
+        role: Role,
+        start: Instant,
+    ) -> Self {
+        let inner = Inner::H2 {
+            body,
+            _stream: stream,
+        };
+        Self::new(inner, in_flight, role, start)
+    }
+
+    /// Judges the gRPC call by the status its trailers will carry.
+    pub(super) fn judge(&mut self, verdict: GrpcVerdict) {
+        self.grpc = Some(Box::new(verdict));
+    }
+
+    fn settle(&mut self, code: Code) {
+        if let Some(verdict) = self.grpc.take() {
+            verdict.settle(self.in_flight.endpoint(), self.role, code);
         }
     }
 
@@ -76,12 +116,7 @@ impl UpstreamBody {
         role: Role,
         start: Instant,
     ) -> Self {
-        Self {
-            inner: Inner::H1(body),
-            in_flight,
-            role,
-            start,
-        }
+        Self::new(Inner::H1(body), in_flight, role, start)
     }
 
     /// The exchange completed: the connection may serve the next request.
@@ -97,6 +132,8 @@ impl UpstreamBody {
                     self.in_flight.endpoint().pool().put_h1(conn);
                 }
             }
+            // The stream's guard goes with the body; the connection stays shared.
+            Inner::H2 { .. } => {}
         }
     }
 }
@@ -122,7 +159,23 @@ impl Body for UpstreamBody {
             Inner::H1(body) => {
                 ready!(body.poll_frame(cx)).map(|f| f.map_err(UpstreamBodyError::from))
             }
+            Inner::H2 { body, .. } => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(UpstreamBodyError::from))
+            }
         };
+        if this.grpc.is_some() {
+            // The call's status: from its trailers; missing ones are `UNKNOWN` (gRPC over HTTP/2
+            // requires them); a broken stream is `UNAVAILABLE`, as a gRPC client reports it.
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        this.settle(grpc::status(trailers).unwrap_or(Code::UNKNOWN));
+                    }
+                }
+                Some(Err(_)) => this.settle(Code::UNAVAILABLE),
+                None => this.settle(Code::UNKNOWN),
+            }
+        }
         // Trailers are always the last frame, and the server may stop polling after them.
         let last = match &frame {
             None => true,
@@ -137,14 +190,14 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Hyper { body, .. } | Inner::H2 { body, .. } => body.is_end_stream(),
             Inner::H1(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Hyper { body, .. } | Inner::H2 { body, .. } => body.size_hint(),
             Inner::H1(body) => body.size_hint(),
         }
     }
@@ -157,6 +210,13 @@ impl Drop for UpstreamBody {
         if self.is_end_stream() {
             self.complete();
         }
+        // Dropped before its status arrived: ended without trailers, or cancelled by the client.
+        let code = if self.is_end_stream() {
+            Code::UNKNOWN
+        } else {
+            Code::CANCELLED
+        };
+        self.settle(code);
         self.in_flight
             .endpoint()
             .metrics()

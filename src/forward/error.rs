@@ -85,6 +85,9 @@ pub enum ProxyError {
     Reset(hyper::Error),
     #[error("upstream sent an invalid response: {0}")]
     Protocol(hyper::Error),
+    /// An HTTP/1.1 upgrade (WebSocket) routed to an endpoint that speaks HTTP/2.
+    #[error("the endpoint speaks HTTP/2 (h2c), which cannot carry an HTTP/1.1 upgrade")]
+    UpgradeToHttp2,
     /// A lean-path exchange failed (see `upstream::h1`).
     #[error("upstream exchange failed before a response: {0}")]
     Exchange(#[from] ExchangeError),
@@ -94,11 +97,11 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoEndpoints => ErrorKind::NoEndpoints,
-            ProxyError::Connect(ConnectError::Timeout(_)) => ErrorKind::ConnectTimeout,
+            ProxyError::Connect(e) if e.is_timeout() => ErrorKind::ConnectTimeout,
             ProxyError::Connect(_) => ErrorKind::Connect,
             ProxyError::Timeout(_) => ErrorKind::Timeout,
             ProxyError::Reset(_) => ErrorKind::Reset,
-            ProxyError::Protocol(_) => ErrorKind::Protocol,
+            ProxyError::Protocol(_) | ProxyError::UpgradeToHttp2 => ErrorKind::Protocol,
             ProxyError::Exchange(ExchangeError::Io { .. }) => ErrorKind::Reset,
             ProxyError::Exchange(ExchangeError::Invalid(_)) => ErrorKind::Protocol,
             ProxyError::Exchange(ExchangeError::Timeout) => ErrorKind::Timeout,

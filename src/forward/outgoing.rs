@@ -2,12 +2,15 @@
 //! body either in memory (the lean path: the request itself is what a retry sends) or streaming
 //! (hyper's path: sent once, unless a small copy was kept for replay).
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request};
+use http::{header, HeaderMap, HeaderValue, Request};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::grpc;
 use crate::snapshot::Settings;
 use crate::upstream::{h1, ClientBody, Outbound, Path, RequestBody};
 
@@ -23,7 +26,21 @@ pub(super) struct Outgoing {
     /// The client asked for a protocol upgrade (taken when the endpoint agrees).
     pub(super) upgrade: Option<ClientUpgrade>,
     prepared: Option<Prepared>,
+    /// The client sent `te: trailers` (a hop-by-hop header, removed as the request is prepared).
+    te_trailers: bool,
+    /// A gRPC call: its outcome is its `grpc-status`, and tidegate's own errors are gRPC ones.
+    pub(super) grpc: Option<GrpcCall>,
 }
+
+/// What tidegate needs to know of a gRPC call.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GrpcCall {
+    /// The client's deadline (`grpc-timeout`), which bounds the wait for the response head.
+    pub(super) timeout: Option<Duration>,
+}
+
+/// An empty body, for requests that have none.
+static NO_BODY: Bytes = Bytes::new();
 
 /// How the request is sent, decided on its first attempt.
 enum Prepared {
@@ -36,6 +53,10 @@ enum Prepared {
 impl Outgoing {
     /// The admitted request, with its Host (see [`request::admit`]).
     pub(super) fn new(req: Request<Incoming>, host: Option<HeaderValue>) -> Self {
+        let te_trailers = req.headers().get(header::TE).is_some_and(asks_for_trailers);
+        let grpc = grpc::is_grpc(req.headers()).then(|| GrpcCall {
+            timeout: grpc::timeout(req.headers()),
+        });
         let mut req = req.map(|body| Either::Left(ClientBody::new(body)));
         let upgrade = upgrade::requested(&mut req);
         Self {
@@ -43,6 +64,8 @@ impl Outgoing {
             host,
             upgrade,
             prepared: None,
+            te_trailers,
+            grpc,
         }
     }
 
@@ -73,7 +96,9 @@ impl Outgoing {
             return Ok(());
         }
         request::prepare(req, client, self.host.take());
-        if let Either::Left(body) = req.body_mut() {
+        // A gRPC stream may be quiet for as long as the application likes (a client streaming
+        // now and then); only a plain request body must keep arriving.
+        if let (Either::Left(body), None) = (req.body_mut(), self.grpc) {
             body.set_idle_timeout(settings.body_read_timeout);
         }
         request::frame_streamed_body(req);
@@ -98,8 +123,9 @@ impl Outgoing {
 
     /// The request for one attempt through an upstream transport.
     pub(super) fn outbound(&mut self, settings: &Settings) -> Outbound<'_> {
-        let deadline = tokio::time::Instant::now() + settings.request_timeout;
-        let (body, added): (&[u8], _) = match &self.prepared {
+        let request_timeout = self.request_timeout(settings);
+        let deadline = tokio::time::Instant::now() + request_timeout;
+        let (body, added): (&Bytes, _) = match &self.prepared {
             Some(Prepared::Lean(body, Some(f))) => (
                 body,
                 h1::Added {
@@ -108,16 +134,33 @@ impl Outgoing {
                 },
             ),
             Some(Prepared::Lean(body, None)) => (body, h1::Added::default()),
-            _ => (&[], h1::Added::default()),
+            _ => (&NO_BODY, h1::Added::default()),
         };
         Outbound {
             request: &mut self.req,
             added,
             body,
             deadline,
-            request_timeout: settings.request_timeout,
+            request_timeout,
             max_headers: settings.max_response_headers,
+            in_place: matches!(self.prepared, Some(Prepared::Lean(..))),
+            te_trailers: self.te_trailers,
+            replay_limit: usize::try_from(settings.retry.max_replay_body).unwrap_or(usize::MAX),
         }
+    }
+
+    /// How long the response head may take: `timeouts.request`, or the gRPC client's deadline when
+    /// that is sooner (nothing is gained by waiting for an answer the client no longer wants).
+    pub(super) fn request_timeout(&self, settings: &Settings) -> Duration {
+        match self.grpc.and_then(|call| call.timeout) {
+            Some(deadline) => deadline.min(settings.request_timeout),
+            None => settings.request_timeout,
+        }
+    }
+
+    /// The request asks to upgrade the connection (HTTP/2 endpoints cannot take that).
+    pub(super) fn wants_upgrade(&self) -> bool {
+        self.upgrade.is_some()
     }
 
     /// Whether the request could be sent again after an attempt that took it: the lean path
@@ -139,4 +182,12 @@ impl Outgoing {
             _ => {}
         }
     }
+}
+
+/// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4).
+fn asks_for_trailers(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
 }

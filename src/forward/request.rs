@@ -171,6 +171,7 @@ pub(super) fn prepare_response<B>(resp: &mut Response<B>) {
 pub(super) fn for_client_hop<B>(resp: &mut Response<B>) {
     let via = match resp.version() {
         Version::HTTP_10 => "1.0 tidegate",
+        Version::HTTP_2 => "2 tidegate",
         _ => "1.1 tidegate",
     };
     *resp.version_mut() = Version::HTTP_11;

@@ -4,25 +4,19 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::grpc;
 use crate::metrics::VersionMetrics;
 use crate::snapshot::Role;
 
 use super::body::{self, ResponseBody};
-use super::error::{ClientError, ClientFault, ProxyError};
+use super::error::{ClientError, ClientFault, ErrorKind, ProxyError};
+use super::outcome::Outcome;
 use super::request;
 use super::retry::Retry;
 use super::{Forwarder, Routed, VERSION_HEADER};
-
-/// An attempt's result, as passive health sees it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
-    Passed,
-    Failed,
-    /// Nothing listens there: ejects at once.
-    Refused,
-}
 
 impl Forwarder {
     /// An endpoint's response made ready for the client: this hop's headers, the sticky cookie
@@ -52,27 +46,9 @@ impl Forwarder {
 
     /// Feeds an attempt's outcome to passive health; may eject the endpoint.
     pub(super) fn observe_health(&self, route: &Routed, outcome: Outcome) {
-        let Some(policy) = route.settings.outlier else {
-            return;
-        };
-        let endpoint = &route.endpoint;
-        if outcome == Outcome::Passed {
-            endpoint.health().success();
-            return;
-        }
-        // Failure path only: one more snapshot load to size the version.
-        let size = self
-            .snapshots
-            .load()
-            .version_group(endpoint.version().as_str())
-            .map_or(1, |g| g.endpoints.len());
-        if endpoint
-            .health()
-            .failure(route.now, &policy, size, outcome == Outcome::Refused)
-        {
-            self.ejections.inc();
-            tracing::warn!(endpoint = %endpoint.address(), version = %endpoint.version(), "ejected after consecutive failures");
-        }
+        let settings = &route.settings;
+        self.outcomes
+            .health(&route.endpoint, settings.outlier, route.now, outcome);
     }
 
     /// Takes a retry from the budget, counting a refusal.
@@ -91,6 +67,7 @@ impl Forwarder {
         retry: Retry,
         metrics: &VersionMetrics,
         role: Role,
+        grpc: bool,
         start: Instant,
     ) -> Response<ResponseBody> {
         match retry {
@@ -99,7 +76,7 @@ impl Forwarder {
                 *response
             }
             Retry::Failed(error) | Retry::Stale(error) => {
-                self.local_error(&error, metrics, role, start)
+                self.local_error(&error, metrics, role, grpc, start)
             }
         }
     }
@@ -111,10 +88,7 @@ impl Forwarder {
     /// Counts a response: the metric by version, role and code, and the canary's outcome.
     #[inline]
     pub(super) fn record(&self, metrics: &VersionMetrics, role: Role, status: u16) {
-        metrics.count(status, role);
-        if role == Role::Canary {
-            self.canary_stats.record(status);
-        }
+        self.outcomes.record(metrics, role, status);
     }
 
     /// The answer to a request that failed through the client's fault: counted as the client's,
@@ -145,18 +119,35 @@ impl Forwarder {
         response
     }
 
-    /// tidegate's own answer for a request it could not forward.
+    /// tidegate's own answer for a request it could not forward: a 502/503/504, or to a gRPC
+    /// client a trailers-only gRPC error (`UNAVAILABLE`, or `DEADLINE_EXCEEDED` for a timeout) with
+    /// the reason in `grpc-message`, as Envoy answers, so the client sees a status and not a
+    /// protocol error.
     pub(super) fn local_error(
         &self,
         error: &ProxyError,
         metrics: &VersionMetrics,
         role: Role,
+        grpc: bool,
         start: Instant,
     ) -> Response<ResponseBody> {
         let kind = error.kind();
-        self.record(metrics, role, kind.status().as_u16());
         metrics.observe(start.elapsed(), role);
-        error_response(kind.status(), kind.as_str(), error)
+        if !grpc {
+            self.record(metrics, role, kind.status().as_u16());
+            return error_response(kind.status(), kind.as_str(), error);
+        }
+        let code = match kind {
+            ErrorKind::Timeout | ErrorKind::ConnectTimeout => grpc::Code::DEADLINE_EXCEEDED,
+            _ => grpc::Code::UNAVAILABLE,
+        };
+        self.outcomes
+            .record_grpc(metrics, role, StatusCode::OK.as_u16(), code, true);
+        let mut response = Response::new(body::local(Bytes::new()));
+        let headers = response.headers_mut();
+        *headers = grpc::trailers_only(code, &format!("tidegate: {error}"));
+        headers.insert("x-tidegate-error", HeaderValue::from_static(kind.as_str()));
+        response
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::VersionMetrics;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Protocol};
 
 use http::HeaderValue;
 
@@ -31,9 +31,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A cell for what `spec` describes (its state aside, which belongs to each snapshot).
+    /// A cell for what `spec` describes (its state aside, which belongs to each snapshot), spoken
+    /// to in `protocol`.
     pub fn new(
         spec: &EndpointSpec,
+        protocol: Protocol,
         metrics: Arc<VersionMetrics>,
         version_health: Arc<VersionHealth>,
     ) -> Self {
@@ -44,7 +46,7 @@ impl Endpoint {
             image: spec.image.clone(),
             in_flight: AtomicUsize::new(0),
             metrics,
-            pool: Pool::new(spec.address),
+            pool: Pool::new(spec.address, protocol),
             sticky_cookie: HeaderValue::try_from(format!(
                 "{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
                 spec.version

@@ -95,7 +95,13 @@ impl Publisher {
         let mut listed = Vec::with_capacity(entries.len());
         for (spec, role) in entries {
             let key = (spec.address, spec.version.clone());
-            let endpoint = match self.endpoints.remove(&key) {
+            let protocol = spec.protocol.unwrap_or(desired.settings.protocol);
+            // A cell speaks one protocol: an endpoint that changed protocol is a new endpoint.
+            let existing = self
+                .endpoints
+                .remove(&key)
+                .filter(|e| e.pool().protocol() == protocol);
+            let endpoint = match existing {
                 Some(existing) => existing,
                 None => {
                     let (metrics, health) = self
@@ -108,7 +114,7 @@ impl Publisher {
                             )
                         })
                         .clone();
-                    Arc::new(Endpoint::new(&spec, metrics, health))
+                    Arc::new(Endpoint::new(&spec, protocol, metrics, health))
                 }
             };
             if !live_versions.contains(&spec.version) {
@@ -184,6 +190,7 @@ mod tests {
             state,
             name: None,
             image: None,
+            protocol: None,
         }
     }
 

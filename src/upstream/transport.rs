@@ -1,13 +1,14 @@
 //! One interface for "send this request to this endpoint", whatever carries it: a
 //! [`tower_service::Service`] over a checked-out connection, implemented by the lean HTTP/1.1
-//! exchange and by hyper's HTTP/1 client (and, next, by HTTP/2). `forward` sees only this.
+//! exchange, by hyper's HTTP/1 client and by hyper's HTTP/2 client. `forward` sees only this.
 //!
 //! Concrete types on the hot path: the lean exchange is a named future, so a bodyless GET sends
-//! with no boxing. hyper's client returns an unnameable future; it is boxed, on the streaming path
-//! only.
+//! with no boxing. hyper's clients return unnameable futures; they are boxed, on the streaming and
+//! HTTP/2 paths only.
 
 use std::future::Future;
 use std::mem;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +22,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use tokio::time::{Instant, Sleep};
 
+use bytes::Bytes;
+
+use tokio::sync::oneshot;
+
 use super::h1::{self, ExchangeError};
-use super::{RequestBody, Sender};
+use super::h2;
+use super::{ClientBody, RequestBody, Sender};
 
 /// A connection checked out for one request.
 pub enum Transport {
@@ -30,7 +36,25 @@ pub enum Transport {
     H1(Option<h1::Connection>),
     /// A hyper HTTP/1 client connection, whose own task writes a streamed body.
     Hyper(Option<Sender>),
+    /// A stream on a shared HTTP/2 connection to `address`; `rewind` gets a streamed request back
+    /// if the endpoint refuses its stream unprocessed.
+    H2 {
+        stream: Option<h2::Stream>,
+        address: SocketAddr,
+        rewind: Option<Box<Rewind>>,
+    },
 }
+
+/// What rebuilds a streamed request whose stream was refused: its head as it was prepared (for
+/// either protocol), and its body, returned rewound (see [`ClientBody::keep_for_return`]).
+pub struct Rewind {
+    head: Request<()>,
+    returned: oneshot::Receiver<ClientBody>,
+}
+
+/// How long a refused stream's body may take to come back from hyper's connection task, which
+/// drops it as soon as the stream ends.
+const RETURN_WAIT: Duration = Duration::from_secs(1);
 
 /// What one attempt sends.
 pub struct Outbound<'a> {
@@ -40,19 +64,28 @@ pub struct Outbound<'a> {
     /// Headers the lean path writes with the head (hyper's path has them in the request).
     pub added: h1::Added<'a>,
     /// The lean path's body, already in memory.
-    pub body: &'a [u8],
+    pub body: &'a Bytes,
     /// The lean path's response head must have arrived by then.
     pub deadline: Instant,
     /// hyper's path: the response head must arrive this long after the request body's end.
     pub request_timeout: Duration,
     /// The framing policy's header-line limit, for the lean path (hyper's connection has its own).
     pub max_headers: usize,
+    /// The request is the lean path's: it stays in place, to be sent again on a retry.
+    pub in_place: bool,
+    /// The client sent `te: trailers`: an HTTP/2 upstream gets it (gRPC servers require it).
+    pub te_trailers: bool,
+    /// A streamed body up to this size can come back for another endpoint after an HTTP/2 stream
+    /// was refused unprocessed.
+    pub replay_limit: usize,
 }
 
 /// An endpoint's answer, with what its body needs to stream and to free its connection.
 pub enum Answer {
     H1(Response<h1::ResponseBody>),
     Hyper(Response<Incoming>, Sender),
+    /// An HTTP/2 response, with the guard that counts its stream until the body ends.
+    H2(Response<Incoming>, h2::StreamGuard),
 }
 
 /// Why an attempt got no response head.
@@ -75,20 +108,59 @@ type HyperSend = Pin<
 /// An attempt under way.
 pub enum Sending {
     H1(h1::Exchange),
-    Hyper(Box<HyperSending>),
+    Hyper(Box<HyperSending<Sender>>),
+    H2(Box<HyperSending<h2::StreamGuard>>),
 }
 
-/// An attempt through hyper's client (boxed: the streaming path only).
-pub struct HyperSending {
+/// An attempt through one of hyper's clients (boxed: not the lean path). `K` is what the response
+/// keeps of the connection: an HTTP/1 handle to pool again, or an HTTP/2 stream's guard.
+pub struct HyperSending<K> {
     send: HyperSend,
-    sender: Option<Sender>,
+    keep: Option<K>,
     timer: Pin<Box<Sleep>>,
     timeout: Duration,
     /// Set when the client's body has all been read; `None`: it was complete from the start.
     body_ended: Option<Arc<AtomicBool>>,
 }
 
-impl HyperSending {
+impl<K> HyperSending<K> {
+    /// A send under way, under its response timeout.
+    fn start(
+        send: HyperSend,
+        keep: K,
+        out: &Outbound<'_>,
+        body_ended: Option<Arc<AtomicBool>>,
+    ) -> Box<Self> {
+        let timeout = out.request_timeout;
+        Box::new(HyperSending {
+            send,
+            keep: Some(keep),
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            body_ended,
+        })
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(Response<Incoming>, K), SendError>> {
+        let sent = match self.send.as_mut().poll(cx) {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => {
+                ready!(self.poll_overdue(cx));
+                return Poll::Ready(Err(SendError::Timeout));
+            }
+        };
+        Poll::Ready(match sent {
+            Ok(response) => Ok((response, self.keep.take().expect("a send completes once"))),
+            Err(mut failed) => {
+                let unsent = failed.take_message().map(Box::new);
+                Err(SendError::Hyper(failed.into_error(), unsent))
+            }
+        })
+    }
+
     /// Whether the response is overdue: the timer fired and the endpoint has had the whole
     /// request for `timeout`. While the client is still sending, the timer starts again (a
     /// stalled body fails on its own, see `ClientBody`).
@@ -117,6 +189,13 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
             Transport::Hyper(Some(sender)) => sender
                 .poll_ready(cx)
                 .map_err(|error| SendError::Hyper(error, None)),
+            Transport::H2 {
+                stream: Some(stream),
+                ..
+            } => stream
+                .sender
+                .poll_ready(cx)
+                .map_err(|error| SendError::Hyper(error, None)),
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -135,23 +214,104 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
             )),
             Transport::Hyper(sender) => {
                 let mut sender = sender.take().expect(ONCE);
-                let body_ended = match out.request.body_mut() {
-                    Either::Left(body) if !body.is_end_stream() => Some(body.watch_end()),
-                    _ => None,
+                let (request, body_ended) = take_streamed(out.request);
+                let send = Box::pin(sender.try_send_request(request));
+                Sending::Hyper(HyperSending::start(send, sender, &out, body_ended))
+            }
+            Transport::H2 {
+                stream,
+                address,
+                rewind,
+            } => {
+                let h2::Stream { mut sender, guard } = stream.take().expect(ONCE);
+                let (mut request, body_ended) = if out.in_place {
+                    (copy_lean(&out), None)
+                } else {
+                    let (mut request, body_ended) = take_streamed(out.request);
+                    *rewind = keep_for_return(&mut request, out.replay_limit);
+                    (request, body_ended)
                 };
-                let request =
-                    mem::replace(out.request, Request::new(Either::Right(Full::default())));
-                let timeout = out.request_timeout;
-                Sending::Hyper(Box::new(HyperSending {
-                    send: Box::pin(sender.try_send_request(request)),
-                    sender: Some(sender),
-                    timer: Box::pin(tokio::time::sleep(timeout)),
-                    timeout,
-                    body_ended,
-                }))
+                h2::to_http2(&mut request, *address, out.te_trailers);
+                let send = Box::pin(sender.try_send_request(request));
+                Sending::H2(HyperSending::start(send, guard, &out, body_ended))
             }
         }
     }
+}
+
+/// A copy of a streamed request's head and a return ticket for its body.
+fn keep_for_return(request: &mut Request<RequestBody>, limit: usize) -> Option<Box<Rewind>> {
+    let Either::Left(body) = request.body_mut() else {
+        return None;
+    };
+    let returned = body.keep_for_return(limit);
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    Some(Box::new(Rewind { head, returned }))
+}
+
+impl Transport {
+    /// Gives a failed HTTP/2 attempt its request back when the endpoint never processed it, so
+    /// that it can go elsewhere: the request hyper handed back unsent, in the form it was prepared
+    /// in, or one rebuilt around its returned body after a refused stream.
+    pub async fn recover(&mut self, error: SendError) -> SendError {
+        let Transport::H2 { rewind, .. } = self else {
+            return error;
+        };
+        let Some(rewind) = rewind.take() else {
+            return error;
+        };
+        let Rewind { head, returned } = *rewind;
+        match error {
+            SendError::Hyper(error, Some(unsent)) => {
+                let body = unsent.into_body();
+                SendError::Hyper(error, Some(Box::new(head.map(|()| body))))
+            }
+            SendError::Hyper(error, None) if h2::unprocessed(&error) => {
+                match tokio::time::timeout(RETURN_WAIT, returned).await {
+                    Ok(Ok(body)) => {
+                        let request = head.map(|()| Either::Left(body));
+                        SendError::Hyper(error, Some(Box::new(request)))
+                    }
+                    _ => SendError::Hyper(error, None),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Takes a streamed request out of its place, with the flag its body sets at its end.
+fn take_streamed(
+    request: &mut Request<RequestBody>,
+) -> (Request<RequestBody>, Option<Arc<AtomicBool>>) {
+    let body_ended = match request.body_mut() {
+        Either::Left(body) if !body.is_end_stream() => Some(body.watch_end()),
+        _ => None,
+    };
+    let request = mem::replace(request, Request::new(Either::Right(Full::default())));
+    (request, body_ended)
+}
+
+/// The lean path's request as hyper needs it: a copy of the head with the forwarding headers, and
+/// the body from memory (the original stays in place for a retry).
+fn copy_lean(out: &Outbound<'_>) -> Request<RequestBody> {
+    let source = &*out.request;
+    let mut request = Request::new(Either::Right(Full::new(out.body.clone())));
+    *request.method_mut() = source.method().clone();
+    *request.uri_mut() = source.uri().clone();
+    *request.headers_mut() = source.headers().clone();
+    let headers = request.headers_mut();
+    for (name, value) in out.added.replace {
+        headers.insert(name.clone(), value.clone());
+    }
+    for (name, value) in out.added.append {
+        headers.append(name.clone(), value.clone());
+    }
+    request
 }
 
 impl Future for Sending {
@@ -162,25 +322,12 @@ impl Future for Sending {
             Sending::H1(exchange) => Pin::new(exchange)
                 .poll(cx)
                 .map(|sent| sent.map(Answer::H1).map_err(SendError::from)),
-            Sending::Hyper(hyper) => {
-                let sent = match hyper.send.as_mut().poll(cx) {
-                    Poll::Ready(sent) => sent,
-                    Poll::Pending => {
-                        ready!(hyper.poll_overdue(cx));
-                        return Poll::Ready(Err(SendError::Timeout));
-                    }
-                };
-                Poll::Ready(match sent {
-                    Ok(response) => Ok(Answer::Hyper(
-                        response,
-                        hyper.sender.take().expect("a send completes once"),
-                    )),
-                    Err(mut failed) => {
-                        let unsent = failed.take_message().map(Box::new);
-                        Err(SendError::Hyper(failed.into_error(), unsent))
-                    }
-                })
-            }
+            Sending::Hyper(hyper) => hyper
+                .poll_send(cx)
+                .map_ok(|(response, sender)| Answer::Hyper(response, sender)),
+            Sending::H2(h2) => h2
+                .poll_send(cx)
+                .map_ok(|(response, guard)| Answer::H2(response, guard)),
         }
     }
 }

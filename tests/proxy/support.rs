@@ -319,6 +319,8 @@ pub struct TestProxy {
     /// A whole `discovery:` block replacing the static endpoint list.
     discovery: Option<String>,
     endpoints: Vec<(SocketAddr, String, bool)>,
+    /// Static endpoints that get `protocol: h2c`.
+    h2c: Vec<SocketAddr>,
     canary: Option<(String, f64)>,
     admin_token: AdminToken,
     /// The admin API on every interface (`0.0.0.0`) instead of loopback.
@@ -352,6 +354,18 @@ impl TestProxy {
     pub fn endpoint_at(mut self, addr: SocketAddr, version: &str) -> Self {
         self.endpoints.push((addr, version.to_owned(), true));
         self
+    }
+
+    /// An endpoint at an arbitrary address that is listed but not ready.
+    pub fn not_ready_at(mut self, addr: SocketAddr, version: &str) -> Self {
+        self.endpoints.push((addr, version.to_owned(), false));
+        self
+    }
+
+    /// An endpoint that speaks HTTP/2 with prior knowledge (`protocol: h2c`).
+    pub fn h2c_endpoint_at(mut self, addr: SocketAddr, version: &str) -> Self {
+        self.h2c.push(addr);
+        self.endpoint_at(addr, version)
     }
 
     /// Kubernetes discovery through `kubeconfig`, with extra keys (e.g. `deployment: web`).
@@ -419,8 +433,13 @@ impl TestProxy {
                     y.push_str("      []\n");
                 }
                 for (addr, version, ready) in &self.endpoints {
+                    let protocol = if self.h2c.contains(addr) {
+                        ", protocol: h2c"
+                    } else {
+                        ""
+                    };
                     y.push_str(&format!(
-                        "      - {{ address: \"{addr}\", version: {version}, ready: {ready} }}\n"
+                        "      - {{ address: \"{addr}\", version: {version}, ready: {ready}{protocol} }}\n"
                     ));
                 }
             }

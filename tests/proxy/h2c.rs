@@ -1,0 +1,317 @@
+//! Plain HTTP to endpoints that speak HTTP/2 with prior knowledge: HTTP/1.1 and HTTP/2 clients,
+//! bodies streamed both ways, trailers both ways (also between an HTTP/2 client and an HTTP/1.1
+//! endpoint), and streams the endpoint refuses unprocessed going to another endpoint with their
+//! bodies whole.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+/// An h2c app: answers `POST` with the body it read (streamed back as it arrives), the request's
+/// trailer `x-sent` echoed as `x-got`, and a trailer `x-length` with the body's length. Counts the
+/// requests it served.
+async fn h2c_echo(version: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(echo(req, version)) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, served)
+}
+
+fn echo(req: Request<Incoming>, version: &'static str) -> Response<ClientBody> {
+    let te = req.headers().get("te").cloned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        let (mut length, mut got) = (0usize, None);
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.into_data() {
+                Ok(data) => {
+                    length += data.len();
+                    if tx.send(Ok(Frame::data(data))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    got = frame
+                        .into_trailers()
+                        .ok()
+                        .and_then(|t| t.get("x-sent").cloned())
+                }
+            }
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-length", HeaderValue::from(length));
+        if let Some(got) = got {
+            trailers.insert("x-got", got);
+        }
+        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let mut response = Response::new(StreamBody::new(stream).boxed());
+    let headers = response.headers_mut();
+    headers.insert("x-version", HeaderValue::from_static(version));
+    if let Some(te) = te {
+        headers.insert("x-te", te);
+    }
+    // Announced, as RFC 9110 §6.6.2 asks: an HTTP/1.1 hop may send only announced trailers.
+    headers.insert("trailer", HeaderValue::from_static("x-length, x-got"));
+    response
+}
+
+const CHUNK: usize = 1024;
+
+/// A streamed request body: `chunks` pieces of 1 KiB, sent one by one, then trailers
+/// `x-sent: <n>`. (h2 servers count DATA frames much smaller than that as framing overhead and
+/// end a connection that sends too many.)
+fn streamed(chunks: usize) -> (ClientBody, usize) {
+    let pieces: Vec<Result<Frame<Bytes>, BoxError>> = (0..chunks)
+        .map(|i| Ok(Frame::data(Bytes::from(format!("chunk-{i:04};").repeat(CHUNK / 11)))))
+        .chain(std::iter::once(Ok(Frame::trailers({
+            let mut t = HeaderMap::new();
+            t.insert("x-sent", HeaderValue::from(chunks));
+            t
+        }))))
+        .collect();
+    (
+        StreamBody::new(futures::stream::iter(pieces)).boxed(),
+        chunks * (CHUNK / 11) * 11,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_clients_stream_bodies_and_trailers_through_an_h2c_endpoint() {
+    let (addr, served) = h2c_echo("v1").await;
+    let proxy = TestProxy::new().h2c_endpoint_at(addr, "v1").start().await;
+
+    // HTTP/2 client: a streamed upload with trailers, streamed back with the endpoint's trailers.
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    let (body, length) = streamed(200);
+    let req = Request::post(proxy.url("/upload"))
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-version"], "v1");
+    assert_eq!(
+        response.headers()["x-te"],
+        "trailers",
+        "`te: trailers` reaches an HTTP/2 endpoint"
+    );
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("the endpoint's trailers arrive");
+    assert_eq!(
+        collected.to_bytes().len(),
+        length,
+        "the body came back whole"
+    );
+    assert_eq!(trailers["x-length"], length.to_string().as_str());
+    assert_eq!(
+        trailers["x-got"], "200",
+        "the client's trailers reached the endpoint"
+    );
+
+    // HTTP/1.1 client, chunked upload with a trailer, `TE: trailers`: chunked answer with trailers.
+    let raw = raw_round_trip(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: shop\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sent: 2\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("5\r\nhello\r\n6\r\n world\r\n"), "{raw}");
+    let lower = raw.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-length: 11"),
+        "trailers for an HTTP/1.1 client: {raw}"
+    );
+    assert!(
+        lower.contains("x-got: 2"),
+        "request trailers went upstream: {raw}"
+    );
+    assert_eq!(served.load(Ordering::Relaxed), 2);
+}
+
+/// An h2c endpoint that refuses every stream with `REFUSED_STREAM` before reading its body: the
+/// signal that the request was not processed and may go elsewhere (RFC 9113 §8.7).
+async fn refusing() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // Remembers every stream it reset, so that their DATA frames are not a protocol
+                // error (h2 forgets all but 10 by default), and does not take the DATA of streams it
+                // refused for a rapid-reset attack (CVE-2023-44487 protection).
+                let handshake = h2::server::Builder::new()
+                    .max_concurrent_reset_streams(1000)
+                    .max_local_error_reset_streams(None)
+                    .handshake::<_, Bytes>(stream);
+                let Ok(mut conn) = handshake.await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_go_to_another_endpoint_with_their_bodies_whole() {
+    let (good, served) = h2c_echo("v1").await;
+    let (bad, refused) = refusing().await;
+    // Outlier detection off: the refusing endpoint keeps being picked, every time a fresh test.
+    let proxy = TestProxy::new()
+        .h2c_endpoint_at(good, "v1")
+        .h2c_endpoint_at(bad, "v1")
+        .yaml("outlier: null")
+        .start()
+        .await;
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    let n = 60;
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let (body, length) = streamed(20);
+        // A POST with a streamed body: neither idempotent nor replayable by its length.
+        let req = Request::post(proxy.url("/upload")).body(body).unwrap();
+        let send = h2.send_request(req);
+        calls.push(async move {
+            let response = send.await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status != 200 {
+                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok::<_, String>((status, body.len(), length))
+        });
+    }
+    for result in futures::future::join_all(calls).await {
+        let (status, got, sent) = result.expect("the call completes");
+        assert_eq!(
+            status, 200,
+            "a refused stream is resent, not answered with an error"
+        );
+        assert_eq!(got, sent, "the resent body is whole");
+    }
+    assert!(
+        refused.load(Ordering::Relaxed) > 5,
+        "the refusing endpoint was picked and refused streams"
+    );
+    assert_eq!(served.load(Ordering::Relaxed), n);
+    let tidegate_errors = proxy
+        .metric(r#"tidegate_requests_total{code="502",grpc_status="",role="stable",version="v1"}"#)
+        .await;
+    assert_eq!(tidegate_errors, None);
+}
+
+/// An HTTP/1.1 app that reads one chunked request (its trailers included), keeps its bytes, and
+/// answers with a chunked body and a trailer.
+async fn http1_with_trailers() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, request) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut chunk = [0u8; 4096];
+            // The chunked body ends with the last chunk and the trailer section's empty line.
+            while !(buf.ends_with(b"\r\n\r\n") && buf.windows(5).any(|w| w == b"\r\n0\r\n")) {
+                let n = socket.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        });
+        let _ = read.await;
+        let _ = seen.send(String::from_utf8_lossy(&buf).into_owned());
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+                       5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n";
+        let _ = socket.write_all(answer).await;
+        let _ = socket.shutdown().await;
+    });
+    (addr, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_cross_between_an_http2_client_and_an_http1_endpoint_both_ways() {
+    let (addr, request) = http1_with_trailers().await;
+    let proxy = TestProxy::new().endpoint_at(addr, "v1").start().await;
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    let (body, _) = streamed(3);
+    // An HTTP/1.1 hop sends only the trailers its head announces (RFC 9110 §6.6.2).
+    let req = Request::post(proxy.url("/upload"))
+        .header("trailer", "x-sent")
+        .body(body)
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "hello");
+    assert_eq!(
+        trailers.as_ref().map(|t| t["x-checksum"].clone()),
+        Some(HeaderValue::from_static("abc")),
+        "the endpoint's trailers reach the HTTP/2 client"
+    );
+    let seen = request.await.unwrap().to_ascii_lowercase();
+    assert!(seen.contains("transfer-encoding: chunked"), "{seen}");
+    assert!(
+        seen.contains("\r\n0\r\nx-sent: 3\r\n\r\n"),
+        "the client's trailers reach the endpoint: {seen}"
+    );
+}
