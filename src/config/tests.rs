@@ -209,3 +209,71 @@ fn the_response_header_limit_defaults_to_hypers_and_is_bounded() {
         assert_eq!(line, Some(3), "{msg}");
     }
 }
+
+#[test]
+fn upstream_protocols_default_to_http1_and_static_endpoints_may_say_h2c() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.settings().protocol, Protocol::Http1);
+    let text = EXAMPLE.replace("version: v1 }", "version: v1, protocol: h2c }");
+    let c =
+        parse(&format!("{text}upstream: {{ protocol: h2c }}\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.settings().protocol, Protocol::H2c);
+    let DiscoveryConfig::Static { endpoints } = &c.discovery else {
+        panic!("static expected")
+    };
+    assert_eq!(endpoints[0].protocol, Some(Protocol::H2c));
+    assert_eq!(
+        endpoints[1].protocol, None,
+        "unnamed: upstream.protocol applies"
+    );
+
+    let (msg, line) = error_of(&EXAMPLE.replace("version: v1 }", "version: v1, protocol: h3 }"));
+    assert!(
+        msg.contains("endpoints[0].protocol") && msg.contains("h2c"),
+        "{msg}"
+    );
+    assert_eq!(line, Some(9), "{msg}");
+}
+
+#[test]
+fn grpc_failure_codes_are_names_and_default_to_the_server_side_ones() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(
+        c.settings().grpc_failures,
+        crate::grpc::FailureCodes::default()
+    );
+    let c = parse(&format!(
+        "{EXAMPLE}grpc: {{ failure_codes: [UNAVAILABLE, not_found] }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = c
+        .grpc_failures
+        .codes()
+        .map(crate::grpc::Code::name)
+        .collect();
+    assert_eq!(names, ["NOT_FOUND", "UNAVAILABLE"]);
+    let (msg, line) = error_of(&format!(
+        "{EXAMPLE}grpc:\n  failure_codes: [UNAVAILABLE, OOPS]\n"
+    ));
+    assert!(
+        msg.contains("grpc.failure_codes") && msg.contains("OOPS"),
+        "{msg}"
+    );
+    assert_eq!(line, Some(17), "{msg}");
+}
+
+#[test]
+fn connections_per_endpoint_are_bounded() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.settings().max_connections_per_endpoint, 256);
+    for bad in ["0", "65536", "1.5"] {
+        let (msg, line) = error_of(&format!(
+            "{EXAMPLE}upstream:\n  max_connections_per_endpoint: {bad}\n"
+        ));
+        assert!(
+            msg.contains("upstream.max_connections_per_endpoint"),
+            "{msg}"
+        );
+        assert_eq!(line, Some(17), "{msg}");
+    }
+}
