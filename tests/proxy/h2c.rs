@@ -97,7 +97,11 @@ const CHUNK: usize = 1024;
 /// end a connection that sends too many.)
 fn streamed(chunks: usize) -> (ClientBody, usize) {
     let pieces: Vec<Result<Frame<Bytes>, BoxError>> = (0..chunks)
-        .map(|i| Ok(Frame::data(Bytes::from(format!("chunk-{i:04};").repeat(CHUNK / 11)))))
+        .map(|i| {
+            Ok(Frame::data(Bytes::from(
+                format!("chunk-{i:04};").repeat(CHUNK / 11),
+            )))
+        })
         .chain(std::iter::once(Ok(Frame::trailers({
             let mut t = HeaderMap::new();
             t.insert("x-sent", HeaderValue::from(chunks));
@@ -260,7 +264,9 @@ async fn refused_streams_go_to_another_endpoint_with_their_bodies_whole() {
 /// answers with a chunked body and a trailer.
 async fn http1_with_trailers() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0)).await.unwrap();
+    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen, request) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -279,7 +285,8 @@ async fn http1_with_trailers() -> (SocketAddr, tokio::sync::oneshot::Receiver<St
         });
         let _ = read.await;
         let _ = seen.send(String::from_utf8_lossy(&buf).into_owned());
-        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+        let answer =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
                        5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n";
         let _ = socket.write_all(answer).await;
         let _ = socket.shutdown().await;
