@@ -295,4 +295,29 @@ mod tests {
         let reasons: Vec<_> = skipped.iter().map(Skipped::reason).collect();
         assert_eq!(reasons, ["address_type", "bad_address"]);
     }
+
+    #[test]
+    fn the_ports_app_protocol_names_the_protocol() {
+        let with = |app: Option<&str>| {
+            let mut port = json!({ "name": "grpc", "port": 50051 });
+            if let Some(app) = app {
+                port["appProtocol"] = json!(app);
+            }
+            slice(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": { "name": "api" }, "addressType": "IPv4",
+                "ports": [port], "endpoints": [{ "addresses": ["10.0.0.1"] }],
+            }))
+        };
+        for (app, protocol) in [
+            (Some("kubernetes.io/h2c"), Some(Protocol::H2c)),
+            (Some("grpc"), Some(Protocol::H2c)),
+            (Some("http"), Some(Protocol::Http1)),
+            (Some("kubernetes.io/ws"), None),
+            (None, None),
+        ] {
+            let (eps, _) = merge([&with(app)], None);
+            assert_eq!(eps[0].protocol, protocol, "{app:?}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -21,19 +22,21 @@ use crate::support::*;
 
 /// An h2c app: answers `POST` with the body it read (streamed back as it arrives), the request's
 /// trailer `x-sent` echoed as `x-got`, and a trailer `x-length` with the body's length. Counts the
-/// requests it served.
-async fn h2c_echo(version: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+/// requests it served and the connections it accepted.
+async fn h2c_echo(version: &'static str) -> H2cApp {
     let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicUsize::new(0));
-    let counter = served.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counter, accepted) = (served.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::Relaxed);
             let counter = counter.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -45,7 +48,17 @@ async fn h2c_echo(version: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
             );
         }
     });
-    (addr, served)
+    H2cApp {
+        addr,
+        served,
+        connections,
+    }
+}
+
+struct H2cApp {
+    addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 fn echo(req: Request<Incoming>, version: &'static str) -> Response<ClientBody> {
@@ -116,7 +129,7 @@ fn streamed(chunks: usize) -> (ClientBody, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_clients_stream_bodies_and_trailers_through_an_h2c_endpoint() {
-    let (addr, served) = h2c_echo("v1").await;
+    let H2cApp { addr, served, .. } = h2c_echo("v1").await;
     let proxy = TestProxy::new().h2c_endpoint_at(addr, "v1").start().await;
 
     // HTTP/2 client: a streamed upload with trailers, streamed back with the endpoint's trailers.
@@ -209,7 +222,9 @@ async fn refusing() -> (SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_streams_go_to_another_endpoint_with_their_bodies_whole() {
-    let (good, served) = h2c_echo("v1").await;
+    let H2cApp {
+        addr: good, served, ..
+    } = h2c_echo("v1").await;
     let (bad, refused) = refusing().await;
     // Outlier detection off: the refusing endpoint keeps being picked, every time a fresh test.
     let proxy = TestProxy::new()
@@ -321,4 +336,52 @@ async fn trailers_cross_between_an_http2_client_and_an_http1_endpoint_both_ways(
         seen.contains("\r\n0\r\nx-sent: 3\r\n\r\n"),
         "the client's trailers reach the endpoint: {seen}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_share_one_connection_until_it_carries_a_hundred() {
+    let app = h2c_echo("v1").await;
+    let proxy = TestProxy::new()
+        .h2c_endpoint_at(app.addr, "v1")
+        .start()
+        .await;
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    // Requests whose bodies stay open until the end: every stream is in flight at once.
+    let mut open = Vec::new();
+    let mut calls = Vec::new();
+    for n in [60, 90] {
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+            let body =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+                );
+            let req = Request::post(proxy.url("/held"))
+                .body(StreamBody::new(body).boxed())
+                .unwrap();
+            calls.push(h2.send_request(req));
+            open.push(tx);
+        }
+        let total = open.len();
+        wait_until(
+            "every stream reached the endpoint",
+            Duration::from_secs(10),
+            || {
+                let served = app.served.clone();
+                async move { served.load(Ordering::Relaxed) == total }
+            },
+        )
+        .await;
+        let expected = if total <= 100 { 1 } else { 2 };
+        assert_eq!(
+            app.connections.load(Ordering::Relaxed),
+            expected,
+            "{total} streams in flight: {expected} connection(s)"
+        );
+    }
+    drop(open);
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.unwrap().status(), 200);
+    }
 }
