@@ -385,3 +385,130 @@ async fn streams_share_one_connection_until_it_carries_a_hundred() {
         assert_eq!(call.unwrap().status(), 200);
     }
 }
+
+/// An h2c echo app that can shut down as a terminating pod does: stop accepting, send `GOAWAY` on
+/// every connection, finish the streams in flight.
+async fn h2c_draining(version: &'static str) -> (H2cApp, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let served = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counter, accepted) = (served.clone(), connections.clone());
+    tokio::spawn(async move {
+        let mut stop_accepting = stopped.clone();
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+                _ = stop_accepting.changed() => return,
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let counter = counter.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(echo(req, version)) }
+            });
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    });
+    let app = H2cApp {
+        addr,
+        served,
+        connections,
+    };
+    (app, stop)
+}
+
+/// A POST whose body stays open until its sender is dropped.
+fn held_post(
+    proxy: &RunningProxy,
+) -> (
+    Request<ClientBody>,
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let body =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let req = Request::post(proxy.url("/held"))
+        .body(StreamBody::new(body).boxed())
+        .unwrap();
+    (req, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_goes_away_finishes_its_streams_and_new_ones_go_elsewhere() {
+    let (draining, stop) = h2c_draining("v1").await;
+    let other = h2c_echo("v2").await;
+    let proxy = TestProxy::new()
+        .h2c_endpoint_at(draining.addr, "v1")
+        .h2c_endpoint_at(other.addr, "v2")
+        .start()
+        .await;
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    // Streams in flight on the endpoint that is about to go away.
+    let mut held = Vec::new();
+    let mut in_flight = Vec::new();
+    while draining.served.load(Ordering::Relaxed) < 5 {
+        assert!(held.len() < 200, "the draining endpoint never got a stream");
+        let (req, tx) = held_post(&proxy);
+        in_flight.push(h2.send_request(req));
+        held.push(tx);
+        let sent = held.len();
+        wait_until(
+            "the stream reached an endpoint",
+            Duration::from_secs(5),
+            || {
+                let (a, b) = (draining.served.clone(), other.served.clone());
+                async move { a.load(Ordering::Relaxed) + b.load(Ordering::Relaxed) == sent }
+            },
+        )
+        .await;
+    }
+    stop.send_replace(true);
+    // New streams, with streamed bodies, while it drains and after it has stopped accepting.
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let (body, length) = streamed(2);
+        let req = Request::post(proxy.url("/upload")).body(body).unwrap();
+        let send = h2.send_request(req);
+        calls.push(async move {
+            let response = send.await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status != 200 || body.len() != length {
+                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok::<_, String>(())
+        });
+    }
+    for result in futures::future::join_all(calls).await {
+        result.expect("a new stream never fails because an endpoint is going away");
+    }
+    // The streams that were in flight on the draining endpoint finish.
+    drop(held);
+    for call in futures::future::join_all(in_flight).await {
+        assert_eq!(call.expect("in-flight streams finish").status(), 200);
+    }
+}
