@@ -307,7 +307,12 @@ struct EndpointView<'a> {
     role: &'static str,
     state: &'static str,
     in_flight: usize,
+    /// `http1` or `h2c`.
+    protocol: &'static str,
+    /// Idle HTTP/1.1 keep-alive connections.
     idle_connections: usize,
+    /// Open HTTP/2 connections (shared by every request).
+    http2_connections: usize,
     /// Left out after consecutive failures (passive health).
     ejected: bool,
     /// The active health check verdict (true when checks are off).
@@ -362,7 +367,9 @@ impl<'a> EndpointsView<'a> {
                     role: l.role.as_str(),
                     state: l.state.as_str(),
                     in_flight: l.endpoint.in_flight(),
+                    protocol: l.endpoint.pool().protocol().as_str(),
                     idle_connections: l.endpoint.pool().idle(),
+                    http2_connections: l.endpoint.pool().h2_connections(),
                     ejected: l.endpoint.health().ejected_at(now),
                     healthy: l.endpoint.health().checked_healthy(),
                 })

@@ -86,7 +86,9 @@ impl Metrics {
             Opts::new(
                 "tidegate_upstream_errors_total",
                 "Failed attempts to get a response from an endpoint, by kind (connect, \
-                 connect_timeout, timeout, reset, protocol); counted per attempt, retried or not.",
+                 connect_timeout, timeout, reset, protocol; no_endpoints and saturated, tidegate's \
+                 own: nothing routable, or every connection the endpoint may have was busy); \
+                 counted per attempt, retried or not.",
             ),
             &["kind"],
         )
@@ -105,7 +107,8 @@ impl Metrics {
         let retries = IntCounterVec::new(
             Opts::new(
                 "tidegate_retries_total",
-                "Requests sent again to another endpoint, by the reason the previous attempt failed.",
+                "Requests sent again to another endpoint, by the reason the previous attempt failed \
+                 (connect, reset, 502, 503, saturated).",
             ),
             &["reason"],
         )

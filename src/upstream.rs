@@ -11,12 +11,17 @@
 //! The pools live in the endpoint's cell, so checking out needs no lookup and an endpoint that leaves
 //! the snapshot closes its idle connections when its last user lets go. Connecting happens before a
 //! request is handed over, so a connect failure leaves the request intact for a retry elsewhere.
+//!
+//! HTTP/1.1 connections to one endpoint, in use and idle, are capped ([`limit`]): at the cap a
+//! request waits a little for one to go idle or close, then fails with
+//! [`ConnectError::Saturated`], which the forwarder takes elsewhere.
 
 mod chunked;
 mod client_body;
 pub mod framing;
 pub mod h1;
 pub mod h2;
+mod limit;
 pub mod transport;
 
 pub use client_body::{BodyError, ClientBody};
@@ -24,6 +29,7 @@ pub use transport::{Answer, Outbound, SendError, Transport};
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,6 +39,8 @@ use http_body_util::{Either, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use limit::{Limit, Permit};
 
 /// The request body sent upstream: the client's body streamed through, or a buffered one (a small
 /// body kept so that the request can be sent again after its first attempt failed).
@@ -61,6 +69,10 @@ pub enum ConnectError {
     /// The HTTP/2 connect that this request waited on, together with others, failed.
     #[error("{0}")]
     Shared(Arc<ConnectError>),
+    /// tidegate's own cap: this many HTTP/1.1 connections are open to the endpoint and none came
+    /// free in time. Not the endpoint's failure.
+    #[error("connection limit reached: {0} open (upstream.max_connections_per_endpoint), none came free in time")]
+    Saturated(usize),
 }
 
 impl ConnectError {
@@ -80,6 +92,11 @@ impl ConnectError {
             ConnectError::Shared(e) => e.is_timeout(),
             _ => false,
         }
+    }
+
+    /// No connection was attempted: the endpoint has as many as tidegate allows.
+    pub fn is_saturated(&self) -> bool {
+        matches!(self, ConnectError::Saturated(_))
     }
 }
 
@@ -147,6 +164,17 @@ pub struct Pool {
     /// this instance, and building a snapshot should not pay for their queues.
     idle: OnceLock<ArrayQueue<Sender>>,
     idle_h1: OnceLock<ArrayQueue<h1::Connection>>,
+    /// Open HTTP/1.1 connections; shared with them, as each gives its permit back when it closes
+    /// (a hyper connection's task may outlive the pool).
+    limit: OnceLock<Arc<Limit>>,
+}
+
+/// What a request at an endpoint's cap gets when room comes.
+enum Room<T> {
+    /// An idle connection of the kind it needs.
+    Idle(T),
+    /// A permit to open a new one.
+    New(Permit),
 }
 
 impl Pool {
@@ -157,6 +185,7 @@ impl Pool {
             h2: h2::Pool::default(),
             idle: OnceLock::new(),
             idle_h1: OnceLock::new(),
+            limit: OnceLock::new(),
         }
     }
 
@@ -167,12 +196,15 @@ impl Pool {
     /// A stream on an HTTP/2 endpoint's shared connection; else an idle connection of the kind
     /// `path` needs, or a new one (connected within `connect_timeout`; a new hyper connection
     /// refuses responses with more than `max_headers` header lines, the limit the lean path applies
-    /// per exchange).
+    /// per exchange). A new HTTP/1.1 connection must fit under `max_connections` open to the
+    /// endpoint, in use and idle; at that cap the request waits up to `connect_timeout` for room
+    /// (see [`Pool::room`]).
     pub async fn checkout(
         &self,
         path: Path,
         connect_timeout: Duration,
         max_headers: usize,
+        max_connections: usize,
     ) -> Result<Checkout, ConnectError> {
         if self.protocol == Protocol::H2c {
             let (stream, reused) = self.h2.checkout(self.address, connect_timeout).await?;
@@ -185,11 +217,13 @@ impl Pool {
         }
         let (transport, reused) = match path {
             Path::Lean => {
-                let (conn, reused) = self.checkout_h1(connect_timeout).await?;
+                let (conn, reused) = self.checkout_h1(connect_timeout, max_connections).await?;
                 (Transport::H1(Some(conn)), reused)
             }
             Path::Streaming => {
-                let (sender, reused) = self.checkout_hyper(connect_timeout, max_headers).await?;
+                let (sender, reused) = self
+                    .checkout_hyper(connect_timeout, max_headers, max_connections)
+                    .await?;
                 (Transport::Hyper(Some(sender)), reused)
             }
         };
@@ -199,23 +233,95 @@ impl Pool {
     async fn checkout_h1(
         &self,
         connect_timeout: Duration,
+        max: usize,
     ) -> Result<(h1::Connection, bool), ConnectError> {
+        if let Some(conn) = self.idle_h1() {
+            return Ok((conn, true));
+        }
+        let idle = || self.idle_h1();
+        let room = self.room(max, connect_timeout, idle, || self.close_one(&self.idle));
+        let permit = match room.await? {
+            Room::Idle(conn) => return Ok((conn, true)),
+            Room::New(permit) => permit,
+        };
+        let stream = connect_tcp(self.address, connect_timeout).await?;
+        Ok((h1::Connection::new(stream, permit), false))
+    }
+
+    /// A usable idle lean-path connection; unusable ones met on the way are closed.
+    fn idle_h1(&self) -> Option<h1::Connection> {
         while let Some(conn) = self.idle_h1.get().and_then(ArrayQueue::pop) {
             if conn.is_usable() {
-                return Ok((conn, true));
+                return Some(conn);
             }
         }
-        let stream = connect_tcp(self.address, connect_timeout).await?;
-        Ok((h1::Connection::new(stream), false))
+        None
     }
 
     /// Returns a lean-path connection whose exchange completed.
     pub fn put_h1(&self, conn: h1::Connection) {
-        // Full pool: the rejected connection is dropped, which closes it.
+        // Full pool: the rejected connection is dropped, which closes it (and wakes a waiter).
         let _ = self
             .idle_h1
             .get_or_init(|| ArrayQueue::new(MAX_IDLE))
             .push(conn);
+        self.wake();
+    }
+
+    /// A permit for a new HTTP/1.1 connection if the endpoint has room (the common case: one
+    /// compare-and-swap, no wait).
+    ///
+    /// At the cap, the request waits up to `wait` for whichever comes first: an idle
+    /// connection of its kind (`idle`), or a permit given back by a connection that closed. Idle
+    /// connections of the other kind hold permits that this request cannot use, so one is closed
+    /// (`close_other`) each time the request finds no room. Running out of time is
+    /// [`ConnectError::Saturated`]. The connect that follows a wait has its own `connect_timeout`.
+    async fn room<T>(
+        &self,
+        max: usize,
+        wait: Duration,
+        mut idle: impl FnMut() -> Option<T>,
+        mut close_other: impl FnMut(),
+    ) -> Result<Room<T>, ConnectError> {
+        let limit = self.limit.get_or_init(Arc::default);
+        if let Some(permit) = limit.try_acquire(max) {
+            return Ok(Room::New(permit));
+        }
+        let waiter = limit.waiter();
+        let mut deadline = pin!(tokio::time::sleep(wait));
+        loop {
+            let mut notified = pin!(waiter.notified());
+            notified.as_mut().enable();
+            if let Some(conn) = idle() {
+                return Ok(Room::Idle(conn));
+            }
+            if let Some(permit) = limit.try_acquire(max) {
+                return Ok(Room::New(permit));
+            }
+            close_other();
+            // A lean connection gives its permit back as it is dropped; a hyper connection's task
+            // a moment later, and its wake-up follows.
+            if let Some(permit) = limit.try_acquire(max) {
+                return Ok(Room::New(permit));
+            }
+            tokio::select! {
+                biased;
+                () = notified => {}
+                () = &mut deadline => return Err(ConnectError::Saturated(max)),
+            }
+        }
+    }
+
+    /// Closes one idle connection of `queue`, if it holds any.
+    fn close_one<C>(&self, queue: &OnceLock<ArrayQueue<C>>) {
+        drop(queue.get().and_then(ArrayQueue::pop));
+    }
+
+    /// A connection went idle: a request waiting at the cap may take it.
+    fn wake(&self) {
+        if let Some(limit) = self.limit.get() {
+            limit.wake();
+        }
     }
 
     fn queue(&self) -> &ArrayQueue<Sender> {
@@ -226,15 +332,30 @@ impl Pool {
         &self,
         connect_timeout: Duration,
         max_headers: usize,
+        max: usize,
     ) -> Result<(Sender, bool), ConnectError> {
+        if let Some(sender) = self.idle_hyper() {
+            return Ok((sender, true));
+        }
+        let idle = || self.idle_hyper();
+        let room = self.room(max, connect_timeout, idle, || self.close_one(&self.idle_h1));
+        let permit = match room.await? {
+            Room::Idle(sender) => return Ok((sender, true)),
+            Room::New(permit) => permit,
+        };
+        let sender = connect(self.address, connect_timeout, max_headers, permit).await?;
+        Ok((sender, false))
+    }
+
+    /// A ready idle hyper connection; unusable ones met on the way are released.
+    fn idle_hyper(&self) -> Option<Sender> {
         while let Some(sender) = self.idle.get().and_then(ArrayQueue::pop) {
             if sender.is_ready() {
-                return Ok((sender, true));
+                return Some(sender);
             }
             // Closed by the peer (or otherwise unusable): dropping it releases its task.
         }
-        let sender = connect(self.address, connect_timeout, max_headers).await?;
-        Ok((sender, false))
+        None
     }
 
     /// Returns a connection that finished its exchange and is ready for the next one.
@@ -242,11 +363,14 @@ impl Pool {
         if sender.is_ready() {
             // Full pool: the rejected connection is dropped, which closes it.
             let _ = self.queue().push(sender);
+            self.wake();
         }
     }
 
-    /// Closes every idle connection (the endpoint is going away); in-use ones finish first.
+    /// Closes every idle connection (the endpoint is going away); in-use ones finish first. An
+    /// HTTP/2 connection takes no new streams and closes after its last one.
     pub fn close_idle(&self) {
+        self.h2.close();
         if let Some(queue) = self.idle.get() {
             while queue.pop().is_some() {}
         }
@@ -264,6 +388,11 @@ impl Pool {
     pub fn idle(&self) -> usize {
         self.idle.get().map_or(0, ArrayQueue::len) + self.idle_h1.get().map_or(0, ArrayQueue::len)
     }
+
+    /// Open HTTP/1.1 connections, in use and idle (a hyper connection until its task has ended).
+    pub fn h1_connections(&self) -> usize {
+        self.limit.get().map_or(0, |limit| limit.open())
+    }
 }
 
 async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
@@ -274,10 +403,12 @@ async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream
     Ok(stream)
 }
 
+/// A hyper connection whose task holds `permit` until the connection ends.
 async fn connect(
     address: SocketAddr,
     timeout: Duration,
     max_headers: usize,
+    permit: Permit,
 ) -> Result<Sender, ConnectError> {
     let stream = connect_tcp(address, timeout).await?;
     // The framing policy's limits, as the lean path applies them (see `framing`).
@@ -287,10 +418,15 @@ async fn connect(
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {
-        // With upgrades, a `101` hands the socket over to the tunnel instead of closing it.
+        // With upgrades, a `101` hands the socket over to the tunnel instead of closing it; the
+        // tunnel is no longer counted against the limit.
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%address, %error, "upstream connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,11 +62,13 @@ impl Forwarder {
             let (metrics, grpc) = (route.endpoint.metrics(), out.grpc.is_some());
             return Attempted::Done(self.local_error(&error, metrics, route.role, grpc, start));
         }
+        // Counted while waiting for room too, so that the pick steers around a full endpoint.
         let in_flight = route.endpoint.begin();
         let checkout = route.endpoint.pool().checkout(
             out.path(),
             settings.connect_timeout,
             settings.max_response_headers,
+            settings.max_connections_per_endpoint,
         );
         let mut checkout = match checkout.await {
             Ok(checkout) => checkout,
@@ -88,6 +90,17 @@ impl Forwarder {
     }
 
     fn connect_failed(&self, error: ConnectError, route: &Routed) -> Attempted {
+        if error.is_saturated() {
+            // tidegate's own cap, not the endpoint's failure: no health, and another endpoint
+            // may have room.
+            let error = ProxyError::from(error);
+            self.count(&error);
+            tracing::debug!(endpoint = %route.endpoint.address(), %error, "endpoint saturated");
+            return Attempted::Failed(Failure {
+                failed: Failed::Saturated,
+                cause: Cause::Error(error, None),
+            });
+        }
         let refused = error.is_refused();
         let error = ProxyError::from(error);
         self.count(&error);

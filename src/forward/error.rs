@@ -3,7 +3,8 @@
 //!
 //! Every failure belongs to one party (Pingora's downstream / upstream / internal split): a
 //! [`ClientError`] is the client's (broken framing, a stalled body, a hang-up) and never counts
-//! against an endpoint; a [`ProxyError`] is an endpoint's, or tidegate's own (`no_endpoints`).
+//! against an endpoint; a [`ProxyError`] is an endpoint's, or tidegate's own (`no_endpoints`,
+//! `saturated`).
 
 use std::time::Duration;
 
@@ -28,17 +29,21 @@ pub enum ErrorKind {
     Reset,
     /// The endpoint sent something that is not valid HTTP.
     Protocol,
+    /// tidegate's own cap: the endpoint had `upstream.max_connections_per_endpoint` connections
+    /// open and none came free in time (answered only when no other endpoint had room).
+    Saturated,
 }
 
 impl ErrorKind {
     /// Every kind, for resolving metric handles up front.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::NoEndpoints,
         ErrorKind::Connect,
         ErrorKind::ConnectTimeout,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Protocol,
+        ErrorKind::Saturated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,12 +54,13 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::Saturated => "saturated",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoEndpoints | ErrorKind::Saturated => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Connect | ErrorKind::Reset | ErrorKind::Protocol => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -63,7 +69,10 @@ impl ErrorKind {
     /// True only when nothing of the request reached the endpoint, so sending it elsewhere cannot
     /// duplicate its effect.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorKind::Connect | ErrorKind::ConnectTimeout)
+        matches!(
+            self,
+            ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::Saturated
+        )
     }
 
     /// Index into per-kind handle arrays.
@@ -98,6 +107,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints => ErrorKind::NoEndpoints,
             ProxyError::Connect(e) if e.is_timeout() => ErrorKind::ConnectTimeout,
+            ProxyError::Connect(e) if e.is_saturated() => ErrorKind::Saturated,
             ProxyError::Connect(_) => ErrorKind::Connect,
             ProxyError::Timeout(_) => ErrorKind::Timeout,
             ProxyError::Reset(_) => ErrorKind::Reset,
@@ -253,13 +263,19 @@ mod tests {
     #[test]
     fn only_failures_before_sending_are_retryable() {
         for kind in ErrorKind::ALL {
-            let expected = matches!(kind, ErrorKind::Connect | ErrorKind::ConnectTimeout);
+            let expected = matches!(
+                kind,
+                ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::Saturated
+            );
             assert_eq!(kind.retryable(), expected, "{kind:?}");
         }
         assert_eq!(
             ErrorKind::NoEndpoints.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let saturated = ProxyError::Connect(ConnectError::Saturated(4));
+        assert_eq!(saturated.kind(), ErrorKind::Saturated);
+        assert_eq!(saturated.kind().status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ErrorKind::Timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(ErrorKind::Reset.status(), StatusCode::BAD_GATEWAY);
         let all: Vec<_> = ErrorKind::ALL.iter().map(|k| k.index()).collect();

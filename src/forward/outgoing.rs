@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -53,10 +53,11 @@ enum Prepared {
 impl Outgoing {
     /// The admitted request, with its Host (see [`request::admit`]).
     pub(super) fn new(req: Request<Incoming>, host: Option<HeaderValue>) -> Self {
-        let te_trailers = req.headers().get(header::TE).is_some_and(asks_for_trailers);
-        let grpc = grpc::is_grpc(req.headers()).then(|| GrpcCall {
-            timeout: grpc::timeout(req.headers()),
-        });
+        // gRPC calls are POSTs: other methods skip the header lookup.
+        let grpc =
+            (req.method() == Method::POST && grpc::is_grpc(req.headers())).then(|| GrpcCall {
+                timeout: grpc::timeout(req.headers()),
+            });
         let mut req = req.map(|body| Either::Left(ClientBody::new(body)));
         let upgrade = upgrade::requested(&mut req);
         Self {
@@ -64,7 +65,7 @@ impl Outgoing {
             host,
             upgrade,
             prepared: None,
-            te_trailers,
+            te_trailers: false,
             grpc,
         }
     }
@@ -92,10 +93,11 @@ impl Outgoing {
         if resendable && self.upgrade.is_none() && req.body().is_end_stream() {
             // The common case: nothing to copy, the request itself is sent again.
             let forwarding = request::prepare_lean(req, client, self.host.take());
+            self.te_trailers = forwarding.te_trailers;
             self.prepared = Some(Prepared::Lean(Bytes::new(), Some(forwarding)));
             return Ok(());
         }
-        request::prepare(req, client, self.host.take());
+        self.te_trailers = request::prepare(req, client, self.host.take());
         // A gRPC stream may be quiet for as long as the application likes (a client streaming
         // now and then); only a plain request body must keep arriving.
         if let (Either::Left(body), None) = (req.body_mut(), self.grpc) {
@@ -182,12 +184,4 @@ impl Outgoing {
             _ => {}
         }
     }
-}
-
-/// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4).
-fn asks_for_trailers(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
 }

@@ -54,6 +54,9 @@ pub(super) struct Forwarding {
     /// How many of `replace` are set (`X-Forwarded-Host` only with a Host).
     pub replacing: usize,
     pub append: [(HeaderName, HeaderValue); 1],
+    /// The client's `TE` (removed: hop-by-hop) asked for trailers; an HTTP/2 upstream gets
+    /// `te: trailers` again.
+    pub te_trailers: bool,
 }
 
 impl Forwarding {
@@ -62,6 +65,7 @@ impl Forwarding {
             replace,
             replacing,
             append,
+            ..
         } = self;
         for (name, value) in replace.into_iter().take(replacing) {
             headers.insert(name, value);
@@ -99,9 +103,11 @@ pub(super) fn frame_streamed_body<B: http_body::Body>(req: &mut Request<B>) {
     }
 }
 
-/// Rewrites a client request for the upstream hop.
-pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client, host: Option<HeaderValue>) {
+/// Rewrites a client request for the upstream hop. Says whether the client's `TE` asked for
+/// trailers.
+pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client, host: Option<HeaderValue>) -> bool {
     let forwarding = prepare_lean(req, client, host);
+    let te_trailers = forwarding.te_trailers;
     let origin_form = req
         .uri()
         .path_and_query()
@@ -110,6 +116,7 @@ pub(super) fn prepare<B>(req: &mut Request<B>, client: &Client, host: Option<Hea
     *req.uri_mut() = origin_form;
     *req.version_mut() = Version::HTTP_11;
     forwarding.apply(req.headers_mut());
+    te_trailers
 }
 
 /// The part of [`prepare`] that edits the request; the forwarding headers are returned for the
@@ -142,7 +149,7 @@ pub(super) fn prepare_lean<B>(
     };
     let headers = req.headers_mut();
     // tidegate answers `Expect: 100-continue` itself when it starts reading the body.
-    strip_hop_by_hop(headers, Some(&header::EXPECT));
+    let te_trailers = strip_hop_by_hop(headers, Some(&header::EXPECT));
     let replacing = if host.is_some() { 3 } else { 2 };
     Forwarding {
         replace: [
@@ -155,6 +162,7 @@ pub(super) fn prepare_lean<B>(
         ],
         replacing,
         append: [(header::VIA, via)],
+        te_trailers,
     }
 }
 
@@ -181,7 +189,8 @@ pub(super) fn for_client_hop<B>(resp: &mut Response<B>) {
 
 /// Removes hop-by-hop headers (and `also`). One pass over the names finds which are present;
 /// only those are then removed, and nothing allocates unless `Connection` names custom headers.
-fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
+/// Says whether a removed `TE` listed `trailers` (RFC 9110 §10.1.4).
+fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) -> bool {
     let mut present = [false; HOP_COUNT];
     let (mut any, mut proxy, mut also_present) = (false, false, false);
     for name in headers.keys() {
@@ -197,8 +206,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
         }
     }
     if !any {
-        return;
+        return false;
     }
+    // HOP_BY_HOP[2] is TE.
+    let te_trailers = present[2] && headers.get_all(header::TE).iter().any(asks_for_trailers);
     // HOP_BY_HOP[0] is Connection: the headers it names are hop-by-hop too. `close` and
     // `keep-alive` are connection options, not header names worth a lookup.
     if present[0] {
@@ -236,6 +247,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
             headers.remove(name);
         }
     }
+    te_trailers
+}
+
+/// Whether a `TE` value lists `trailers`.
+fn asks_for_trailers(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
 }
 
 fn is_proxy_header(name: &HeaderName) -> bool {

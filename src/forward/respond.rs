@@ -75,7 +75,7 @@ impl Forwarder {
                 self.record(endpoint.metrics(), role, response.status().as_u16());
                 *response
             }
-            Retry::Failed(error) | Retry::Stale(error) => {
+            Retry::Failed(error) | Retry::Stale(error) | Retry::Saturated(error) => {
                 self.local_error(&error, metrics, role, grpc, start)
             }
         }

@@ -20,11 +20,19 @@ const STALE_CONNECTION_RETRIES: u32 = 2;
 /// pods may be gone at once, and a refused connect costs nothing.
 const REFUSED_CONNECT_RETRIES: u32 = 8;
 
+/// Extra endpoints tried after finding endpoints at tidegate's connection cap, beyond
+/// `connect_attempts`: the request never reached them. Each one may cost a wait of up to
+/// `timeouts.connect`, so few; and the pick already steers around an endpoint with requests
+/// waiting (they count as in flight).
+const SATURATED_RETRIES: u32 = 2;
+
 /// What went wrong with an attempt, as far as retrying goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Failed {
     /// No connection; `refused` when nothing listens there.
     Connect { refused: bool },
+    /// No connection tried: the endpoint was at tidegate's connection cap. Not its failure.
+    Saturated,
     /// The endpoint answered a status that the policy retries (502/503); `resendable` when the
     /// request can be sent again.
     Status { resendable: bool },
@@ -45,6 +53,7 @@ pub(super) struct Used {
     pub(super) attempts: u32,
     pub(super) refused: u32,
     pub(super) stale: u32,
+    pub(super) saturated: u32,
 }
 
 impl Default for Used {
@@ -53,6 +62,7 @@ impl Default for Used {
             attempts: 1,
             refused: 0,
             stale: 0,
+            saturated: 0,
         }
     }
 }
@@ -65,6 +75,8 @@ pub(super) enum Charge {
     Refused,
     /// A free retry after a pooled connection turned out closed; says nothing of the endpoint.
     Stale,
+    /// A free retry after an endpoint at the connection cap; says nothing of the endpoint.
+    Saturated,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +99,15 @@ pub(super) fn decide(failed: Failed, settings: &Settings, used: Used) -> Decisio
                 Decision::Retry(Charge::Refused)
             } else if can_retry {
                 Decision::Retry(Charge::Attempt)
+            } else {
+                Decision::Answer
+            }
+        }
+        // As a refused connect: nothing was sent, and another endpoint may have room. Once the
+        // allowance is spent the fleet is full: the client is answered, not queued any longer.
+        Failed::Saturated => {
+            if settings.connect_attempts > 1 && used.saturated < SATURATED_RETRIES {
+                Decision::Retry(Charge::Saturated)
             } else {
                 Decision::Answer
             }
@@ -119,6 +140,7 @@ impl Used {
             Charge::Attempt => self.attempts += 1,
             Charge::Refused => self.refused += 1,
             Charge::Stale => self.stale += 1,
+            Charge::Saturated => self.saturated += 1,
         }
     }
 }
@@ -131,18 +153,21 @@ pub(super) enum Retry {
     Status(Box<Response<ResponseBody>>, Arc<Endpoint>, Role),
     /// A pooled keep-alive connection had been closed by the peer: not the endpoint's failure.
     Stale(ProxyError),
+    /// The endpoint was at tidegate's connection cap: not the endpoint's failure.
+    Saturated(ProxyError),
 }
 
 impl Retry {
-    pub(super) const REASONS: usize = 4;
-    pub(super) const LABELS: [&'static str; Retry::REASONS] = ["connect", "reset", "502", "503"];
+    pub(super) const REASONS: usize = 5;
+    pub(super) const LABELS: [&'static str; Retry::REASONS] =
+        ["connect", "reset", "502", "503", "saturated"];
 
     /// The status the failed attempt amounts to, if it was the endpoint's failure.
     pub(super) fn endpoint_status(&self) -> Option<StatusCode> {
         match self {
             Retry::Failed(e) => Some(e.kind().status()),
             Retry::Status(r, _, _) => Some(r.status()),
-            Retry::Stale(_) => None,
+            Retry::Stale(_) | Retry::Saturated(_) => None,
         }
     }
 
@@ -153,14 +178,18 @@ impl Retry {
             Retry::Failed(_) | Retry::Stale(_) => 1,
             Retry::Status(r, _, _) if r.status() == StatusCode::BAD_GATEWAY => 2,
             Retry::Status(..) => 3,
+            Retry::Saturated(_) => 4,
         }
     }
 
-    /// The failure of a broken exchange, under the charge the decision made.
+    /// The failure of an attempt that got no response, under the charge the decision made.
     pub(super) fn exchange(error: ProxyError, charge: Charge) -> Self {
+        if error.kind() == ErrorKind::Saturated {
+            return Retry::Saturated(error);
+        }
         match charge {
             Charge::Stale => Retry::Stale(error),
-            Charge::Attempt | Charge::Refused => Retry::Failed(error),
+            Charge::Attempt | Charge::Refused | Charge::Saturated => Retry::Failed(error),
         }
     }
 }
@@ -243,6 +272,7 @@ mod tests {
             attempts,
             refused,
             stale,
+            saturated: 0,
         }
     }
 
@@ -269,6 +299,38 @@ mod tests {
             Decision::Retry(Charge::Attempt)
         );
         assert_eq!(decide(timeout, &s, used(2, 0, 0)), Decision::Answer);
+    }
+
+    #[test]
+    fn a_saturated_endpoint_sends_the_request_elsewhere_for_free() {
+        let s = settings(2);
+        assert_eq!(
+            decide(Failed::Saturated, &s, used(2, REFUSED_CONNECT_RETRIES, 0)),
+            Decision::Retry(Charge::Saturated),
+            "its own allowance, whatever else was spent"
+        );
+        let spent = Used {
+            saturated: SATURATED_RETRIES,
+            ..Used::default()
+        };
+        assert_eq!(
+            decide(Failed::Saturated, &s, spent),
+            Decision::Answer,
+            "every endpoint tried was full: the client hears so"
+        );
+        assert_eq!(
+            decide(Failed::Saturated, &settings(1), Used::default()),
+            Decision::Answer,
+            "retries off: no free retries either"
+        );
+        let error = ProxyError::Connect(crate::upstream::ConnectError::Saturated(4));
+        let retry = Retry::exchange(error, Charge::Attempt);
+        assert_eq!(Retry::LABELS[retry.reason()], "saturated");
+        assert_eq!(
+            retry.endpoint_status(),
+            None,
+            "never the endpoint's failure, also for a canary"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::deadline::Deadline;
 
 use super::chunked::{Chunked, Decoded};
 use super::framing::{self, MAX_HEAD, MAX_HEADERS_LIMIT};
+use super::limit::Permit;
 /// Read space kept available in a connection's buffer.
 const READ_SPACE: usize = 8 * 1024;
 
@@ -63,6 +64,8 @@ pub struct Io {
     spans: Vec<Span>,
     /// For the response head of the exchange under way.
     deadline: Deadline,
+    /// Counts the connection against its endpoint's limit until it closes.
+    _permit: Permit,
 }
 
 impl std::ops::Deref for Connection {
@@ -80,7 +83,7 @@ impl std::ops::DerefMut for Connection {
 }
 
 impl Connection {
-    pub(super) fn new(stream: TcpStream) -> Self {
+    pub(super) fn new(stream: TcpStream, permit: Permit) -> Self {
         Self(Box::new(Io {
             stream,
             buf: BytesMut::new(),
@@ -88,6 +91,7 @@ impl Connection {
             head: Vec::new(),
             spans: Vec::new(),
             deadline: Deadline::default(),
+            _permit: permit,
         }))
     }
 

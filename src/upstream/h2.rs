@@ -159,6 +159,16 @@ impl Pool {
         }
     }
 
+    /// Takes no more streams on the open connections (the endpoint is going away): each closes
+    /// once its streams in flight have finished, which keep it alive until then.
+    pub fn close(&self) {
+        if let Some(slots) = self.slots.get() {
+            for slot in slots.iter() {
+                slot.store(Arc::new(Slot::default()));
+            }
+        }
+    }
+
     /// Open connections (for `/endpoints` and tests).
     pub fn open(&self) -> usize {
         self.slots.get().map_or(0, |slots| {

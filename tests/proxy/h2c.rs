@@ -30,7 +30,8 @@ async fn h2c_echo(version: &'static str) -> H2cApp {
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
-    let (counter, accepted) = (served.clone(), connections.clone());
+    let open = Arc::new(AtomicUsize::new(0));
+    let (counter, accepted, live) = (served.clone(), connections.clone(), open.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -42,23 +43,31 @@ async fn h2c_echo(version: &'static str) -> H2cApp {
                 counter.fetch_add(1, Ordering::Relaxed);
                 async move { Ok::<_, Infallible>(echo(req, version)) }
             });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+            let live = live.clone();
+            live.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                live.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     });
     H2cApp {
         addr,
         served,
         connections,
+        open,
     }
 }
 
 struct H2cApp {
     addr: SocketAddr,
     served: Arc<AtomicUsize>,
+    /// Accepted so far.
     connections: Arc<AtomicUsize>,
+    /// Not yet closed (only `h2c_echo` keeps this).
+    open: Arc<AtomicUsize>,
 }
 
 fn echo(req: Request<Incoming>, version: &'static str) -> Response<ClientBody> {
@@ -384,6 +393,27 @@ async fn streams_share_one_connection_until_it_carries_a_hundred() {
     for call in futures::future::join_all(calls).await {
         assert_eq!(call.unwrap().status(), 200);
     }
+    let endpoints = proxy.endpoints_json().await;
+    assert_eq!(endpoints["endpoints"][0]["protocol"], "h2c");
+    assert_eq!(endpoints["endpoints"][0]["http2_connections"], 2);
+
+    // Out of rotation: its connections take no new streams and close.
+    assert_eq!(app.open.load(Ordering::Relaxed), 2);
+    let out = TestProxy::new()
+        .yaml("upstream: { protocol: h2c }")
+        .not_ready_at(app.addr, "v1");
+    proxy.rewrite_config(&out);
+    proxy
+        .wait_until(
+            "its HTTP/2 connections close",
+            Duration::from_secs(10),
+            || async { app.open.load(Ordering::Relaxed) == 0 },
+        )
+        .await;
+    assert_eq!(
+        proxy.endpoints_json().await["endpoints"][0]["http2_connections"],
+        0
+    );
 }
 
 /// An h2c echo app that can shut down as a terminating pod does: stop accepting, send `GOAWAY` on
@@ -432,6 +462,7 @@ async fn h2c_draining(version: &'static str) -> (H2cApp, tokio::sync::watch::Sen
         addr,
         served,
         connections,
+        open: Arc::default(),
     };
     (app, stop)
 }

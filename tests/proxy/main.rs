@@ -11,6 +11,7 @@ mod canary;
 mod churn;
 mod cli;
 mod cluster;
+mod connection_limit;
 mod deadlines;
 mod demo;
 mod fake_api;
