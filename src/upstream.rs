@@ -207,7 +207,12 @@ impl Pool {
         max_connections: usize,
     ) -> Result<Checkout, ConnectError> {
         if self.protocol == Protocol::H2c {
-            let (stream, reused) = self.h2.checkout(self.address, connect_timeout).await?;
+            // The connect (and its wait) is boxed: a request on an open connection, the common
+            // case, carries none of its state in its future.
+            let (stream, reused) = match self.h2.ready() {
+                Some(stream) => (stream, true),
+                None => Box::pin(self.h2.checkout(self.address, connect_timeout)).await?,
+            };
             let transport = Transport::H2 {
                 stream: Some(stream),
                 address: self.address,
@@ -239,7 +244,9 @@ impl Pool {
             return Ok((conn, true));
         }
         let idle = || self.idle_h1();
-        let room = self.room(max, connect_timeout, idle, || self.close_one(&self.idle));
+        // Boxed: only a new connection waits, and the wait's state stays out of every request's
+        // future.
+        let room = Box::pin(self.room(max, connect_timeout, idle, || self.close_one(&self.idle)));
         let permit = match room.await? {
             Room::Idle(conn) => return Ok((conn, true)),
             Room::New(permit) => permit,
@@ -338,7 +345,8 @@ impl Pool {
             return Ok((sender, true));
         }
         let idle = || self.idle_hyper();
-        let room = self.room(max, connect_timeout, idle, || self.close_one(&self.idle_h1));
+        let room =
+            Box::pin(self.room(max, connect_timeout, idle, || self.close_one(&self.idle_h1)));
         let permit = match room.await? {
             Room::Idle(sender) => return Ok((sender, true)),
             Room::New(permit) => permit,

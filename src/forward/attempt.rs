@@ -80,7 +80,9 @@ impl Forwarder {
             Err(error) => Err(error),
         };
         let sent = match sent {
-            Err(error) => Err(transport.recover(error).await),
+            // Boxed: the rare path's state (a timer, a request head) stays out of every request's
+            // future.
+            Err(error) => Err(Box::pin(transport.recover(error)).await),
             sent => sent,
         };
         match sent {

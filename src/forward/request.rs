@@ -14,6 +14,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+// Consts, so that each value's validation runs at compile time, not per request.
+const VIA_10: HeaderValue = HeaderValue::from_static("1.0 tidegate");
+const VIA_11: HeaderValue = HeaderValue::from_static("1.1 tidegate");
+const VIA_2: HeaderValue = HeaderValue::from_static("2 tidegate");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
 /// `Trailer` is not one of them (RFC 9110 §6.6.2): it announces the trailers that follow.
@@ -127,9 +131,9 @@ pub(super) fn prepare_lean<B>(
     host: Option<HeaderValue>,
 ) -> Forwarding {
     let via = match req.version() {
-        Version::HTTP_2 => HeaderValue::from_static("2 tidegate"),
-        Version::HTTP_10 => HeaderValue::from_static("1.0 tidegate"),
-        _ => HeaderValue::from_static("1.1 tidegate"),
+        Version::HTTP_2 => VIA_2,
+        Version::HTTP_10 => VIA_10,
+        _ => VIA_11,
     };
     // HTTP/2 carries the host in :authority, which wins over a `host` header (RFC 9113
     // §8.3.1); HTTP/1.1 upstreams need it as Host.
@@ -178,13 +182,12 @@ pub(super) fn prepare_response<B>(resp: &mut Response<B>) {
 /// version the answer was received with (RFC 9110, section 7.6.3).
 pub(super) fn for_client_hop<B>(resp: &mut Response<B>) {
     let via = match resp.version() {
-        Version::HTTP_10 => "1.0 tidegate",
-        Version::HTTP_2 => "2 tidegate",
-        _ => "1.1 tidegate",
+        Version::HTTP_10 => VIA_10,
+        Version::HTTP_2 => VIA_2,
+        _ => VIA_11,
     };
     *resp.version_mut() = Version::HTTP_11;
-    resp.headers_mut()
-        .append(header::VIA, HeaderValue::from_static(via));
+    resp.headers_mut().append(header::VIA, via);
 }
 
 /// Removes hop-by-hop headers (and `also`). One pass over the names finds which are present;

@@ -91,6 +91,23 @@ impl Drop for StreamGuard {
 }
 
 impl Pool {
+    /// A stream on an open connection with room, if there is one: the common case, with no
+    /// waiting and nothing to connect.
+    pub fn ready(&self) -> Option<Stream> {
+        self.slots.get()?.iter().find_map(|entry| {
+            let slot = entry.load();
+            match slot.conn.get() {
+                Some(Ok(sender))
+                    if !sender.is_closed()
+                        && slot.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION =>
+                {
+                    Some(Slot::stream(&slot, sender))
+                }
+                _ => None,
+            }
+        })
+    }
+
     /// A stream on an open connection with room, or on a new connection (connected within
     /// `connect_timeout`). The flag says whether the connection was already open.
     pub async fn checkout(
