@@ -181,6 +181,18 @@ impl Health {
     }
 }
 
+impl Drop for Health {
+    /// An endpoint that leaves while ejected gives its place in the version's count back:
+    /// otherwise every pod deleted while ejected would hold one for good, and once they reached
+    /// `max_ejected_percent` the version could never eject again.
+    fn drop(&mut self) {
+        // `&mut self`: no `is_ejected` can race this (it zeroes the deadline as it gives back).
+        if *self.ejected_until.get_mut() != 0 {
+            self.version.ejected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +300,24 @@ mod tests {
             (0..10).all(|_| !lone.failure(1_000, &policy(), 1, true)),
             "a lone endpoint stays in"
         );
+    }
+
+    #[test]
+    fn an_endpoint_that_leaves_while_ejected_frees_its_place() {
+        let version = Arc::new(VersionHealth::default());
+        // Two of four may be ejected at once (50%).
+        for _ in 0..3 {
+            let gone = Health::new(version.clone());
+            assert!(gone.failure(1_000, &policy(), 4, true), "ejected, then deleted");
+            drop(gone);
+        }
+        assert_eq!(version.ejected.load(Ordering::Relaxed), 0);
+        let expired = Health::new(version.clone());
+        assert!(expired.failure(1_000, &policy(), 4, true));
+        assert!(!expired.is_ejected(60_000), "the ejection ended and gave its place back");
+        drop(expired);
+        assert_eq!(version.ejected.load(Ordering::Relaxed), 0, "given back once");
+        let next = Health::new(version.clone());
+        assert!(next.failure(1_000, &policy(), 4, true), "the version can still eject");
     }
 }
