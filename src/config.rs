@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::grpc::FailureCodes;
+use crate::grpc::Codes;
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Settings, Version, Weight};
@@ -75,7 +75,9 @@ pub struct Config {
     /// HTTP/1.1 connections open to one endpoint at most.
     pub max_connections_per_endpoint: usize,
     /// The gRPC statuses that count as an endpoint's failure.
-    pub grpc_failures: FailureCodes,
+    pub grpc_failures: Codes,
+    /// The gRPC statuses of a trailers-only answer that are retried on another endpoint.
+    pub grpc_retry_on: Codes,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,6 +251,7 @@ impl Config {
             protocol: self.protocol,
             max_connections_per_endpoint: self.max_connections_per_endpoint,
             grpc_failures: self.grpc_failures,
+            grpc_retry_on: self.grpc_retry_on,
         }
     }
 

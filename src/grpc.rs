@@ -91,12 +91,13 @@ impl fmt::Display for Code {
     }
 }
 
-/// The statuses that count as the endpoint's failure (outlier ejection, the canary's abort rate);
-/// the others are the application answering (`NOT_FOUND` is a fine answer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FailureCodes(u32);
+/// A set of status codes: those that count as the endpoint's failure (outlier ejection, the
+/// canary's abort rate; the others are the application answering, `NOT_FOUND` is a fine answer),
+/// or those a trailers-only answer is retried on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Codes(u32);
 
-impl FailureCodes {
+impl Codes {
     pub fn new(codes: impl IntoIterator<Item = Code>) -> Self {
         Self(codes.into_iter().fold(0, |set, code| set | 1 << code.0))
     }
@@ -112,10 +113,10 @@ impl FailureCodes {
     }
 }
 
-impl Default for FailureCodes {
+impl Codes {
     /// The server-side failures: `UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNAVAILABLE`,
-    /// `DATA_LOSS`.
-    fn default() -> Self {
+    /// `DATA_LOSS` (`grpc.failure_codes` unless configured).
+    pub fn failures() -> Self {
         Self::new([
             Code::UNKNOWN,
             Code::DEADLINE_EXCEEDED,
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn default_failures_are_the_server_side_ones() {
-        let failures = FailureCodes::default();
+        let failures = Codes::failures();
         let names: Vec<_> = failures.codes().map(Code::name).collect();
         assert_eq!(
             names,

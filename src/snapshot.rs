@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::grpc::FailureCodes;
+use crate::grpc::Codes;
 use crate::upstream::Protocol;
 
 pub use endpoint::{Endpoint, InFlight};
@@ -193,7 +193,9 @@ pub struct Settings {
     /// HTTP/1.1 connections open to one endpoint at most (in use and idle).
     pub max_connections_per_endpoint: usize,
     /// The gRPC statuses that count as the endpoint's failure (passive health, canary abort).
-    pub grpc_failures: FailureCodes,
+    pub grpc_failures: Codes,
+    /// The gRPC statuses of a trailers-only answer that send the call to another endpoint.
+    pub grpc_retry_on: Codes,
 }
 
 /// Which failures of a sent request are retried on another endpoint (only for idempotent,
@@ -240,7 +242,8 @@ impl Default for Settings {
             max_response_headers: crate::upstream::framing::DEFAULT_MAX_HEADERS,
             protocol: Protocol::Http1,
             max_connections_per_endpoint: crate::upstream::DEFAULT_MAX_CONNECTIONS,
-            grpc_failures: FailureCodes::default(),
+            grpc_failures: Codes::failures(),
+            grpc_retry_on: Codes::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
-use crate::grpc::{Code, FailureCodes};
+use crate::grpc::{Code, Codes};
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Version, Weight};
@@ -56,26 +56,46 @@ pub(super) struct RawConfig {
 }
 
 /// gRPC semantics.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrpc {
-    #[serde(default, deserialize_with = "failure_codes")]
-    failure_codes: FailureCodes,
+    #[serde(default = "Codes::failures", deserialize_with = "failure_codes")]
+    failure_codes: Codes,
+    #[serde(default, deserialize_with = "retry_on_codes")]
+    retry_on: Codes,
 }
 
-fn failure_codes<'de, D: Deserializer<'de>>(d: D) -> Result<FailureCodes, D::Error> {
+impl Default for RawGrpc {
+    fn default() -> Self {
+        Self {
+            failure_codes: Codes::failures(),
+            retry_on: Codes::default(),
+        }
+    }
+}
+
+fn failure_codes<'de, D: Deserializer<'de>>(d: D) -> Result<Codes, D::Error> {
+    codes(d, "grpc.failure_codes")
+}
+
+fn retry_on_codes<'de, D: Deserializer<'de>>(d: D) -> Result<Codes, D::Error> {
+    codes(d, "grpc.retry_on")
+}
+
+/// A list of gRPC status names, such as `[UNAVAILABLE, CANCELLED]`.
+fn codes<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Codes, D::Error> {
     let names = Vec::<String>::deserialize(d)?;
     let codes = names
         .iter()
         .map(|name| {
             Code::from_name(name).ok_or_else(|| {
                 serde::de::Error::custom(format!(
-                    "grpc.failure_codes: {name:?} is not a gRPC status name such as UNAVAILABLE"
+                    "{field}: {name:?} is not a gRPC status name such as UNAVAILABLE"
                 ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(FailureCodes::new(codes))
+    Ok(Codes::new(codes))
 }
 
 /// How tidegate talks to endpoints.
@@ -793,6 +813,7 @@ impl RawConfig {
             protocol: self.upstream.protocol,
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,
             grpc_failures: self.grpc.failure_codes,
+            grpc_retry_on: self.grpc.retry_on,
         })
     }
 }

@@ -238,10 +238,7 @@ fn upstream_protocols_default_to_http1_and_static_endpoints_may_say_h2c() {
 #[test]
 fn grpc_failure_codes_are_names_and_default_to_the_server_side_ones() {
     let c = parse(EXAMPLE).unwrap();
-    assert_eq!(
-        c.settings().grpc_failures,
-        crate::grpc::FailureCodes::default()
-    );
+    assert_eq!(c.settings().grpc_failures, crate::grpc::Codes::failures());
     let c = parse(&format!(
         "{EXAMPLE}grpc: {{ failure_codes: [UNAVAILABLE, not_found] }}\n"
     ))

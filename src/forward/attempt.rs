@@ -9,8 +9,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use tower_service::Service;
 
-use crate::grpc;
-use crate::snapshot::InFlight;
+use crate::grpc::{self, Code};
+use crate::snapshot::{InFlight, Role};
 use crate::upstream::{
     framing, h1::ExchangeError, Answer, ConnectError, Protocol, RequestBody, SendError,
 };
@@ -38,11 +38,35 @@ pub(super) struct Failure {
     cause: Cause,
 }
 
+impl Failure {
+    /// A gRPC call answered trailers-only with a status that `grpc.retry_on` lists, which may go
+    /// to another endpoint if its request can be had back.
+    fn wants_its_request(&self) -> bool {
+        matches!(
+            (&self.failed, &self.cause),
+            (Failed::Status { resendable: false }, Cause::Grpc(_, None))
+        )
+    }
+
+    fn give_back(&mut self, request: Box<Request<RequestBody>>) {
+        if let Cause::Grpc(_, unsent) = &mut self.cause {
+            *unsent = Some(request);
+            self.failed = Failed::Status { resendable: true };
+        }
+    }
+}
+
 enum Cause {
     /// tidegate's error; with the request, if hyper handed it back unsent.
     Error(ProxyError, Option<Box<Request<RequestBody>>>),
     /// The endpoint's own 502 or 503 (boxed: the rare path).
     Status(Box<Response<ResponseBody>>),
+    /// A trailers-only gRPC answer that `grpc.retry_on` lists; with the request, once its
+    /// streamed body has come back.
+    Grpc(
+        Box<Response<ResponseBody>>,
+        Option<Box<Request<RequestBody>>>,
+    ),
 }
 
 impl Forwarder {
@@ -86,7 +110,15 @@ impl Forwarder {
             sent => sent,
         };
         match sent {
-            Ok(answer) => self.answered(answer, out, route, in_flight, conn, start),
+            Ok(answer) => match self.answered(answer, out, route, in_flight, conn, start) {
+                Attempted::Failed(mut failure) if failure.wants_its_request() => {
+                    if let Some(request) = Box::pin(transport.reclaim()).await {
+                        failure.give_back(request);
+                    }
+                    Attempted::Failed(failure)
+                }
+                attempted => attempted,
+            },
             Err(error) => self.send_failed(error, out, route, checkout.reused, start),
         }
     }
@@ -168,7 +200,7 @@ impl Forwarder {
         let mut response = response.map(Either::Left);
         self.finish(&mut response, route, clean);
         if out.grpc.is_some() && grpc::is_grpc(response.headers()) {
-            return self.grpc_answered(response, route);
+            return self.grpc_answered(response, out, route);
         }
         let status = response.status();
         let outcome = if status.is_server_error() {
@@ -194,7 +226,36 @@ impl Forwarder {
 
     /// A gRPC call answered: judged by its `grpc-status`, in the head of a trailers-only
     /// response, else in the trailers at the end of its body.
-    fn grpc_answered(&self, mut response: Response<ResponseBody>, route: &Routed) -> Attempted {
+    fn grpc_answered(
+        &self,
+        mut response: Response<ResponseBody>,
+        out: &Outgoing,
+        route: &Routed,
+    ) -> Attempted {
+        let settings = &route.settings;
+        match grpc::status(response.headers()) {
+            // Trailers-only: the endpoint sent no message (a server shutting down answers so the
+            // calls it drops). Judged here, and recorded only if it is the client's answer.
+            Some(code) if settings.grpc_retry_on.contains(code) => {
+                let failed = settings.grpc_failures.contains(code) && code != Code::CANCELLED;
+                let outcome = if failed {
+                    Outcome::Failed
+                } else {
+                    Outcome::Passed
+                };
+                self.observe_health(route, outcome);
+                if route.role == Role::Canary {
+                    self.outcomes.canary_stats.record_outcome(failed);
+                }
+                return Attempted::Failed(Failure {
+                    failed: Failed::Status {
+                        resendable: out.can_resend(false),
+                    },
+                    cause: Cause::Grpc(Box::new(response), None),
+                });
+            }
+            _ => {}
+        }
         let verdict = GrpcVerdict {
             outcomes: self.outcomes.clone(),
             outlier: route.settings.outlier,
@@ -291,8 +352,9 @@ impl Forwarder {
             Decision::RetryIfBudget | Decision::Answer => {
                 let metrics = route.endpoint.metrics();
                 return Some(match failure.cause {
-                    Cause::Status(response) => {
-                        self.record(metrics, route.role, response.status().as_u16());
+                    Cause::Status(response) | Cause::Grpc(response, _) => {
+                        let failures = route.settings.grpc_failures;
+                        self.record_answer(metrics, route.role, &response, failures);
                         *response
                     }
                     Cause::Error(error, _) => {
@@ -307,6 +369,10 @@ impl Forwarder {
             Cause::Status(response) => (
                 Retry::Status(response, route.endpoint.clone(), route.role),
                 None,
+            ),
+            Cause::Grpc(response, unsent) => (
+                Retry::Status(response, route.endpoint.clone(), route.role),
+                unsent,
             ),
             Cause::Error(error, unsent) => (Retry::exchange(error, charge), unsent),
         };

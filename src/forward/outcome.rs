@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use crate::grpc::{Code, FailureCodes};
+use crate::grpc::{Code, Codes};
 use crate::metrics::VersionMetrics;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{CanaryStats, Endpoint, Role, Snapshots};
@@ -90,7 +90,7 @@ impl Outcomes {
 pub(super) struct GrpcVerdict {
     pub(super) outcomes: Arc<Outcomes>,
     pub(super) outlier: Option<OutlierPolicy>,
-    pub(super) failures: FailureCodes,
+    pub(super) failures: Codes,
     /// The request's start on the health clock.
     pub(super) now: u64,
     /// The response's HTTP status.

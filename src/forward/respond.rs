@@ -72,7 +72,9 @@ impl Forwarder {
     ) -> Response<ResponseBody> {
         match retry {
             Retry::Status(response, endpoint, role) => {
-                self.record(endpoint.metrics(), role, response.status().as_u16());
+                // The rare path: one more snapshot load for the current failure codes.
+                let failures = self.snapshots.load().settings().grpc_failures;
+                self.record_answer(endpoint.metrics(), role, &response, failures);
                 *response
             }
             Retry::Failed(error) | Retry::Stale(error) | Retry::Saturated(error) => {
@@ -89,6 +91,26 @@ impl Forwarder {
     #[inline]
     pub(super) fn record(&self, metrics: &VersionMetrics, role: Role, status: u16) {
         self.outcomes.record(metrics, role, status);
+    }
+
+    /// Counts an endpoint's answer that failed a retry's hopes but goes to the client after all:
+    /// by its `grpc-status` if it is a trailers-only gRPC answer, else by its HTTP status.
+    pub(super) fn record_answer(
+        &self,
+        metrics: &VersionMetrics,
+        role: Role,
+        response: &Response<ResponseBody>,
+        failures: grpc::Codes,
+    ) {
+        let status = response.status().as_u16();
+        match grpc::status(response.headers()) {
+            Some(code) => {
+                let failed = failures.contains(code) && code != grpc::Code::CANCELLED;
+                self.outcomes
+                    .record_grpc(metrics, role, status, code, failed);
+            }
+            None => self.record(metrics, role, status),
+        }
     }
 
     /// The answer to a request that failed through the client's fault: counted as the client's,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 
+use crate::grpc;
 use crate::snapshot::{Endpoint, Role, Settings};
 
 use super::body::ResponseBody;
@@ -158,14 +159,16 @@ pub(super) enum Retry {
 }
 
 impl Retry {
-    pub(super) const REASONS: usize = 5;
+    pub(super) const REASONS: usize = 6;
     pub(super) const LABELS: [&'static str; Retry::REASONS] =
-        ["connect", "reset", "502", "503", "saturated"];
+        ["connect", "reset", "502", "503", "saturated", "grpc"];
 
     /// The status the failed attempt amounts to, if it was the endpoint's failure.
     pub(super) fn endpoint_status(&self) -> Option<StatusCode> {
         match self {
             Retry::Failed(e) => Some(e.kind().status()),
+            // A retried gRPC status fed the canary's outcomes as it arrived.
+            Retry::Status(r, _, _) if r.headers().contains_key(grpc::GRPC_STATUS) => None,
             Retry::Status(r, _, _) => Some(r.status()),
             Retry::Stale(_) | Retry::Saturated(_) => None,
         }
@@ -176,6 +179,8 @@ impl Retry {
         match self {
             Retry::Failed(e) if e.retryable() => 0,
             Retry::Failed(_) | Retry::Stale(_) => 1,
+            // A trailers-only gRPC status that `grpc.retry_on` lists.
+            Retry::Status(r, _, _) if r.headers().contains_key(grpc::GRPC_STATUS) => 5,
             Retry::Status(r, _, _) if r.status() == StatusCode::BAD_GATEWAY => 2,
             Retry::Status(..) => 3,
             Retry::Saturated(_) => 4,

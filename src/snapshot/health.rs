@@ -308,16 +308,29 @@ mod tests {
         // Two of four may be ejected at once (50%).
         for _ in 0..3 {
             let gone = Health::new(version.clone());
-            assert!(gone.failure(1_000, &policy(), 4, true), "ejected, then deleted");
+            assert!(
+                gone.failure(1_000, &policy(), 4, true),
+                "ejected, then deleted"
+            );
             drop(gone);
         }
         assert_eq!(version.ejected.load(Ordering::Relaxed), 0);
         let expired = Health::new(version.clone());
         assert!(expired.failure(1_000, &policy(), 4, true));
-        assert!(!expired.is_ejected(60_000), "the ejection ended and gave its place back");
+        assert!(
+            !expired.is_ejected(60_000),
+            "the ejection ended and gave its place back"
+        );
         drop(expired);
-        assert_eq!(version.ejected.load(Ordering::Relaxed), 0, "given back once");
+        assert_eq!(
+            version.ejected.load(Ordering::Relaxed),
+            0,
+            "given back once"
+        );
         let next = Health::new(version.clone());
-        assert!(next.failure(1_000, &policy(), 4, true), "the version can still eject");
+        assert!(
+            next.failure(1_000, &policy(), 4, true),
+            "the version can still eject"
+        );
     }
 }

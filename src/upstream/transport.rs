@@ -284,6 +284,23 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The streamed request of an HTTP/2 attempt whose answer (a trailers-only gRPC status) sends
+    /// it elsewhere: its head, and its body once hyper has let go of it, rewound; `None` if the
+    /// body passed on more than it could keep, or does not come back in time.
+    pub async fn reclaim(&mut self) -> Option<Box<Request<RequestBody>>> {
+        let Transport::H2 { rewind, .. } = self else {
+            return None;
+        };
+        let Rewind { head, returned } = *rewind.take()?;
+        let body = tokio::time::timeout(RETURN_WAIT, returned)
+            .await
+            .ok()?
+            .ok()?;
+        Some(Box::new(head.map(|()| Either::Left(body))))
+    }
+}
+
 /// Takes a streamed request out of its place, with the flag its body sets at its end.
 fn take_streamed(
     request: &mut Request<RequestBody>,

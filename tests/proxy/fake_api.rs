@@ -592,6 +592,8 @@ pub struct SliceEndpoint {
     pub ip: String,
     pub ready: bool,
     pub pod: Option<String>,
+    /// Its pod is shutting down: `ready: false`, `serving` as `ready` was, `terminating: true`.
+    pub terminating: bool,
 }
 
 impl SliceEndpoint {
@@ -600,11 +602,19 @@ impl SliceEndpoint {
             ip: ip.to_string(),
             ready,
             pod: None,
+            terminating: false,
         }
     }
 
     pub fn pod(mut self, name: &str) -> Self {
         self.pod = Some(name.to_owned());
+        self
+    }
+
+    /// Its pod is being deleted: no longer `ready`, still `serving` if it was ready (a pod passing
+    /// its readiness probe through its grace period), `terminating`.
+    pub fn terminating(mut self) -> Self {
+        self.terminating = true;
         self
     }
 }
@@ -617,13 +627,25 @@ pub fn endpoint_slice(
     port: u16,
     endpoints: &[SliceEndpoint],
 ) -> Value {
+    endpoint_slice_with_app_protocol(namespace, name, service, port, None, endpoints)
+}
+
+/// [`endpoint_slice`] whose port carries `appProtocol` (e.g. `kubernetes.io/h2c`) when given.
+pub fn endpoint_slice_with_app_protocol(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    port: u16,
+    app_protocol: Option<&str>,
+    endpoints: &[SliceEndpoint],
+) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
         .map(|e| {
-            let mut v = json!({
-                "addresses": [e.ip],
-                "conditions": { "ready": e.ready, "serving": e.ready, "terminating": false },
-            });
+            let ready = e.ready && !e.terminating;
+            let conditions =
+                json!({ "ready": ready, "serving": e.ready, "terminating": e.terminating });
+            let mut v = json!({ "addresses": [e.ip], "conditions": conditions });
             if let Some(pod) = &e.pod {
                 v["targetRef"] = json!({ "kind": "Pod", "namespace": namespace, "name": pod });
             }
@@ -644,7 +666,11 @@ pub fn endpoint_slice(
     );
     slice["addressType"] = json!("IPv4");
     slice["endpoints"] = json!(endpoints);
-    slice["ports"] = json!([{ "name": "http", "port": port, "protocol": "TCP" }]);
+    let mut slice_port = json!({ "name": "http", "port": port, "protocol": "TCP" });
+    if let Some(app_protocol) = app_protocol {
+        slice_port["appProtocol"] = json!(app_protocol);
+    }
+    slice["ports"] = json!([slice_port]);
     slice
 }
 

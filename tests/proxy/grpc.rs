@@ -221,3 +221,42 @@ async fn a_canary_answering_unavailable_is_aborted_and_one_answering_not_found_i
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailers_only_status_in_retry_on_sends_the_call_to_another_endpoint() {
+    // One pod answers every call trailers-only CANCELLED, as grpcio does to calls that reach it
+    // as it shuts down; the other answers. Outlier detection off: CANCELLED is nobody's failure
+    // anyway, and the failing pod keeps being picked.
+    let good = GrpcServer::start("v1", None).await;
+    let cancelling = GrpcServer::start("v1", Some("CANCELLED")).await;
+    let retrying =
+        "grpc: { retry_on: [cancelled] }\nretries: { budget_percent: 100 }\noutlier: null";
+    let proxy = h2c_proxy(&[&good, &cancelling], retrying).await;
+    for kind in ["unary", "client_stream"] {
+        let summary = call(proxy.addr, kind, &["--count", "60", "--concurrency", "4"]).await;
+        assert_all_ok(&summary, kind);
+    }
+    let retried = proxy
+        .metric(r#"tidegate_retries_total{reason="grpc"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        retried > 20.0,
+        "about half the calls met the cancelling pod and went again (client streams with their \
+         bodies back): {retried}"
+    );
+
+    // Without `retry_on`, the client gets the pod's answer.
+    let proxy = h2c_proxy(&[&good, &cancelling], "outlier: null").await;
+    let summary = call(
+        proxy.addr,
+        "client_stream",
+        &["--count", "60", "--concurrency", "4"],
+    )
+    .await;
+    let cancelled = summary.codes.get("CANCELLED").copied().unwrap_or(0);
+    assert!(cancelled > 10, "{summary:?}");
+    let counted =
+        r#"tidegate_requests_total{code="200",grpc_status="1",role="stable",version="v1"}"#;
+    assert_eq!(proxy.metric(counted).await, Some(cancelled as f64));
+}

@@ -19,6 +19,7 @@ mod fake_api_tests;
 mod faults;
 mod framing;
 mod grpc;
+mod grpc_rollout;
 mod grpcio;
 mod h2c;
 mod kubernetes;

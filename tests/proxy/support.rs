@@ -544,7 +544,11 @@ impl RunningProxy {
         let mut child = command
             .args(["--log-format", "json", "proxy", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // `TIDEGATE_TEST_RUST_LOG=info,tidegate=debug,h2=debug` when investigating a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("TIDEGATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
