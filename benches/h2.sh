@@ -36,72 +36,11 @@ work=$(mktemp -d /tmp/tidegate-h2.XXXXXX)
 chmod 755 "$work"
 pids=()
 
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        # Bounded: a process that ignores TERM for 5 s gets KILL.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 
 need_tools() {
-    local missing=()
-    command -v h2load >/dev/null || missing+=(nghttp2-client)
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-    command -v taskset >/dev/null || missing+=(util-linux)
-    command -v curl >/dev/null || missing+=(curl)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-    export PATH=$PATH:/usr/sbin
-}
-
-# Starts nginx instance NAME on CPU list CPUS with the given `http { ... }` body; sets started_pid
-# to its master and remembers it for cleanup.
-start_nginx() {
-    local name=$1 cpus=$2 http=$3
-    local prefix=$work/$name
-    mkdir -p "$prefix/logs"
-    chmod 755 "$prefix"
-    cat >"$prefix/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $prefix/nginx.pid;
-error_log $prefix/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $prefix/client_body;
-    proxy_temp_path $prefix/proxy;
-    fastcgi_temp_path $prefix/fastcgi;
-    uwsgi_temp_path $prefix/uwsgi;
-    scgi_temp_path $prefix/scgi;
-    # Since nginx 1.19.7 this also bounds the requests of an HTTP/2 connection (it replaced
-    # http2_max_requests); the default (1000) would send GOAWAY every 1000 streams, to h2load and to
-    # tidegate's multiplexed upstream connections alike.
-    keepalive_requests 100000000;
-    keepalive_timeout 60s;
-$http
-}
-EOF
-    taskset -c "$cpus" nginx -p "$prefix" -c "$prefix/nginx.conf" \
-        </dev/null >>"$prefix/logs/stderr" 2>&1 &
-    started_pid=$!
-    pids+=("$started_pid")
+    install_missing h2load:nghttp2-client nginx:nginx taskset:util-linux curl:curl
 }
 
 # Polls URL over HTTP/2 with prior knowledge until it answers `200 hello`, for at most 10 s.
@@ -114,26 +53,6 @@ wait_ready() {
     done
     log "error: $url did not answer \`200 hello\` over HTTP/2 within 10 s (last: ${got:-nothing})"
     exit 1
-}
-
-# Sum of utime+stime in clock ticks over the given PIDs (each /proc/PID/stat covers all threads).
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
-        rest=${stat##*) }          # fields from 3 (state) on; comm may hold spaces
-        # shellcheck disable=SC2086
-        set -- $rest
-        total=$((total + ${12} + ${13})) # fields 14 (utime) and 15 (stime)
-    done
-    echo "$total"
-}
-
-# The proxy PIDs whose CPU is counted: the process itself and its children (nginx workers).
-proxy_pids() {
-    local pid=$1
-    echo "$pid"
-    pgrep -P "$pid" || true
 }
 
 to_us() { # h2load duration (e.g. 512us, 1.20ms, 2.00s) -> microseconds

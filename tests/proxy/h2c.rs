@@ -14,51 +14,77 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::support::*;
 
 /// An h2c app: answers `POST` with the body it read (streamed back as it arrives), the request's
 /// trailer `x-sent` echoed as `x-got`, and a trailer `x-length` with the body's length. Counts the
-/// requests it served and the connections it accepted.
+/// requests it served and its connections.
 async fn h2c_echo(version: &'static str) -> H2cApp {
+    h2c_app(version, None).await
+}
+
+/// [`h2c_echo`], which on `stop` shuts down as a terminating pod does: stops accepting, sends
+/// `GOAWAY` on every connection and finishes the streams in flight.
+async fn h2c_app(version: &'static str, stop: Option<watch::Receiver<bool>>) -> H2cApp {
     let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let open = Arc::new(AtomicUsize::new(0));
-    let (counter, accepted, live) = (served.clone(), connections.clone(), open.clone());
+    let app = H2cApp {
+        addr,
+        served: Arc::default(),
+        connections: Arc::default(),
+        open: Arc::default(),
+    };
+    let (served, accepted, live) = (
+        app.served.clone(),
+        app.connections.clone(),
+        app.open.clone(),
+    );
+    // Without a stop signal, one that never fires (its sender lives as long as the app).
+    let (never_fires, never) = watch::channel(false);
+    let stopped = stop.unwrap_or(never);
     tokio::spawn(async move {
+        let _keep = never_fires;
+        let mut stop_accepting = stopped.clone();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+                _ = stop_accepting.changed() => return,
             };
             accepted.fetch_add(1, Ordering::Relaxed);
-            let counter = counter.clone();
+            let served = served.clone();
             let service = service_fn(move |req: Request<Incoming>| {
-                counter.fetch_add(1, Ordering::Relaxed);
+                served.fetch_add(1, Ordering::Relaxed);
                 async move { Ok::<_, Infallible>(echo(req, version)) }
             });
-            let live = live.clone();
+            let (live, mut stopped) = (live.clone(), stopped.clone());
             live.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
                 live.fetch_sub(1, Ordering::Relaxed);
             });
         }
     });
-    H2cApp {
-        addr,
-        served,
-        connections,
-        open,
-    }
+    app
 }
 
 struct H2cApp {
@@ -66,7 +92,7 @@ struct H2cApp {
     served: Arc<AtomicUsize>,
     /// Accepted so far.
     connections: Arc<AtomicUsize>,
-    /// Not yet closed (only `h2c_echo` keeps this).
+    /// Not yet closed.
     open: Arc<AtomicUsize>,
 }
 
@@ -244,34 +270,9 @@ async fn refused_streams_go_to_another_endpoint_with_their_bodies_whole() {
         .await;
     let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
     let n = 60;
-    let mut calls = Vec::new();
-    for _ in 0..n {
-        let (body, length) = streamed(20);
-        // A POST with a streamed body: neither idempotent nor replayable by its length.
-        let req = Request::post(proxy.url("/upload")).body(body).unwrap();
-        let send = h2.send_request(req);
-        calls.push(async move {
-            let response = send.await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if status != 200 {
-                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-            }
-            Ok::<_, String>((status, body.len(), length))
-        });
-    }
+    let calls: Vec<_> = (0..n).map(|_| upload(&mut h2, &proxy, 20)).collect();
     for result in futures::future::join_all(calls).await {
-        let (status, got, sent) = result.expect("the call completes");
-        assert_eq!(
-            status, 200,
-            "a refused stream is resent, not answered with an error"
-        );
-        assert_eq!(got, sent, "the resent body is whole");
+        result.expect("a refused stream is resent whole, not answered with an error");
     }
     assert!(
         refused.load(Ordering::Relaxed) > 5,
@@ -360,15 +361,7 @@ async fn streams_share_one_connection_until_it_carries_a_hundred() {
     let mut calls = Vec::new();
     for n in [60, 90] {
         for _ in 0..n {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-            let body =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-                );
-            let req = Request::post(proxy.url("/held"))
-                .body(StreamBody::new(body).boxed())
-                .unwrap();
+            let (req, tx) = held_post(&proxy);
             calls.push(h2.send_request(req));
             open.push(tx);
         }
@@ -416,55 +409,31 @@ async fn streams_share_one_connection_until_it_carries_a_hundred() {
     );
 }
 
-/// An h2c echo app that can shut down as a terminating pod does: stop accepting, send `GOAWAY` on
-/// every connection, finish the streams in flight.
-async fn h2c_draining(version: &'static str) -> (H2cApp, tokio::sync::watch::Sender<bool>) {
-    let listener = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let served = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (counter, accepted) = (served.clone(), connections.clone());
-    tokio::spawn(async move {
-        let mut stop_accepting = stopped.clone();
-        loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => return,
-                },
-                _ = stop_accepting.changed() => return,
-            };
-            accepted.fetch_add(1, Ordering::Relaxed);
-            let counter = counter.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                async move { Ok::<_, Infallible>(echo(req, version)) }
-            });
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stopped.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
+/// Sends a POST of `chunks` streamed pieces on `h2`; resolves to an error unless the endpoint's
+/// 200 echoed the whole body.
+fn upload(
+    h2: &mut SendRequest<ClientBody>,
+    proxy: &RunningProxy,
+    chunks: usize,
+) -> impl std::future::Future<Output = Result<(), String>> {
+    let (body, length) = streamed(chunks);
+    // A POST with a streamed body: neither idempotent nor replayable by its length.
+    let req = Request::post(proxy.url("/upload")).body(body).unwrap();
+    let send = h2.send_request(req);
+    async move {
+        let response = send.await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != 200 || body.len() != length {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
         }
-    });
-    let app = H2cApp {
-        addr,
-        served,
-        connections,
-        open: Arc::default(),
-    };
-    (app, stop)
+        Ok(())
+    }
 }
 
 /// A POST whose body stays open until its sender is dropped.
@@ -485,7 +454,8 @@ fn held_post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_goes_away_finishes_its_streams_and_new_ones_go_elsewhere() {
-    let (draining, stop) = h2c_draining("v1").await;
+    let (stop, stopping) = watch::channel(false);
+    let draining = h2c_app("v1", Some(stopping)).await;
     let other = h2c_echo("v2").await;
     let proxy = TestProxy::new()
         .h2c_endpoint_at(draining.addr, "v1")
@@ -514,26 +484,7 @@ async fn an_endpoint_that_goes_away_finishes_its_streams_and_new_ones_go_elsewhe
     }
     stop.send_replace(true);
     // New streams, with streamed bodies, while it drains and after it has stopped accepting.
-    let mut calls = Vec::new();
-    for _ in 0..40 {
-        let (body, length) = streamed(2);
-        let req = Request::post(proxy.url("/upload")).body(body).unwrap();
-        let send = h2.send_request(req);
-        calls.push(async move {
-            let response = send.await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if status != 200 || body.len() != length {
-                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-            }
-            Ok::<_, String>(())
-        });
-    }
+    let calls: Vec<_> = (0..40).map(|_| upload(&mut h2, &proxy, 2)).collect();
     for result in futures::future::join_all(calls).await {
         result.expect("a new stream never fails because an endpoint is going away");
     }
