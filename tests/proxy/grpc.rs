@@ -260,3 +260,39 @@ async fn a_trailers_only_status_in_retry_on_sends_the_call_to_another_endpoint()
         r#"tidegate_requests_total{code="200",grpc_status="1",role="stable",version="v1"}"#;
     assert_eq!(proxy.metric(counted).await, Some(cancelled as f64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_bounds_the_wait_and_the_client_gets_deadline_exceeded() {
+    use http_body_util::BodyExt;
+
+    let server = GrpcServer::start("v1", None).await;
+    let proxy = h2c_proxy(&[&server], "").await;
+    // A raw HTTP/2 client, with no deadline of its own: only tidegate can end the wait.
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    // One length-prefixed gRPC message, "ping".
+    let message = b"\x00\x00\x00\x00\x04ping";
+    let req = http::Request::post(proxy.url("/tidegate.test.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .header("x-sleep-ms", "3000")
+        .body(full(std::str::from_utf8(message).unwrap()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = h2.send_request(req).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(response.headers()["x-tidegate-error"], "timeout");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the call's 300 ms deadline, not timeouts.request (10 s) nor the server's 3 s: {waited:?}"
+    );
+    assert!(response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+}
