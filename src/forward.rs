@@ -5,7 +5,8 @@
 //! Per request: one snapshot load, arithmetic to pick, an `Arc` clone, and pre-resolved metric
 //! handles. A request's stages, in order: [`request::admit`] → `pick::route` → [`outgoing`]
 //! (prepared once) → [`attempt`] (one send through the upstream transport, classified by who is
-//! at fault) → [`retry`] (a pure decision) → [`respond`] (the answer and its bookkeeping).
+//! at fault) → [`retry`] (a pure decision) → [`respond`] (the answer and its bookkeeping), with
+//! [`outcome`] recording what each attempt meant for its endpoint (a gRPC call's at its end).
 
 mod attempt;
 mod body;

@@ -14,9 +14,9 @@
 //! - [`control`]: the control loop, sole owner of the routing model; publishes snapshots.
 //! - [`snapshot`]: the immutable `Snapshot` behind one `ArcSwap`; the `Publisher` writes it.
 //! - [`pick`]: canary header, sticky cookie, canary split, power-of-two-choices; arithmetic only.
-//! - [`upstream`]: per-endpoint connection pools, and the one transport service (a
-//!   `tower::Service`) that the lean HTTP/1.1 exchange and hyper's client implement under one
-//!   framing policy.
+//! - [`upstream`]: per-endpoint connections (HTTP/1.1 pools under a cap, multiplexed HTTP/2 for
+//!   h2c endpoints), and the one transport service (a `tower::Service`) that the lean HTTP/1.1
+//!   exchange and hyper's HTTP/1 and HTTP/2 clients implement under one framing policy.
 //! - [`deadline`]: per-request deadlines on one timer per connection (client and upstream side).
 //! - [`probe`]: optional active health checks, recorded in the endpoint cells.
 //! - [`forward`]: the hyper server and a request's stages: admit, route, prepare, attempt
