@@ -213,11 +213,11 @@ impl Pool {
                 Some(stream) => (stream, true),
                 None => Box::pin(self.h2.checkout(self.address, connect_timeout)).await?,
             };
-            let transport = Transport::H2 {
+            let transport = Transport::H2(Box::new(transport::H2Attempt {
                 stream: Some(stream),
                 address: self.address,
                 rewind: None,
-            };
+            }));
             return Ok(Checkout { transport, reused });
         }
         let (transport, reused) = match path {

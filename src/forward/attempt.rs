@@ -103,23 +103,25 @@ impl Forwarder {
             Ok(()) => transport.call(out.outbound(settings)).await,
             Err(error) => Err(error),
         };
-        let sent = match sent {
-            // Boxed: the rare path's state (a timer, a request head) stays out of every request's
-            // future.
-            Err(error) => Err(Box::pin(transport.recover(error)).await),
-            sent => sent,
-        };
         match sent {
-            Ok(answer) => match self.answered(answer, out, route, in_flight, conn, start) {
-                Attempted::Failed(mut failure) if failure.wants_its_request() => {
-                    if let Some(request) = Box::pin(transport.reclaim()).await {
-                        failure.give_back(request);
+            Ok(answer) => {
+                let mut attempted = self.answered(answer, out, route, in_flight, conn, start);
+                // In place: the attempt's answer is large, and this is every request's path.
+                if let Attempted::Failed(failure) = &mut attempted {
+                    if failure.wants_its_request() {
+                        if let Some(request) = Box::pin(transport.reclaim()).await {
+                            failure.give_back(request);
+                        }
                     }
-                    Attempted::Failed(failure)
                 }
-                attempted => attempted,
-            },
-            Err(error) => self.send_failed(error, out, route, checkout.reused, start),
+                attempted
+            }
+            Err(error) => {
+                // Boxed: the rare path's state (a timer, a request head) stays out of every
+                // request's future.
+                let error = Box::pin(transport.recover(error)).await;
+                self.send_failed(error, out, route, checkout.reused, start)
+            }
         }
     }
 

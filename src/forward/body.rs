@@ -207,16 +207,18 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // The server stops polling once the body reports its end, so completion is also seen here;
         // a body dropped before its end (client went away) takes its connection down with it.
-        if self.is_end_stream() {
+        let ended = self.is_end_stream();
+        if ended {
             self.complete();
         }
-        // Dropped before its status arrived: ended without trailers, or cancelled by the client.
-        let code = if self.is_end_stream() {
-            Code::UNKNOWN
-        } else {
-            Code::CANCELLED
-        };
-        self.settle(code);
+        if self.grpc.is_some() {
+            // Dropped before its status arrived: ended without trailers, or cancelled.
+            self.settle(if ended {
+                Code::UNKNOWN
+            } else {
+                Code::CANCELLED
+            });
+        }
         self.in_flight
             .endpoint()
             .metrics()

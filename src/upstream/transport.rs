@@ -36,13 +36,17 @@ pub enum Transport {
     H1(Option<h1::Connection>),
     /// A hyper HTTP/1 client connection, whose own task writes a streamed body.
     Hyper(Option<Sender>),
-    /// A stream on a shared HTTP/2 connection to `address`; `rewind` gets a streamed request back
-    /// if the endpoint refuses its stream unprocessed.
-    H2 {
-        stream: Option<h2::Stream>,
-        address: SocketAddr,
-        rewind: Option<Box<Rewind>>,
-    },
+    /// A stream on a shared HTTP/2 connection (boxed: the HTTP/1.1 variants stay small, and every
+    /// request's future with them).
+    H2(Box<H2Attempt>),
+}
+
+/// One request's stream on a shared HTTP/2 connection to `address`; `rewind` gets a streamed
+/// request back if the endpoint refuses its stream unprocessed.
+pub struct H2Attempt {
+    pub(super) stream: Option<h2::Stream>,
+    pub(super) address: SocketAddr,
+    pub(super) rewind: Option<Box<Rewind>>,
 }
 
 /// What rebuilds a streamed request whose stream was refused: its head as it was prepared (for
@@ -189,13 +193,13 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
             Transport::Hyper(Some(sender)) => sender
                 .poll_ready(cx)
                 .map_err(|error| SendError::Hyper(error, None)),
-            Transport::H2 {
-                stream: Some(stream),
-                ..
-            } => stream
-                .sender
-                .poll_ready(cx)
-                .map_err(|error| SendError::Hyper(error, None)),
+            Transport::H2(attempt) => match &mut attempt.stream {
+                Some(stream) => stream
+                    .sender
+                    .poll_ready(cx)
+                    .map_err(|error| SendError::Hyper(error, None)),
+                None => Poll::Ready(Ok(())),
+            },
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -218,11 +222,12 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
                 let send = Box::pin(sender.try_send_request(request));
                 Sending::Hyper(HyperSending::start(send, sender, &out, body_ended))
             }
-            Transport::H2 {
-                stream,
-                address,
-                rewind,
-            } => {
+            Transport::H2(attempt) => {
+                let H2Attempt {
+                    stream,
+                    address,
+                    rewind,
+                } = &mut **attempt;
                 let h2::Stream { mut sender, guard } = stream.take().expect(ONCE);
                 let (mut request, body_ended) = if out.in_place {
                     (copy_lean(&out), None)
@@ -258,9 +263,10 @@ impl Transport {
     /// that it can go elsewhere: the request hyper handed back unsent, in the form it was prepared
     /// in, or one rebuilt around its returned body after a refused stream.
     pub async fn recover(&mut self, error: SendError) -> SendError {
-        let Transport::H2 { rewind, .. } = self else {
+        let Transport::H2(attempt) = self else {
             return error;
         };
+        let rewind = &mut attempt.rewind;
         let Some(rewind) = rewind.take() else {
             return error;
         };
@@ -289,9 +295,10 @@ impl Transport {
     /// it elsewhere: its head, and its body once hyper has let go of it, rewound; `None` if the
     /// body passed on more than it could keep, or does not come back in time.
     pub async fn reclaim(&mut self) -> Option<Box<Request<RequestBody>>> {
-        let Transport::H2 { rewind, .. } = self else {
+        let Transport::H2(attempt) = self else {
             return None;
         };
+        let rewind = &mut attempt.rewind;
         let Rewind { head, returned } = *rewind.take()?;
         let body = tokio::time::timeout(RETURN_WAIT, returned)
             .await
