@@ -65,6 +65,9 @@ pub struct Config {
     pub health_check: Option<CheckConfig>,
     /// How often the config file is checked for changes.
     pub reload_interval: Duration,
+    /// TLS termination on `listen`: the certificate pairs (the first for clients without SNI).
+    /// Changing the files needs no restart (they are reloaded); turning TLS on or off does.
+    pub tls: Option<Vec<crate::tls::CertFiles>>,
     /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
     /// load tests and clients can tell versions apart without reading bodies.
     pub expose_version_header: bool,

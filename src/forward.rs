@@ -38,6 +38,7 @@ use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{self, Hints, Rng};
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::{health, CanaryStats, Endpoint, Role, Settings, Snapshots};
+use crate::tls::Tls;
 
 use attempt::Attempted;
 use budget::RetryBudget;
@@ -63,9 +64,11 @@ pub const VERSION_HEADER: header::HeaderName =
     header::HeaderName::from_static("x-tidegate-version");
 
 /// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
-/// `drain_timeout`. Canary outcomes are counted into `canary_stats` for the abort check.
+/// `drain_timeout`. With `tls`, every connection is a TLS one (its handshake bounded by
+/// `header_read_timeout`). Canary outcomes are counted into `canary_stats` for the abort check.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     snapshots: Snapshots,
     metrics: &Metrics,
     options: ServeOptions,
@@ -73,7 +76,7 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let forwarder = Arc::new(Forwarder::new(snapshots, metrics, canary_stats));
-    let builder = server_builder();
+    let builder = Arc::new(server_builder());
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
     // one is dropped, `all_closed` yields None.
     let (drain, draining) = shutdown::channel();
@@ -93,41 +96,37 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let forwarder = forwarder.clone();
         // Per connection, not per request: the client address as a header value, and the drain
         // handle an upgraded tunnel keeps.
         let conn = Arc::new(Conn {
-            client: request::Client::new(peer.ip()),
+            client: request::Client::new(peer.ip(), tls.is_some()),
             open: open.clone(),
             phase: head_deadline::Phase::new(),
         });
-        let io = HeadDeadline::new(stream, conn.clone(), options.header_read_timeout);
-        let service = service_fn(move |req| {
-            let (forwarder, conn) = (forwarder.clone(), conn.clone());
-            async move {
-                head_deadline::answering(&conn);
-                let response = forwarder.handle(req, &conn).await;
-                Ok::<_, Infallible>(head_deadline::answered(response, conn))
+        let accepted = Accepted {
+            forwarder: forwarder.clone(),
+            builder: builder.clone(),
+            conn,
+            drained: draining.clone().quiet(),
+            peer,
+            header_read_timeout: options.header_read_timeout,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(accepted.serve(stream));
             }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let (open, drained) = (open.clone(), draining.clone().quiet());
-        tokio::spawn(async move {
-            let _open = open;
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = drained => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                let limit = options.header_read_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limit, handshake).await {
+                        Ok(Ok(stream)) => accepted.serve(stream).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
-        });
+        }
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
@@ -138,6 +137,56 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
+    }
+}
+
+/// An accepted client connection, ready to be served over whatever carries it (TCP or TLS).
+struct Accepted<D> {
+    forwarder: Arc<Forwarder>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    conn: Arc<Conn>,
+    drained: D,
+    peer: std::net::SocketAddr,
+    header_read_timeout: Duration,
+}
+
+impl<D: std::future::Future<Output = ()>> Accepted<D> {
+    /// Serves the connection's requests until it closes, or drains it on shutdown.
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Accepted {
+            forwarder,
+            builder,
+            conn,
+            drained,
+            peer,
+            header_read_timeout,
+        } = self;
+        let _open = conn.open.clone();
+        let io = HeadDeadline::new(io, conn.clone(), header_read_timeout);
+        let service = service_fn(move |req| {
+            let (forwarder, conn) = (forwarder.clone(), conn.clone());
+            async move {
+                head_deadline::answering(&conn);
+                let response = forwarder.handle(req, &conn).await;
+                Ok::<_, Infallible>(head_deadline::answered(response, conn))
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::pin!(drained);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = drained => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "client connection ended with an error");
+        }
     }
 }
 

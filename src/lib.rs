@@ -23,6 +23,7 @@
 //!   (classified by who is at fault: client, endpoint or tidegate), retry decision, respond.
 //! - [`grpc`]: gRPC over a proxy: call detection, `grpc-status` outcomes and failure codes,
 //!   `grpc-timeout`, and the trailers-only answers tidegate gives when it cannot forward.
+//! - [`tls`]: TLS termination at the listener: certificates by SNI, reloaded when their files change.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
 //! - `fuzzing` (only with `--cfg fuzzing`, and in tests): the parsers of untrusted input, for the
@@ -52,4 +53,5 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

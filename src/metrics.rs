@@ -35,6 +35,7 @@ pub struct Metrics {
     retry_budget_exhausted: IntCounter,
     ejections: IntCounter,
     config_reloads: IntCounterVec,
+    tls_reloads: IntCounterVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
     canary_weight_configured: Gauge,
@@ -133,6 +134,15 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric definition");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "tidegate_tls_reloads_total",
+                "Changes to the TLS certificate files seen, by result: success (new handshakes use \
+                 them) or error (they did not load; the previous certificates keep serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
         let canary_weight = Gauge::new(
             "tidegate_canary_weight",
             "Percentage of requests the current snapshot sends to the canary while both roles \
@@ -209,6 +219,7 @@ impl Metrics {
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ejections.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(tls_reloads.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
             Box::new(canary_weight_configured.clone()),
@@ -226,6 +237,7 @@ impl Metrics {
         // Pre-create the closed label sets so that dashboards see zeros rather than no data.
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
+            tls_reloads.with_label_values(&[result]);
         }
         config_errors.with_label_values(&["annotation"]);
         Self {
@@ -239,6 +251,7 @@ impl Metrics {
             retry_budget_exhausted,
             ejections,
             config_reloads,
+            tls_reloads,
             canary_weight,
             rollout_paused,
             canary_weight_configured,
@@ -294,6 +307,12 @@ impl Metrics {
     /// The counter for one retry reason; resolve once and keep it.
     pub fn retry(&self, reason: &str) -> IntCounter {
         self.retries.with_label_values(&[reason])
+    }
+
+    /// Counts a change to the TLS certificate files (see `tls::watch`).
+    pub fn tls_reload(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.tls_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn config_reload(&self, success: bool) {

@@ -17,6 +17,7 @@ use crate::forward::{self, ServeOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{CanaryStats, Publisher};
+use crate::tls::{self, Tls};
 use crate::{admin, probe, reload};
 
 /// Why an instance could not start.
@@ -30,6 +31,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where the running config came from, so that it can be watched for changes.
@@ -138,6 +141,19 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = Arc::new(Tls::new(files.clone())?);
+                tokio::spawn(tls::watch(
+                    tls.clone(),
+                    config.reload_interval,
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+                Some(tls)
+            }
+            None => None,
+        };
         let config_checks = config.health_check.clone();
         let canary_stats = Arc::new(CanaryStats::default());
         let control = Control::start(
@@ -166,6 +182,7 @@ impl Server {
         ));
         forward::serve(
             self.listener,
+            tls,
             snapshots,
             &metrics,
             options,

@@ -14,6 +14,7 @@ use crate::grpc::{Code, Codes};
 use crate::probe::CheckConfig;
 use crate::snapshot::health::OutlierPolicy;
 use crate::snapshot::{EndpointSpec, EndpointState, RetryPolicy, Version, Weight};
+use crate::tls::{CertFiles, Tls};
 use crate::upstream::{self, framing, Protocol};
 
 use super::duration::{self, Dur};
@@ -53,6 +54,52 @@ pub(super) struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     grpc: RawGrpc,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+/// TLS termination: one pair, or several chosen by SNI (the first for clients without SNI).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    certificates: Vec<RawCertFiles>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl RawTls {
+    /// The pairs, with paths relative to the config file's directory, checked to load.
+    fn files(self, config: &Path) -> Result<Vec<CertFiles>, String> {
+        let dir = config.parent().unwrap_or(Path::new(""));
+        let pair = |cert: &Path, key: &Path| CertFiles {
+            cert_file: dir.join(cert),
+            key_file: dir.join(key),
+        };
+        let files: Vec<CertFiles> = match (self.cert_file, self.key_file, self.certificates) {
+            (Some(cert), Some(key), none) if none.is_empty() => vec![pair(&cert, &key)],
+            (None, None, list) if !list.is_empty() => list
+                .iter()
+                .map(|p| pair(&p.cert_file, &p.key_file))
+                .collect(),
+            (None, None, _) => return Err("set cert_file and key_file, or certificates".to_owned()),
+            (Some(_), Some(_), _) => {
+                return Err("set cert_file and key_file, or certificates, not both".to_owned())
+            }
+            _ => return Err("cert_file and key_file go together".to_owned()),
+        };
+        Tls::check(&files).map_err(|e| e.to_string())?;
+        Ok(files)
+    }
 }
 
 /// gRPC semantics.
@@ -719,6 +766,10 @@ impl RawConfig {
             .admin
             .token(path)
             .map_err(|reason| invalid("admin.token_file", &reason))?;
+        let tls = match self.tls {
+            Some(tls) => Some(tls.files(path).map_err(|reason| invalid("tls", &reason))?),
+            None => None,
+        };
         let discovery = match self.discovery {
             RawDiscovery::Kubernetes(k) => {
                 if k.api_timeout.0 < Duration::from_secs(1) {
@@ -809,6 +860,7 @@ impl RawConfig {
                 },
             },
             reload_interval: self.reload.interval.0,
+            tls,
             max_response_headers: self.upstream.max_response_headers,
             protocol: self.upstream.protocol,
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,

@@ -38,15 +38,18 @@ pub(super) struct Client {
     ip: IpAddr,
     /// `X-Forwarded-For` when the client sent none.
     forwarded_for: HeaderValue,
+    /// `X-Forwarded-Proto`: `https` when the connection came over TLS.
+    proto: HeaderValue,
 }
 
 impl Client {
-    pub(super) fn new(ip: IpAddr) -> Self {
+    pub(super) fn new(ip: IpAddr, tls: bool) -> Self {
         let ip = ip.to_canonical();
         Self {
             ip,
             forwarded_for: HeaderValue::try_from(ip.to_string())
                 .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
     }
 }
@@ -158,7 +161,7 @@ pub(super) fn prepare_lean<B>(
     Forwarding {
         replace: [
             (X_FORWARDED_FOR, forwarded_for(headers, client)),
-            (X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+            (X_FORWARDED_PROTO, client.proto.clone()),
             (
                 X_FORWARDED_HOST,
                 host.unwrap_or(HeaderValue::from_static("")),
@@ -293,7 +296,7 @@ mod tests {
     }
 
     fn ip() -> Client {
-        Client::new("10.1.2.3".parse().unwrap())
+        Client::new("10.1.2.3".parse().unwrap(), false)
     }
 
     /// Admits and prepares `req`, as the pipeline does.
