@@ -36,6 +36,7 @@ pub struct Metrics {
     ejections: IntCounter,
     config_reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
+    tls_expiry: prometheus::IntGaugeVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
     canary_weight_configured: Gauge,
@@ -143,6 +144,15 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric definition");
+        let tls_expiry = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tidegate_tls_certificate_expiry_timestamp_seconds",
+                "When each configured TLS certificate (by its file) expires, in Unix seconds, for an \
+                 alert before it does.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric definition");
         let canary_weight = Gauge::new(
             "tidegate_canary_weight",
             "Percentage of requests the current snapshot sends to the canary while both roles \
@@ -220,6 +230,7 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(config_reloads.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(tls_expiry.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
             Box::new(canary_weight_configured.clone()),
@@ -252,6 +263,7 @@ impl Metrics {
             ejections,
             config_reloads,
             tls_reloads,
+            tls_expiry,
             canary_weight,
             rollout_paused,
             canary_weight_configured,
@@ -313,6 +325,11 @@ impl Metrics {
     pub fn tls_reload(&self, success: bool) {
         let result = if success { "success" } else { "error" };
         self.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Records when the certificate in file `name` expires.
+    pub fn set_tls_expiry(&self, name: &str, unix_seconds: i64) {
+        self.tls_expiry.with_label_values(&[name]).set(unix_seconds);
     }
 
     pub fn config_reload(&self, success: bool) {

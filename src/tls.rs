@@ -233,6 +233,85 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// Each configured certificate file with its end-entity certificate's expiry (Unix seconds).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let pairs = self.resolver.0.load();
+        self.files
+            .iter()
+            .zip(&pairs.keys)
+            .filter_map(|(files, key)| {
+                let expiry = not_after(key.cert.first()?)?;
+                Some((files.cert_file.display().to_string(), expiry))
+            })
+            .collect()
+    }
+}
+
+/// A certificate's `notAfter` in Unix seconds, read from its DER (RFC 5280 §4.1: Certificate →
+/// tbsCertificate → [version] serialNumber signature issuer validity), so that an alert can fire
+/// before it expires.
+fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, certificate, _) = der(cert)?;
+    let (_, tbs, _) = der(certificate)?;
+    let (tag, _, mut rest) = der(tbs)?;
+    if tag == 0xA0 {
+        // The explicit version came first: the serial number is next.
+        rest = der(rest)?.2;
+    }
+    let (_, _, rest) = der(rest)?; // signature
+    let (_, _, rest) = der(rest)?; // issuer
+    let (_, validity, _) = der(rest)?;
+    let (_, _, rest) = der(validity)?; // notBefore
+    let (tag, time, _) = der(rest)?;
+    der_time(tag, std::str::from_utf8(time).ok()?)
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, byte| len << 8 | usize::from(*byte));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18).
+fn der_time(tag: u8, time: &str) -> Option<i64> {
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = time.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, time.get(2..)?)
+        }
+        0x18 => (time.get(0..4)?.parse().ok()?, time.get(4..)?),
+        _ => return None,
+    };
+    let field = |at: usize| rest.get(at..at + 2)?.parse::<i64>().ok();
+    let (month, day) = (field(0)?, field(2)?);
+    let seconds = field(4)? * 3600 + field(6)? * 60 + field(8)?;
+    Some(days_from_civil(year, month, day) * 86_400 + seconds)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// Reloads `tls` every `interval` until shutdown, counting each change's result.
 pub async fn watch(
     tls: Arc<Tls>,
@@ -240,6 +319,9 @@ pub async fn watch(
     metrics: Arc<crate::metrics::Metrics>,
     mut shutdown: Shutdown,
 ) {
+    for (name, expiry) in tls.expiries() {
+        metrics.set_tls_expiry(&name, expiry);
+    }
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -252,6 +334,9 @@ pub async fn watch(
             Ok(true) => {
                 tracing::info!("TLS certificates reloaded; new handshakes use them");
                 metrics.tls_reload(true);
+                for (name, expiry) in tls.expiries() {
+                    metrics.set_tls_expiry(&name, expiry);
+                }
             }
             Err(error) => {
                 // Logged once per change attempt: the files are compared again next tick, and a
@@ -260,5 +345,48 @@ pub async fn watch(
                 metrics.tls_reload(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_dates_become_unix_seconds() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 12, 4), 20_791);
+        assert_eq!(
+            der_time(0x17, "261204120000Z"),
+            Some(20_791 * 86_400 + 43_200)
+        );
+        assert_eq!(
+            der_time(0x18, "20500101000000Z"),
+            Some(days_from_civil(2050, 1, 1) * 86_400)
+        );
+        assert_eq!(der_time(0x17, "991231235959Z"), Some(946_684_799));
+        assert_eq!(der_time(0x17, "26120412"), None);
+        assert_eq!(der_time(0x04, "261204120000Z"), None);
+    }
+
+    #[test]
+    fn der_lengths_are_bounded_by_the_input() {
+        assert_eq!(
+            der(&[0x30, 0x03, 1, 2, 3, 9]),
+            Some((0x30, &[1, 2, 3][..], &[9][..]))
+        );
+        assert_eq!(
+            der(&[0x30, 0x82, 0x01, 0x00, 1]),
+            None,
+            "claims 256 bytes, has 1"
+        );
+        assert_eq!(
+            der(&[0x30, 0x85, 1, 1, 1, 1, 1]),
+            None,
+            "a length over 4 bytes"
+        );
+        assert_eq!(der(&[0x30]), None);
+        assert_eq!(not_after(b"not a certificate"), None);
     }
 }

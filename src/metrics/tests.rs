@@ -85,6 +85,7 @@ fn every_family_exposed() -> String {
     metrics.retry("connect").inc();
     metrics.discovery_error("endpointslices").inc();
     metrics.discovery_skipped("no_port");
+    metrics.set_tls_expiry("tls.crt", 1_796_548_407);
     metrics.encode()
 }
 
