@@ -169,8 +169,8 @@ pub struct Tls {
     files: Vec<CertFiles>,
     resolver: Arc<Resolver>,
     acceptor: TlsAcceptor,
-    /// The contents of the last set that failed to load, so that it is reported once.
-    failed: ArcSwapOption<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// What the last failed reload saw, so that a broken set is reported once.
+    failed: ArcSwapOption<Seen>,
 }
 
 impl Tls {
@@ -209,28 +209,45 @@ impl Tls {
     /// when nothing changed (or they are the set that already failed); an error leaves the old
     /// pairs in service.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        // A file that cannot be read is a broken set too: remembered (by its error) so that it is
+        // reported once, not at every tick.
         let contents = self
             .files
             .iter()
             .map(|f| Ok((read(&f.cert_file)?, read(&f.key_file)?)))
-            .collect::<Result<Vec<_>, TlsError>>()?;
-        let unchanged = self.resolver.0.load().contents == contents;
-        let failed_before = self.failed.load().as_deref() == Some(&contents);
-        if unchanged || failed_before {
+            .collect::<Result<Vec<_>, TlsError>>();
+        let seen = match &contents {
+            Ok(contents) => Seen::Contents(contents.clone()),
+            Err(error) => Seen::Unreadable(error.to_string()),
+        };
+        if matches!(&contents, Ok(c) if self.resolver.0.load().contents == *c) {
+            // Back to the set in service: a later return of a broken set is news again.
+            self.failed.store(None);
             return Ok(false);
         }
-        match Pairs::from_contents(&self.files, contents.clone()) {
+        if self.failed.load().as_deref() == Some(&seen) {
+            return Ok(false);
+        }
+        let loaded = contents.and_then(|contents| Pairs::from_contents(&self.files, contents));
+        match loaded {
             Ok(pairs) => {
                 self.resolver.0.store(Arc::new(pairs));
                 self.failed.store(None);
                 Ok(true)
             }
             Err(error) => {
-                self.failed.store(Some(Arc::new(contents)));
+                self.failed.store(Some(Arc::new(seen)));
                 Err(error)
             }
         }
     }
+}
+
+/// What a failed reload saw: the files' contents, or why they could not be read.
+#[derive(PartialEq, Eq)]
+enum Seen {
+    Contents(Vec<(Vec<u8>, Vec<u8>)>),
+    Unreadable(String),
 }
 
 impl Tls {

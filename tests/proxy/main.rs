@@ -29,4 +29,5 @@ mod protocol;
 mod reload;
 mod requests;
 mod routing;
+mod tls;
 mod upstream;
