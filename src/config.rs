@@ -68,6 +68,9 @@ pub struct Config {
     /// TLS termination on `listen`: the certificate pairs (the first for clients without SNI).
     /// Changing the files needs no restart (they are reloaded); turning TLS on or off does.
     pub tls: Option<Vec<crate::tls::CertFiles>>,
+    /// Client connections open at once at most (`limits.max_connections`); beyond it a new one
+    /// is closed at once. Takes effect on restart.
+    pub max_client_connections: usize,
     /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
     /// load tests and clients can tell versions apart without reading bodies.
     pub expose_version_header: bool,

@@ -279,6 +279,9 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     if source_changed {
         tracing::warn!("discovery source settings changed: take effect on restart");
     }
+    if old.max_client_connections != new.max_client_connections {
+        tracing::warn!("limits.max_connections changed: takes effect on restart");
+    }
     if old.tls != new.tls {
         // The files themselves reload (see `tls::watch`); which files, and TLS on or off, not.
         tracing::warn!("tls settings changed: take effect on restart (the certificate files themselves reload)");

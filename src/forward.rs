@@ -22,6 +22,7 @@ mod retry;
 mod upgrade;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// Client connections open at once at most; a new one beyond is closed at once.
+    pub max_connections: usize,
 }
 
 /// Names the version that served a response, when `expose_version_header` is on.
@@ -77,6 +80,12 @@ pub async fn serve(
 ) {
     let forwarder = Arc::new(Forwarder::new(snapshots, metrics, canary_stats));
     let builder = Arc::new(server_builder());
+    let slots = Arc::new(Slots {
+        open: AtomicUsize::new(0),
+        max: options.max_connections,
+        gauge: metrics.client_connections(),
+    });
+    let rejected = metrics.connections_rejected();
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
     // one is dropped, `all_closed` yields None.
     let (drain, draining) = shutdown::channel();
@@ -95,6 +104,14 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = slots.take() else {
+            // At the limit: closed at once (a clean refusal the client sees now), never queued
+            // behind connections that may idle for long.
+            rejected.inc();
+            tracing::debug!(%peer, max = options.max_connections, "connection limit reached; closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Per connection, not per request: the client address as a header value, and the drain
         // handle an upgraded tunnel keeps.
@@ -104,6 +121,7 @@ pub async fn serve(
             phase: head_deadline::Phase::new(),
         });
         let accepted = Accepted {
+            _slot: slot,
             forwarder: forwarder.clone(),
             builder: builder.clone(),
             conn,
@@ -140,8 +158,41 @@ pub async fn serve(
     }
 }
 
+/// The client connections open now, under `limits.max_connections`.
+struct Slots {
+    open: AtomicUsize,
+    max: usize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Slots {
+    /// A slot for one more connection, if fewer than `max` are open.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        // Relaxed: a count; nothing else is published through it.
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()?;
+        self.gauge.inc();
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One open client connection's place; given back when the connection (or its handshake) ends.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.dec();
+    }
+}
+
 /// An accepted client connection, ready to be served over whatever carries it (TCP or TLS).
 struct Accepted<D> {
+    /// Held for the connection's life (its TLS handshake included).
+    _slot: Slot,
     forwarder: Arc<Forwarder>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     conn: Arc<Conn>,
@@ -157,6 +208,7 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Accepted {
+            _slot,
             forwarder,
             builder,
             conn,

@@ -36,6 +36,8 @@ pub struct Metrics {
     ejections: IntCounter,
     config_reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
+    client_connections: prometheus::IntGauge,
+    connections_rejected: IntCounter,
     tls_expiry: prometheus::IntGaugeVec,
     canary_weight: Gauge,
     rollout_paused: IntGauge,
@@ -135,6 +137,20 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric definition");
+        let client_connections = prometheus::IntGauge::with_opts(
+            Opts::new(
+                "tidegate_connections",
+                "Connections open now, by side (client: accepted from clients, TLS handshakes \
+                 included).",
+            )
+            .const_label("side", "client"),
+        )
+        .expect("valid metric definition");
+        let connections_rejected = IntCounter::new(
+            "tidegate_connections_rejected_total",
+            "Client connections closed at once because limits.max_connections were open.",
+        )
+        .expect("valid metric definition");
         let tls_reloads = IntCounterVec::new(
             Opts::new(
                 "tidegate_tls_reloads_total",
@@ -230,6 +246,8 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(config_reloads.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(connections_rejected.clone()),
             Box::new(tls_expiry.clone()),
             Box::new(canary_weight.clone()),
             Box::new(rollout_paused.clone()),
@@ -263,6 +281,8 @@ impl Metrics {
             ejections,
             config_reloads,
             tls_reloads,
+            client_connections,
+            connections_rejected,
             tls_expiry,
             canary_weight,
             rollout_paused,
@@ -319,6 +339,16 @@ impl Metrics {
     /// The counter for one retry reason; resolve once and keep it.
     pub fn retry(&self, reason: &str) -> IntCounter {
         self.retries.with_label_values(&[reason])
+    }
+
+    /// The gauge of open client connections.
+    pub fn client_connections(&self) -> prometheus::IntGauge {
+        self.client_connections.clone()
+    }
+
+    /// Counts client connections refused at the connection limit.
+    pub fn connections_rejected(&self) -> IntCounter {
+        self.connections_rejected.clone()
     }
 
     /// Counts a change to the TLS certificate files (see `tls::watch`).

@@ -56,6 +56,38 @@ pub(super) struct RawConfig {
     grpc: RawGrpc,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// Bounds on what clients may hold.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(
+        default = "default_max_client_connections",
+        deserialize_with = "max_client_connections"
+    )]
+    max_connections: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_client_connections(),
+        }
+    }
+}
+
+fn default_max_client_connections() -> usize {
+    10_000
+}
+
+fn max_client_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    validated(d, "a number of connections", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=1_000_000.0).contains(&n) => Ok(n as usize),
+        _ => Err("must be a whole number from 1 to 1000000".to_owned()),
+    })
 }
 
 /// TLS termination: one pair, or several chosen by SNI (the first for clients without SNI).
@@ -861,6 +893,7 @@ impl RawConfig {
             },
             reload_interval: self.reload.interval.0,
             tls,
+            max_client_connections: self.limits.max_connections,
             max_response_headers: self.upstream.max_response_headers,
             protocol: self.upstream.protocol,
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,

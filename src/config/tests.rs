@@ -274,3 +274,13 @@ fn connections_per_endpoint_are_bounded() {
         assert_eq!(line, Some(17), "{msg}");
     }
 }
+
+#[test]
+fn client_connections_are_bounded() {
+    assert_eq!(parse(EXAMPLE).unwrap().max_client_connections, 10_000);
+    let c = parse(&format!("{EXAMPLE}limits: {{ max_connections: 500 }}\n")).unwrap();
+    assert_eq!(c.max_client_connections, 500);
+    let (msg, line) = error_of(&format!("{EXAMPLE}limits:\n  max_connections: 0\n"));
+    assert!(msg.contains("limits.max_connections"), "{msg}");
+    assert_eq!(line, Some(17), "{msg}");
+}

@@ -23,6 +23,7 @@ mod grpc_rollout;
 mod grpcio;
 mod h2c;
 mod kubernetes;
+mod limits;
 mod loadtest;
 mod prometheus;
 mod protocol;

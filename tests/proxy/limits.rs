@@ -1,0 +1,68 @@
+//! Bounds on what clients may hold: `limits.max_connections`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const OPEN: &str = r#"tidegate_connections{side="client"}"#;
+const REJECTED: &str = "tidegate_connections_rejected_total";
+
+/// Whether the proxy closed `socket` (EOF or reset) within `limit`.
+async fn closed(socket: &mut TcpStream, limit: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(limit, socket.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once_and_room_comes_back() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("limits: { max_connections: 3 }")
+        .start()
+        .await;
+    // Three idle connections (no request yet) fill the limit.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    proxy.wait_metric(OPEN, 3.0, Duration::from_secs(5)).await;
+
+    // The fourth is closed at once, not left waiting.
+    let mut extra = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(
+        closed(&mut extra, Duration::from_secs(2)).await,
+        "a connection beyond the limit is closed at once"
+    );
+    proxy
+        .wait_metric(REJECTED, 1.0, Duration::from_secs(5))
+        .await;
+
+    // The held ones still work.
+    let held = &mut idle[0];
+    held.write_all(b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+        "a connection within the limit is served"
+    );
+
+    // One closes: room for a new client.
+    drop(idle.pop());
+    proxy.wait_metric(OPEN, 2.0, Duration::from_secs(5)).await;
+    let (status, _, body) = proxy.get("/").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.metric(REJECTED).await, Some(1.0));
+}
