@@ -129,22 +129,7 @@ pub async fn serve(
             peer,
             header_read_timeout: options.header_read_timeout,
         };
-        match &tls {
-            None => {
-                tokio::spawn(accepted.serve(stream));
-            }
-            Some(tls) => {
-                let handshake = tls.acceptor().accept(stream);
-                let limit = options.header_read_timeout;
-                tokio::spawn(async move {
-                    match tokio::time::timeout(limit, handshake).await {
-                        Ok(Ok(stream)) => accepted.serve(stream).await,
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        }
+        spawn_connection(tls.as_deref(), accepted, stream);
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
@@ -156,6 +141,27 @@ pub async fn serve(
     {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
     }
+}
+
+/// Serves an accepted connection on its own task: over TLS after a handshake bounded by the
+/// header-read timeout, else as it is.
+fn spawn_connection<D>(tls: Option<&Tls>, accepted: Accepted<D>, stream: tokio::net::TcpStream)
+where
+    D: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(tls) = tls else {
+        tokio::spawn(accepted.serve(stream));
+        return;
+    };
+    let handshake = tls.acceptor().accept(stream);
+    let (limit, peer) = (accepted.header_read_timeout, accepted.peer);
+    tokio::spawn(async move {
+        match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(stream)) => accepted.serve(stream).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    });
 }
 
 /// The client connections open now, under `limits.max_connections`.
