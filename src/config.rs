@@ -71,6 +71,9 @@ pub struct Config {
     /// Client connections open at once at most (`limits.max_connections`); beyond it a new one
     /// is closed at once. Takes effect on restart.
     pub max_client_connections: usize,
+    /// An HTTP/2 client connection silent this long is pinged, and closed if the ping goes
+    /// unanswered as long (`limits.http2_keepalive`). Takes effect on restart.
+    pub http2_keepalive: Duration,
     /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
     /// load tests and clients can tell versions apart without reading bodies.
     pub expose_version_header: bool,

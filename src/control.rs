@@ -279,8 +279,10 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     if source_changed {
         tracing::warn!("discovery source settings changed: take effect on restart");
     }
-    if old.max_client_connections != new.max_client_connections {
-        tracing::warn!("limits.max_connections changed: takes effect on restart");
+    if old.max_client_connections != new.max_client_connections
+        || old.http2_keepalive != new.http2_keepalive
+    {
+        tracing::warn!("limits changed: take effect on restart");
     }
     if old.tls != new.tls {
         // The files themselves reload (see `tls::watch`); which files, and TLS on or off, not.

@@ -60,6 +60,9 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Client connections open at once at most; a new one beyond is closed at once.
     pub max_connections: usize,
+    /// An HTTP/2 client connection silent this long is pinged, and closed if the ping goes
+    /// unanswered as long: a peer that vanished without closing is noticed.
+    pub http2_keepalive: Duration,
 }
 
 /// Names the version that served a response, when `expose_version_header` is on.
@@ -79,7 +82,7 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let forwarder = Arc::new(Forwarder::new(snapshots, metrics, canary_stats));
-    let builder = Arc::new(server_builder());
+    let builder = Arc::new(server_builder(options.http2_keepalive));
     let slots = Arc::new(Slots {
         open: AtomicUsize::new(0),
         max: options.max_connections,
@@ -249,7 +252,7 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
 }
 
 /// The client-side HTTP/1.1 and HTTP/2 server settings.
-fn server_builder() -> auto::Builder<TokioExecutor> {
+fn server_builder(http2_keepalive: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -258,7 +261,11 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
         .writev(false)
         // `timeouts.header_read` is kept by the connection's IO (see `head_deadline`).
         .header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(http2_keepalive)
+        .keep_alive_timeout(http2_keepalive);
     builder
 }
 

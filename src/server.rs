@@ -111,6 +111,7 @@ impl Server {
             header_read_timeout: config.timeouts.header_read,
             drain_timeout: config.timeouts.drain,
             max_connections: config.max_client_connections,
+            http2_keepalive: config.http2_keepalive,
         };
         let (updates, updates_rx) = match source {
             Some(source) => (None, source),

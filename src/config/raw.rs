@@ -69,12 +69,17 @@ struct RawLimits {
         deserialize_with = "max_client_connections"
     )]
     max_connections: usize,
+    /// How long an HTTP/2 client connection may be silent before tidegate pings it, and how long
+    /// the ping may go unanswered before the connection is closed (a peer that vanished).
+    #[serde(default = "secs::<20>")]
+    http2_keepalive: Dur,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_connections: default_max_client_connections(),
+            http2_keepalive: secs::<20>(),
         }
     }
 }
@@ -791,6 +796,9 @@ impl RawConfig {
         {
             return Err(invalid("canary.abort.window", "must be at least 1s"));
         }
+        if self.limits.http2_keepalive.0 < Duration::from_millis(100) {
+            return Err(invalid("limits.http2_keepalive", "must be at least 100ms"));
+        }
         if self.reload.interval.0 < Duration::from_millis(10) {
             return Err(invalid("reload.interval", "must be at least 10ms"));
         }
@@ -894,6 +902,7 @@ impl RawConfig {
             reload_interval: self.reload.interval.0,
             tls,
             max_client_connections: self.limits.max_connections,
+            http2_keepalive: self.limits.http2_keepalive.0,
             max_response_headers: self.upstream.max_response_headers,
             protocol: self.upstream.protocol,
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,

@@ -283,4 +283,7 @@ fn client_connections_are_bounded() {
     let (msg, line) = error_of(&format!("{EXAMPLE}limits:\n  max_connections: 0\n"));
     assert!(msg.contains("limits.max_connections"), "{msg}");
     assert_eq!(line, Some(17), "{msg}");
+    assert_eq!(c.http2_keepalive, Duration::from_secs(20));
+    let err = parse(&format!("{EXAMPLE}limits: {{ http2_keepalive: 10ms }}\n")).unwrap_err();
+    assert!(err.to_string().contains("limits.http2_keepalive"), "{err}");
 }

@@ -66,3 +66,35 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_room_comes_back() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(proxy.metric(REJECTED).await, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_peer_that_stops_answering_is_pinged_and_closed() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("limits: { http2_keepalive: 200ms }")
+        .start()
+        .await;
+    // An HTTP/2 client that sends its preface and SETTINGS, then vanishes without closing: it
+    // reads (so nothing blocks) but never acknowledges a PING.
+    let mut gone = TcpStream::connect(proxy.addr).await.unwrap();
+    gone.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    proxy.wait_metric(OPEN, 1.0, Duration::from_secs(5)).await;
+    let mut sink = [0u8; 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while matches!(gone.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent HTTP/2 connection must be closed");
+    proxy.wait_metric(OPEN, 0.0, Duration::from_secs(5)).await;
+
+    // A live HTTP/2 client answers the pings and keeps its connection across them.
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    for _ in 0..3 {
+        let response = h2.send_request(get_request(&proxy.url("/"))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
