@@ -98,3 +98,37 @@ async fn an_http2_peer_that_stops_answering_is_pinged_and_closed() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_followed_by_nothing_ends_in_408_at_the_body_timeout() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 10s, header_read: 10s, body_read: 300ms, drain: 5s }")
+        .start()
+        .await;
+    for method in ["PUT", "POST"] {
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let head = format!(
+            "{method} /upload HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        // The client waits for `100 Continue` and then sends nothing at all.
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "{method}: the connection must not be held open"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains("HTTP/1.1 408"), "{method}: {answer}");
+    }
+    assert_eq!(
+        proxy
+            .metric(r#"tidegate_client_errors_total{kind="body_timeout"}"#)
+            .await,
+        Some(2.0),
+        "the client's stall, not an endpoint's failure"
+    );
+}
