@@ -26,13 +26,9 @@ TIDEGATE_ADMIN=127.0.0.1:18090
 NGINX_PROXY=127.0.0.1:18082
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-work=$(mktemp -d /tmp/tidegate-e2e.XXXXXX)
-# nginx workers drop to `nobody`; they must be able to reach their prefix.
-chmod 755 "$work"
-pids=()
 
 # shellcheck source=benches/lib.sh
-source "$repo/benches/lib.sh"
+source "$repo/benches/lib.sh" e2e
 
 need_tools() {
     install_missing wrk:wrk nginx:nginx taskset:util-linux curl:curl

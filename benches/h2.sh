@@ -31,13 +31,9 @@ TIDEGATE_ADMIN=127.0.0.1:18093
 NGINX_PROXY=127.0.0.1:18092
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-work=$(mktemp -d /tmp/tidegate-h2.XXXXXX)
-# nginx workers drop to `nobody`; they must be able to reach their prefix.
-chmod 755 "$work"
-pids=()
 
 # shellcheck source=benches/lib.sh
-source "$repo/benches/lib.sh"
+source "$repo/benches/lib.sh" h2
 
 need_tools() {
     install_missing h2load:nghttp2-client nginx:nginx taskset:util-linux curl:curl

@@ -1,6 +1,12 @@
-# shellcheck shell=bash disable=SC2154  # work, pids: set by the sourcing script
-# Shared by the end-to-end benches (e2e.sh, h2.sh); sourced, not run. Expects `work` (a scratch
-# directory) and `pids` (an array) to be set by the caller, and installs its cleanup trap.
+# shellcheck shell=bash
+# Shared by the end-to-end benches (e2e.sh, h2.sh, tls.sh); sourced, not run, with the bench's
+# name: `source benches/lib.sh NAME`. Sets `work` (a scratch directory) and `pids` (the processes
+# to stop), and installs the cleanup trap that stops them and removes `work`.
+
+work=$(mktemp -d "/tmp/tidegate-$1.XXXXXX")
+# nginx workers drop to `nobody`; they must be able to reach their prefix.
+chmod 755 "$work"
+pids=()
 
 # Stops every process in `pids` (TERM, then KILL after 5 s) and removes `work`.
 cleanup() {

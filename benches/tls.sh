@@ -37,13 +37,9 @@ TIDEGATE_ADMIN=127.0.0.1:18193
 NGINX_PROXY=127.0.0.1:18182
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-work=$(mktemp -d /tmp/tidegate-tls.XXXXXX)
-# nginx workers drop to `nobody`; they must be able to reach their prefix.
-chmod 755 "$work"
-pids=()
 
 # shellcheck source=benches/lib.sh
-source "$repo/benches/lib.sh"
+source "$repo/benches/lib.sh" tls
 
 need_tools() {
     install_missing wrk:wrk h2load:nghttp2-client openssl:openssl nginx:nginx taskset:util-linux \
