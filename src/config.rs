@@ -68,12 +68,8 @@ pub struct Config {
     /// TLS termination on `listen`: the certificate pairs (the first for clients without SNI).
     /// Changing the files needs no restart (they are reloaded); turning TLS on or off does.
     pub tls: Option<Vec<crate::tls::CertFiles>>,
-    /// Client connections open at once at most (`limits.max_connections`); beyond it a new one
-    /// is closed at once. Takes effect on restart.
-    pub max_client_connections: usize,
-    /// An HTTP/2 client connection silent this long is pinged, and closed if the ping goes
-    /// unanswered as long (`limits.http2_keepalive`). Takes effect on restart.
-    pub http2_keepalive: Duration,
+    /// What a client may hold (`limits:`). Takes effect on restart.
+    pub limits: Limits,
     /// Add `x-tidegate-version` (the serving endpoint's version) to every proxied response, so
     /// load tests and clients can tell versions apart without reading bodies.
     pub expose_version_header: bool,
@@ -87,6 +83,31 @@ pub struct Config {
     pub grpc_failures: Codes,
     /// The gRPC statuses of a trailers-only answer that are retried on another endpoint.
     pub grpc_retry_on: Codes,
+}
+
+/// Bounds on what one client may hold, so that no connection state lasts or grows without end.
+/// Fixed for a listener's life.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Client connections open at once at most; a new one beyond is closed at once.
+    pub max_connections: usize,
+    /// A connection carrying no request this long is closed: HTTP/1.1 between a response and the
+    /// next request head, HTTP/2 with no stream open (with a GOAWAY).
+    pub idle_timeout: Duration,
+    /// An HTTP/2 client connection silent this long is pinged, and closed if the ping goes
+    /// unanswered as long: a peer that vanished without closing is noticed.
+    pub http2_keepalive: Duration,
+    /// Streams one HTTP/2 client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_concurrent_streams: u32,
+    /// Header lines in a request at most (431 beyond).
+    pub max_request_headers: usize,
+    /// Bytes in a request head at most: HTTP/1's request line and headers, HTTP/2's header list
+    /// (`SETTINGS_MAX_HEADER_LIST_SIZE`). 431 beyond.
+    pub max_request_head_size: u32,
+    /// Bytes in a request target at most (414 beyond).
+    pub max_uri_size: usize,
+    /// Bytes in a request body at most (413 beyond); `None` for no limit.
+    pub max_request_body: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -279,9 +279,7 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     if source_changed {
         tracing::warn!("discovery source settings changed: take effect on restart");
     }
-    if old.max_client_connections != new.max_client_connections
-        || old.http2_keepalive != new.http2_keepalive
-    {
+    if old.limits != new.limits {
         tracing::warn!("limits changed: take effect on restart");
     }
     if old.tls != new.tls {

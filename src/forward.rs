@@ -33,8 +33,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
+use crate::config::Limits;
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::pick::{self, Hints, Rng};
 use crate::shutdown::{self, Shutdown};
@@ -58,11 +59,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
-    /// Client connections open at once at most; a new one beyond is closed at once.
-    pub max_connections: usize,
-    /// An HTTP/2 client connection silent this long is pinged, and closed if the ping goes
-    /// unanswered as long: a peer that vanished without closing is noticed.
-    pub http2_keepalive: Duration,
+    /// What one client may hold.
+    pub limits: Limits,
 }
 
 /// Names the version that served a response, when `expose_version_header` is on.
@@ -81,11 +79,16 @@ pub async fn serve(
     canary_stats: Arc<CanaryStats>,
     mut shutdown: Shutdown,
 ) {
-    let forwarder = Arc::new(Forwarder::new(snapshots, metrics, canary_stats));
-    let builder = Arc::new(server_builder(options.http2_keepalive));
+    let forwarder = Arc::new(Forwarder::new(
+        snapshots,
+        metrics,
+        canary_stats,
+        &options.limits,
+    ));
+    let builder = Arc::new(server_builder(&options.limits));
     let slots = Arc::new(Slots {
         open: AtomicUsize::new(0),
-        max: options.max_connections,
+        max: options.limits.max_connections,
         gauge: metrics.client_connections(),
     });
     let rejected = metrics.connections_rejected();
@@ -111,7 +114,7 @@ pub async fn serve(
             // At the limit: closed at once (a clean refusal the client sees now), never queued
             // behind connections that may idle for long.
             rejected.inc();
-            tracing::debug!(%peer, max = options.max_connections, "connection limit reached; closed");
+            tracing::debug!(%peer, max = options.limits.max_connections, "connection limit reached; closed");
             drop(stream);
             continue;
         };
@@ -122,6 +125,7 @@ pub async fn serve(
             client: request::Client::new(peer.ip(), tls.is_some()),
             open: open.clone(),
             phase: head_deadline::Phase::new(),
+            idle: Notify::new(),
         });
         let accepted = Accepted {
             _slot: slot,
@@ -130,7 +134,10 @@ pub async fn serve(
             conn,
             drained: draining.clone().quiet(),
             peer,
-            header_read_timeout: options.header_read_timeout,
+            timeouts: head_deadline::Timeouts {
+                header_read: options.header_read_timeout,
+                idle: options.limits.idle_timeout,
+            },
         };
         spawn_connection(tls.as_deref(), accepted, stream);
     }
@@ -157,7 +164,7 @@ where
         return;
     };
     let handshake = tls.acceptor().accept(stream);
-    let (limit, peer) = (accepted.header_read_timeout, accepted.peer);
+    let (limit, peer) = (accepted.timeouts.header_read, accepted.peer);
     tokio::spawn(async move {
         match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(stream)) => accepted.serve(stream).await,
@@ -207,7 +214,7 @@ struct Accepted<D> {
     conn: Arc<Conn>,
     drained: D,
     peer: std::net::SocketAddr,
-    header_read_timeout: Duration,
+    timeouts: head_deadline::Timeouts,
 }
 
 impl<D: std::future::Future<Output = ()>> Accepted<D> {
@@ -223,16 +230,18 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
             conn,
             drained,
             peer,
-            header_read_timeout,
+            timeouts,
         } = self;
         let _open = conn.open.clone();
-        let io = HeadDeadline::new(io, conn.clone(), header_read_timeout);
-        let service = service_fn(move |req| {
+        let io = HeadDeadline::new(io, conn.clone(), timeouts);
+        let idle = conn.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
             let (forwarder, conn) = (forwarder.clone(), conn.clone());
             async move {
-                head_deadline::answering(&conn);
+                let version = req.version();
+                head_deadline::answering(&conn, version);
                 let response = forwarder.handle(req, &conn).await;
-                Ok::<_, Infallible>(head_deadline::answered(response, conn))
+                Ok::<_, Infallible>(head_deadline::answered(response, conn, version))
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -240,6 +249,11 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
         tokio::pin!(drained);
         let result = tokio::select! {
             result = connection.as_mut() => result,
+            () = idle.idle.notified() => {
+                tracing::debug!(%peer, "idle HTTP/2 connection closed");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
             () = drained => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
@@ -251,21 +265,38 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
     }
 }
 
-/// The client-side HTTP/1.1 and HTTP/2 server settings.
-fn server_builder(http2_keepalive: Duration) -> auto::Builder<TokioExecutor> {
+/// HTTP/2 streams a client may reset before tidegate has answered them, pending at once, before
+/// the connection is closed: the rapid-reset attack (CVE-2023-44487) opens and cancels streams
+/// faster than a server can notice. h2's default, set here so that it is not lost by accident.
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams tidegate may reset on one HTTP/2 connection (for the client's errors) before it closes
+/// the connection: a client that keeps sending malformed requests is shut out.
+const MAX_LOCAL_RESETS: usize = 1024;
+
+/// The client-side HTTP/1.1 and HTTP/2 server settings. The CONTINUATION flood (CVE-2024-27316
+/// family) is bounded by the header list size: h2 stops decoding a header block beyond it.
+fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         // One write of head and body copied together: for the small responses that dominate, the
         // copy is cheaper than assembling an iovec array per response (about 400 instructions).
         .writev(false)
+        .max_headers(limits.max_request_headers)
+        // The read buffer's cap, so the request head's: hyper answers 431 to a head beyond it.
+        .max_buf_size(limits.max_request_head_size as usize)
         // `timeouts.header_read` is kept by the connection's IO (see `head_deadline`).
         .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(http2_keepalive)
-        .keep_alive_timeout(http2_keepalive);
+        .keep_alive_interval(limits.http2_keepalive)
+        .keep_alive_timeout(limits.http2_keepalive)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_request_head_size)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_RESETS);
     builder
 }
 
@@ -275,6 +306,8 @@ struct Conn {
     open: mpsc::Sender<()>,
     /// Answering a request, or waiting for the next head (whose deadline the IO keeps).
     phase: head_deadline::Phase,
+    /// Notified when an HTTP/2 connection has been idle too long: it is closed with a GOAWAY.
+    idle: Notify,
 }
 
 /// Per-listener state shared by all requests.
@@ -288,6 +321,10 @@ struct Forwarder {
     budget_exhausted: IntCounter,
     /// Shared with gRPC response bodies, which settle their call's outcome at its end.
     outcomes: Arc<Outcomes>,
+    limits: request::RequestLimits,
+    /// `limits.max_request_body`: a declared length beyond it is refused up front (413), and a
+    /// body that streams past it fails as the client's.
+    max_body: Option<u64>,
 }
 
 /// Counts a request whose client went away before it was answered.
@@ -319,7 +356,12 @@ struct Routed {
 }
 
 impl Forwarder {
-    fn new(snapshots: Snapshots, metrics: &Metrics, canary_stats: Arc<CanaryStats>) -> Self {
+    fn new(
+        snapshots: Snapshots,
+        metrics: &Metrics,
+        canary_stats: Arc<CanaryStats>,
+        limits: &Limits,
+    ) -> Self {
         let outcomes = Arc::new(Outcomes {
             snapshots: snapshots.clone(),
             canary_stats,
@@ -334,6 +376,11 @@ impl Forwarder {
             retries: Retry::LABELS.map(|reason| metrics.retry(reason)),
             budget: RetryBudget::new(),
             budget_exhausted: metrics.retry_budget_exhausted(),
+            limits: request::RequestLimits {
+                max_uri: limits.max_uri_size,
+                max_headers: limits.max_request_headers,
+            },
+            max_body: limits.max_request_body,
         }
     }
 
@@ -352,11 +399,16 @@ impl Forwarder {
         let start = Instant::now();
         let now = health::now_ms(start);
         self.budget.deposit(start);
-        let host = match request::admit(&req) {
+        let host = match request::admit(&req, &self.limits) {
             Ok(host) => host,
             Err(fault) => return self.refuse(fault, start),
         };
-        let mut out = Outgoing::new(req, host);
+        if let Some(max) = self.max_body {
+            if hyper::body::Body::size_hint(req.body()).lower() > max {
+                return self.refuse(ClientFault::BodyTooLarge, start);
+            }
+        }
+        let mut out = Outgoing::new(req, host, self.max_body);
         let mut rng = Rng::new();
         let mut tries = Tries::default();
         loop {
@@ -420,6 +472,11 @@ impl Forwarder {
     fn refuse(&self, fault: ClientFault, start: Instant) -> Response<ResponseBody> {
         let reason = match fault {
             ClientFault::NotAllowed => "tidegate is a reverse proxy: CONNECT is not forwarded",
+            ClientFault::BodyTooLarge => "the request body is larger than limits.max_request_body",
+            ClientFault::UriTooLong => "the request target is longer than limits.max_uri_size",
+            ClientFault::HeadersTooLarge => {
+                "the request has more header lines than limits.max_request_headers"
+            }
             _ => "an HTTP/1.1 request needs exactly one Host header",
         };
         let error = ClientError::refused(fault, reason);

@@ -110,8 +110,7 @@ impl Server {
         let options = ServeOptions {
             header_read_timeout: config.timeouts.header_read,
             drain_timeout: config.timeouts.drain,
-            max_connections: config.max_client_connections,
-            http2_keepalive: config.http2_keepalive,
+            limits: config.limits,
         };
         let (updates, updates_rx) = match source {
             Some(source) => (None, source),

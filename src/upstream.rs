@@ -24,7 +24,7 @@ pub mod h2;
 mod limit;
 pub mod transport;
 
-pub use client_body::{BodyError, ClientBody};
+pub use client_body::{BodyError, ClientBody, TooLarge};
 pub use transport::{Answer, Outbound, SendError, Transport};
 
 use std::io;

@@ -21,7 +21,7 @@ use super::duration::{self, Dur};
 use super::scalar::{validated, Scalar};
 use super::{
     AbortConfig, AdminConfig, Apply, CanaryConfig, Config, ConfigError, DiscoveryConfig,
-    KubernetesConfig, MinReady, PortRef, Retries, Timeouts,
+    KubernetesConfig, Limits, MinReady, PortRef, Retries, Timeouts,
 };
 
 #[derive(Deserialize)]
@@ -69,17 +69,68 @@ struct RawLimits {
         deserialize_with = "max_client_connections"
     )]
     max_connections: usize,
+    /// How long a client connection may carry no request before it is closed.
+    #[serde(default = "secs::<60>")]
+    idle_timeout: Dur,
     /// How long an HTTP/2 client connection may be silent before tidegate pings it, and how long
     /// the ping may go unanswered before the connection is closed (a peer that vanished).
     #[serde(default = "secs::<20>")]
     http2_keepalive: Dur,
+    #[serde(default = "default_streams", deserialize_with = "streams")]
+    http2_max_concurrent_streams: u32,
+    #[serde(default = "default_header_count", deserialize_with = "header_count")]
+    max_request_headers: usize,
+    #[serde(default = "default_head_size", deserialize_with = "head_size")]
+    max_request_head_size: u64,
+    #[serde(default = "default_uri_size", deserialize_with = "size")]
+    max_uri_size: u64,
+    #[serde(default, deserialize_with = "optional_size")]
+    max_request_body: Option<u64>,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_connections: default_max_client_connections(),
+            idle_timeout: secs::<60>(),
             http2_keepalive: secs::<20>(),
+            http2_max_concurrent_streams: default_streams(),
+            max_request_headers: default_header_count(),
+            max_request_head_size: default_head_size(),
+            max_uri_size: default_uri_size(),
+            max_request_body: None,
+        }
+    }
+}
+
+impl RawLimits {
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.http2_keepalive.0 < Duration::from_millis(100) {
+            return Err(("limits.http2_keepalive", "must be at least 100ms"));
+        }
+        if self.idle_timeout.0 < Duration::from_millis(100) {
+            return Err(("limits.idle_timeout", "must be at least 100ms"));
+        }
+        if !(256..=self.max_request_head_size).contains(&self.max_uri_size) {
+            return Err((
+                "limits.max_uri_size",
+                "must be from 256 bytes to limits.max_request_head_size",
+            ));
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout.0,
+            http2_keepalive: self.http2_keepalive.0,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_request_headers: self.max_request_headers,
+            // Both checked to fit (at most 1 MiB).
+            max_request_head_size: self.max_request_head_size as u32,
+            max_uri_size: self.max_uri_size as usize,
+            max_request_body: self.max_request_body,
         }
     }
 }
@@ -88,10 +139,55 @@ fn default_max_client_connections() -> usize {
     10_000
 }
 
+/// nginx's `http2_max_concurrent_streams`.
+fn default_streams() -> u32 {
+    128
+}
+
+/// hyper's (and so today's) HTTP/1 limit.
+fn default_header_count() -> usize {
+    100
+}
+
+/// Envoy's `max_request_headers_kb` is 60 KiB; nginx's largest header buffer is 8 KiB.
+fn default_head_size() -> u64 {
+    64 * 1024
+}
+
+/// What CDNs accept (nginx takes 8 KiB).
+fn default_uri_size() -> u64 {
+    16 * 1024
+}
+
+/// hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+fn head_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    validated(d, "a size", |s| {
+        parse_size(s)
+            .ok()
+            .filter(|n| (8 * 1024..=1024 * 1024).contains(n))
+            .ok_or_else(|| "must be a size from 8KiB to 1MiB".to_owned())
+    })
+}
+
 fn max_client_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    validated(d, "a number of connections", |s| match s {
-        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=1_000_000.0).contains(&n) => Ok(n as usize),
-        _ => Err("must be a whole number from 1 to 1000000".to_owned()),
+    whole(d, 1_000_000)
+}
+
+fn streams<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole(d, 10_000).map(|n| n as u32)
+}
+
+fn header_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    whole(d, 1_000)
+}
+
+/// A whole number from 1 to `max`.
+fn whole<'de, D: Deserializer<'de>>(d: D, max: u32) -> Result<usize, D::Error> {
+    validated(d, "a whole number", |s| match s {
+        Scalar::Number(n) if n.fract() == 0.0 && (1.0..=f64::from(max)).contains(&n) => {
+            Ok(n as usize)
+        }
+        _ => Err(format!("must be a whole number from 1 to {max}")),
     })
 }
 
@@ -529,33 +625,43 @@ fn replay_default() -> u64 {
 
 /// A byte size: a number of bytes, or with a unit (`KiB`, `MiB`, `KB`, `MB`, `B`).
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    validated(d, "a size", |s| {
-        let parsed = match s {
-            Scalar::Number(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
-            Scalar::Str(s) => {
-                let s = s.trim();
-                let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-                let (number, unit) = s.split_at(split);
-                let scale = match unit.trim() {
-                    "" | "B" => Some(1),
-                    "KiB" => Some(1024),
-                    "MiB" => Some(1024 * 1024),
-                    "KB" | "kB" => Some(1000),
-                    "MB" => Some(1_000_000),
-                    _ => None,
-                };
-                number
-                    .parse::<u64>()
-                    .ok()
-                    .zip(scale)
-                    .and_then(|(n, k)| n.checked_mul(k))
-            }
-            _ => None,
-        };
-        parsed
-            .filter(|n| *n <= 64 * 1024 * 1024)
-            .ok_or_else(|| "must be a size up to 64MiB, such as 65536, 64KiB or 1MiB".to_owned())
+    validated(d, "a size", parse_size)
+}
+
+/// A byte size, or `null` for none.
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    validated(d, "a size or null", |s| match s {
+        Scalar::Null => Ok(None),
+        s => parse_size(s).map(Some),
     })
+}
+
+fn parse_size(s: Scalar<'_>) -> Result<u64, String> {
+    let parsed = match s {
+        Scalar::Number(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
+        Scalar::Str(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (number, unit) = s.split_at(split);
+            let scale = match unit.trim() {
+                "" | "B" => Some(1),
+                "KiB" => Some(1024),
+                "MiB" => Some(1024 * 1024),
+                "KB" | "kB" => Some(1000),
+                "MB" => Some(1_000_000),
+                _ => None,
+            };
+            number
+                .parse::<u64>()
+                .ok()
+                .zip(scale)
+                .and_then(|(n, k)| n.checked_mul(k))
+        }
+        _ => None,
+    };
+    parsed
+        .filter(|n| *n <= 64 * 1024 * 1024)
+        .ok_or_else(|| "must be a size up to 64MiB, such as 65536, 64KiB or 1MiB".to_owned())
 }
 
 impl Default for RawRetries {
@@ -796,8 +902,8 @@ impl RawConfig {
         {
             return Err(invalid("canary.abort.window", "must be at least 1s"));
         }
-        if self.limits.http2_keepalive.0 < Duration::from_millis(100) {
-            return Err(invalid("limits.http2_keepalive", "must be at least 100ms"));
+        if let Err((field, reason)) = self.limits.check() {
+            return Err(invalid(field, reason));
         }
         if self.reload.interval.0 < Duration::from_millis(10) {
             return Err(invalid("reload.interval", "must be at least 10ms"));
@@ -901,8 +1007,7 @@ impl RawConfig {
             },
             reload_interval: self.reload.interval.0,
             tls,
-            max_client_connections: self.limits.max_connections,
-            http2_keepalive: self.limits.http2_keepalive.0,
+            limits: self.limits.limits(),
             max_response_headers: self.upstream.max_response_headers,
             protocol: self.upstream.protocol,
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,

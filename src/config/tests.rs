@@ -277,13 +277,46 @@ fn connections_per_endpoint_are_bounded() {
 
 #[test]
 fn client_connections_are_bounded() {
-    assert_eq!(parse(EXAMPLE).unwrap().max_client_connections, 10_000);
-    let c = parse(&format!("{EXAMPLE}limits: {{ max_connections: 500 }}\n")).unwrap();
-    assert_eq!(c.max_client_connections, 500);
-    let (msg, line) = error_of(&format!("{EXAMPLE}limits:\n  max_connections: 0\n"));
-    assert!(msg.contains("limits.max_connections"), "{msg}");
-    assert_eq!(line, Some(17), "{msg}");
-    assert_eq!(c.http2_keepalive, Duration::from_secs(20));
-    let err = parse(&format!("{EXAMPLE}limits: {{ http2_keepalive: 10ms }}\n")).unwrap_err();
-    assert!(err.to_string().contains("limits.http2_keepalive"), "{err}");
+    let limits = parse(EXAMPLE).unwrap().limits;
+    assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.http2_keepalive, Duration::from_secs(20));
+    assert_eq!(limits.http2_max_concurrent_streams, 128);
+    assert_eq!(limits.max_request_headers, 100);
+    assert_eq!(limits.max_request_head_size, 64 * 1024);
+    assert_eq!(limits.max_uri_size, 16 * 1024);
+    assert_eq!(limits.max_request_body, None);
+    let c = parse(&format!(
+        "{EXAMPLE}limits: {{ max_connections: 500, idle_timeout: 5s, max_request_body: 1MiB, \
+         max_request_head_size: 16KiB, max_uri_size: 4KiB, http2_max_concurrent_streams: 10 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.max_connections, 500);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_request_body, Some(1024 * 1024));
+    assert_eq!(c.limits.max_request_head_size, 16 * 1024);
+    assert_eq!(c.limits.max_uri_size, 4 * 1024);
+    assert_eq!(c.limits.http2_max_concurrent_streams, 10);
+    for (field, value) in [
+        ("max_connections", "0"),
+        ("max_request_head_size", "4KiB"),
+        ("max_request_headers", "0"),
+        ("http2_max_concurrent_streams", "0"),
+        ("max_request_body", "lots"),
+    ] {
+        let (msg, line) = error_of(&format!("{EXAMPLE}limits:\n  {field}: {value}\n"));
+        assert!(msg.contains(&format!("limits.{field}")), "{msg}");
+        assert_eq!(line, Some(17), "{msg}");
+    }
+    for (field, value) in [
+        ("http2_keepalive", "10ms"),
+        ("idle_timeout", "1ms"),
+        ("max_uri_size", "128KiB"),
+    ] {
+        let err = parse(&format!("{EXAMPLE}limits: {{ {field}: {value} }}\n")).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("limits.{field}")),
+            "{err}"
+        );
+    }
 }

@@ -148,16 +148,25 @@ pub enum ClientFault {
     BadRequest,
     /// `CONNECT`: tidegate is a reverse proxy, not a forward proxy.
     NotAllowed,
+    /// The body is larger than `limits.max_request_body`.
+    BodyTooLarge,
+    /// The request target is longer than `limits.max_uri_size`.
+    UriTooLong,
+    /// More header lines than `limits.max_request_headers` (HTTP/2; hyper refuses HTTP/1's).
+    HeadersTooLarge,
 }
 
 impl ClientFault {
     /// Every kind, for resolving metric handles up front.
-    pub const ALL: [ClientFault; 5] = [
+    pub const ALL: [ClientFault; 8] = [
         ClientFault::BadFraming,
         ClientFault::BodyTimeout,
         ClientFault::Aborted,
         ClientFault::BadRequest,
         ClientFault::NotAllowed,
+        ClientFault::BodyTooLarge,
+        ClientFault::UriTooLong,
+        ClientFault::HeadersTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -167,6 +176,9 @@ impl ClientFault {
             ClientFault::Aborted => "aborted",
             ClientFault::BadRequest => "bad_request",
             ClientFault::NotAllowed => "method_not_allowed",
+            ClientFault::BodyTooLarge => "body_too_large",
+            ClientFault::UriTooLong => "uri_too_long",
+            ClientFault::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -177,6 +189,9 @@ impl ClientFault {
             ClientFault::BadFraming | ClientFault::BadRequest => StatusCode::BAD_REQUEST,
             ClientFault::NotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ClientFault::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ClientFault::UriTooLong => StatusCode::URI_TOO_LONG,
+            ClientFault::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ClientFault::Aborted => {
                 StatusCode::from_u16(499).expect("499 is within the valid status range")
             }
@@ -194,6 +209,9 @@ impl ClientFault {
     pub(super) fn of_body(error: &(dyn std::error::Error + 'static)) -> ClientFault {
         let mut cause = Some(error);
         while let Some(error) = cause {
+            if error.is::<crate::upstream::TooLarge>() {
+                return ClientFault::BodyTooLarge;
+            }
             if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
                 if hyper.is_incomplete_message() || hyper.is_canceled() {
                     return ClientFault::Aborted;

@@ -1,19 +1,24 @@
-//! The client's deadline for each request head (`timeouts.header_read`), kept by the connection's
-//! IO on one timer for the connection's life ([`crate::deadline`]) instead of hyper's new timer
-//! per request (which cost about 1.5k instructions a request, 6% of the proxy's user-space work).
+//! The client's deadlines between requests, kept by the connection's IO on one timer for the
+//! connection's life ([`crate::deadline`]) instead of hyper's new timer per request (which cost
+//! about 1.5k instructions a request, 6% of the proxy's user-space work).
 //!
-//! The deadline runs while an HTTP/1 connection waits for a request head: from accept, and from the
-//! end of each response, until the request reaches the service. It is off while a request is
-//! answered (the request's own timeouts apply), after an upgrade, and on HTTP/2.
+//! HTTP/1: from accept, the first request head must be complete within `timeouts.header_read`.
+//! From the end of each response the connection may idle for `limits.idle_timeout`; once the next
+//! head's first bytes arrive, it must be complete within `timeouts.header_read`. No deadline runs
+//! while a request is answered (the request's own timeouts apply) or after an upgrade.
+//!
+//! HTTP/2: the preface is a head like any other (`timeouts.header_read` from accept). After it, a
+//! connection with no stream open for `limits.idle_timeout` is asked to close (a GOAWAY, through
+//! [`Conn::idle`](super::Conn)); hyper's keep-alive PING notices a peer that vanished.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::{Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -28,15 +33,19 @@ use super::Conn;
 /// The wait's start is recorded when it begins (the end of a response), not when the IO next
 /// reads: after a response hyper reads again only once something wakes the connection.
 ///
-/// `Relaxed` throughout: on HTTP/1 the service, the response body and the IO are all polled by the
+/// `Relaxed` for HTTP/1: the service, the response body and the IO are all polled by the
 /// connection's own task, so the phase is read where it was written, and it publishes nothing else.
-/// (HTTP/2 streams run elsewhere, but the IO ignores the phase there.)
+/// HTTP/2 streams run on their own tasks: they count themselves in `streams`, and the last one out
+/// publishes when the connection went idle.
 pub(super) struct Phase {
     /// When the connection was accepted: the origin of `wait_started`.
     base: Instant,
     flags: AtomicU8,
-    /// Nanoseconds from `base` to the start of the current (or last) wait for a head.
+    /// Nanoseconds from `base` to the start of the current (or last) wait for a head, or (HTTP/2)
+    /// to when the last stream ended.
     wait_started: AtomicU64,
+    /// HTTP/2 streams being answered.
+    streams: AtomicU32,
 }
 
 /// What the IO should time now.
@@ -57,7 +66,29 @@ impl Phase {
             base: Instant::now(),
             flags: AtomicU8::new(0),
             wait_started: AtomicU64::new(0),
+            streams: AtomicU32::new(0),
         }
+    }
+
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stream_closed(&self) {
+        self.wait_started
+            .store(self.since_base(), Ordering::Relaxed);
+        // Release: whoever sees no stream open sees when the last one ended.
+        self.streams.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Since when (after `base`) an HTTP/2 connection has had no stream open; `None` while one is.
+    fn idle_since(&self) -> Option<u64> {
+        (self.streams.load(Ordering::Acquire) == 0)
+            .then(|| self.wait_started.load(Ordering::Relaxed))
     }
 
     fn answering(&self) {
@@ -66,8 +97,8 @@ impl Phase {
     }
 
     fn waiting(&self) {
-        let started = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.wait_started.store(started, Ordering::Relaxed);
+        self.wait_started
+            .store(self.since_base(), Ordering::Relaxed);
         let flags = self.flags.load(Ordering::Relaxed);
         self.flags
             .store(flags & !Self::ANSWERING, Ordering::Relaxed);
@@ -90,35 +121,48 @@ impl Phase {
     }
 }
 
-/// Marks the connection as answering a request, until the response returned by
+/// Marks the connection as answering a request (of `version`), until the response returned by
 /// [`answered`] has been sent (or dropped).
-pub(super) fn answering(conn: &Conn) {
-    conn.phase.answering();
+pub(super) fn answering(conn: &Conn, version: Version) {
+    if version == Version::HTTP_2 {
+        conn.phase.stream_opened();
+    } else {
+        conn.phase.answering();
+    }
 }
 
-/// Wraps a response so that the connection starts waiting for its next head once the last byte is
-/// out. A `101` ends head deadlines on the connection: what follows is the tunnel.
-pub(super) fn answered<B>(response: Response<B>, conn: Arc<Conn>) -> Response<Answered<B>> {
-    let conn = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+/// Wraps a response so that the connection starts waiting for its next head (HTTP/1), or counts
+/// one stream fewer (HTTP/2), once the last byte is out. A `101` ends deadlines on the connection:
+/// what follows is the tunnel.
+pub(super) fn answered<B>(
+    response: Response<B>,
+    conn: Arc<Conn>,
+    version: Version,
+) -> Response<Answered<B>> {
+    let h2 = version == Version::HTTP_2;
+    let conn = if response.status() == StatusCode::SWITCHING_PROTOCOLS && !h2 {
         conn.phase.untimed();
         None
     } else {
         Some(conn)
     };
-    response.map(|body| Answered { body, conn })
+    response.map(|body| Answered { body, conn, h2 })
 }
 
-/// A response body that ends its connection's answering phase when it is dropped (hyper drops it
-/// once it has written the last frame, or given up on the connection).
+/// A response body that ends its request's part in the connection's phase when it is dropped
+/// (hyper drops it once it has written the last frame, or given up on the request).
 pub(super) struct Answered<B> {
     body: B,
     conn: Option<Arc<Conn>>,
+    h2: bool,
 }
 
 impl<B> Drop for Answered<B> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.phase.waiting();
+        match self.conn.take() {
+            Some(conn) if self.h2 => conn.phase.stream_closed(),
+            Some(conn) => conn.phase.waiting(),
+            None => {}
         }
     }
 }
@@ -155,26 +199,38 @@ enum Sniffed {
     Http2,
 }
 
-/// A client connection's IO that fails a read with `TimedOut` when the connection has waited
-/// longer than the timeout for a request head.
+/// A client connection's IO that fails a read with `TimedOut` when an HTTP/1 connection has waited
+/// too long for a request head, and asks an idle HTTP/2 connection to close.
 pub(super) struct HeadDeadline<T> {
     io: T,
     conn: Arc<Conn>,
-    timeout: Duration,
+    timeouts: Timeouts,
     deadline: Deadline,
     /// The wait (its start, as in [`Phase`]) the deadline was set for.
     armed_for: Option<u64>,
+    /// The wait in which the next head's first bytes arrived (its deadline is then the head's).
+    head_begun: Option<u64>,
     sniffed: Sniffed,
 }
 
+/// The bounds [`HeadDeadline`] keeps.
+#[derive(Clone, Copy)]
+pub(super) struct Timeouts {
+    /// For a request head, from its first byte (from accept for the first).
+    pub header_read: Duration,
+    /// For a connection carrying no request.
+    pub idle: Duration,
+}
+
 impl<T> HeadDeadline<T> {
-    pub(super) fn new(io: T, conn: Arc<Conn>, timeout: Duration) -> Self {
+    pub(super) fn new(io: T, conn: Arc<Conn>, timeouts: Timeouts) -> Self {
         Self {
             io,
             conn,
-            timeout,
+            timeouts,
             deadline: Deadline::default(),
             armed_for: None,
+            head_begun: None,
             sniffed: Sniffed::Preface(0),
         }
     }
@@ -188,10 +244,28 @@ impl<T> HeadDeadline<T> {
         self.sniffed = if read[..n] != want[..n] {
             Sniffed::Http1
         } else if matched + n == PREFACE.len() {
+            // The preface's deadline is done with; the idle one starts.
+            self.armed_for = None;
             Sniffed::Http2
         } else {
             Sniffed::Preface(matched + n)
         };
+    }
+
+    /// Bytes arrived: if they begin the next head after an idle wait, the head's own (usually
+    /// shorter) deadline runs from now.
+    fn received(&mut self) {
+        if self.sniffed == Sniffed::Http2 {
+            return;
+        }
+        if let Now::Waiting(started) = self.conn.phase.now() {
+            if started != 0 && self.head_begun != Some(started) {
+                self.head_begun = Some(started);
+                self.armed_for = Some(started);
+                self.deadline
+                    .set(Instant::now() + self.timeouts.header_read);
+            }
+        }
     }
 
     /// Called when a read finds nothing to read: ready with the error once the connection has
@@ -200,29 +274,84 @@ impl<T> HeadDeadline<T> {
     /// notice the wait after the response: hyper reads again only when woken.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if self.sniffed == Sniffed::Http2 {
+            self.poll_idle_h2(cx);
             return Poll::Pending;
         }
         match self.conn.phase.now() {
             Now::Untimed => Poll::Pending,
             Now::Answering => {
-                if self.deadline.poll_passed(cx).is_ready() {
-                    self.deadline.set(Instant::now() + self.timeout);
-                    let _ = self.deadline.poll_passed(cx);
+                let Timeouts { header_read, idle } = self.timeouts;
+                if idle < header_read {
+                    // The timer may be armed for the first head, later than this request's end
+                    // plus the idle bound (rare: by default the idle bound is the longer).
+                    let latest = Instant::now() + idle;
+                    if self.deadline.at().is_none_or(|at| at > latest) {
+                        self.deadline.set(latest);
+                    }
                 }
+                self.keep_awake(cx, header_read.min(idle));
                 Poll::Pending
             }
             Now::Waiting(started) => {
+                let start = self.conn.phase.base + Duration::from_nanos(started);
+                let Timeouts { header_read, idle } = self.timeouts;
                 if self.armed_for != Some(started) {
                     self.armed_for = Some(started);
-                    let start = self.conn.phase.base + Duration::from_nanos(started);
-                    self.deadline.set(start + self.timeout);
+                    // The first head is timed from accept. After a response, the timer is armed
+                    // for the shorter bound first: deadlines move only forward (see `deadline`),
+                    // and the next head's usually comes before the idle one.
+                    let first = if started == 0 {
+                        header_read
+                    } else {
+                        header_read.min(idle)
+                    };
+                    self.deadline.set(start + first);
                 }
                 ready!(self.deadline.poll_passed(cx));
+                let idling = started != 0 && self.head_begun != Some(started);
+                if idling && start + idle > Instant::now() {
+                    self.deadline.set(start + idle);
+                    ready!(self.deadline.poll_passed(cx));
+                }
                 Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "no complete request head within timeouts.header_read",
+                    if idling {
+                        "no request within limits.idle_timeout"
+                    } else {
+                        "no complete request head within timeouts.header_read"
+                    },
                 ))
             }
+        }
+    }
+
+    /// Keeps a timer pending that fires every `period`, so that the connection is polled again.
+    fn keep_awake(&mut self, cx: &mut Context<'_>, period: Duration) {
+        if self.deadline.poll_passed(cx).is_ready() {
+            self.deadline.set(Instant::now() + period);
+            let _ = self.deadline.poll_passed(cx);
+        }
+    }
+
+    /// HTTP/2: once no stream has been open for the idle timeout, asks the connection to close
+    /// (once). While streams are open the timer still fires each idle period to look again.
+    fn poll_idle_h2(&mut self, cx: &mut Context<'_>) {
+        if self.armed_for == Some(u64::MAX) {
+            return;
+        }
+        let Some(since) = self.conn.phase.idle_since() else {
+            self.armed_for = None;
+            self.keep_awake(cx, self.timeouts.idle);
+            return;
+        };
+        if self.armed_for != Some(since) {
+            self.armed_for = Some(since);
+            let start = self.conn.phase.base + Duration::from_nanos(since);
+            self.deadline.set(start + self.timeouts.idle);
+        }
+        if self.deadline.poll_passed(cx).is_ready() {
+            self.armed_for = Some(u64::MAX);
+            self.conn.idle.notify_one();
         }
     }
 }
@@ -237,7 +366,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if polled.is_ready() {
-            this.sniff(&buf.filled()[before..]);
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                this.sniff(read);
+                this.received();
+            }
             return polled;
         }
         this.poll_expired(cx).map(Err)

@@ -51,14 +51,25 @@ enum Prepared {
 }
 
 impl Outgoing {
-    /// The admitted request, with its Host (see [`request::admit`]).
-    pub(super) fn new(req: Request<Incoming>, host: Option<HeaderValue>) -> Self {
+    /// The admitted request, with its Host (see [`request::admit`]), and the most its body may
+    /// bring (`limits.max_request_body`).
+    pub(super) fn new(
+        req: Request<Incoming>,
+        host: Option<HeaderValue>,
+        max_body: Option<u64>,
+    ) -> Self {
         // gRPC calls are POSTs: other methods skip the header lookup.
         let grpc =
             (req.method() == Method::POST && grpc::is_grpc(req.headers())).then(|| GrpcCall {
                 timeout: grpc::timeout(req.headers()),
             });
-        let mut req = req.map(|body| Either::Left(ClientBody::new(body)));
+        let mut req = req.map(|body| {
+            let mut body = ClientBody::new(body);
+            if let Some(max) = max_body {
+                body.limit(max);
+            }
+            Either::Left(body)
+        });
         let upgrade = upgrade::requested(&mut req);
         Self {
             req,

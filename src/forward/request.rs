@@ -83,12 +83,34 @@ impl Forwarding {
     }
 }
 
+/// What one request may carry (`limits:`), beyond what hyper refuses itself.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RequestLimits {
+    /// Bytes in the request target (authority and path with query).
+    pub max_uri: usize,
+    /// Header lines (hyper counts HTTP/1's; HTTP/2's are counted here).
+    pub max_headers: usize,
+}
+
 /// Refuses a request that a reverse proxy must not forward: `CONNECT` (tidegate is not a forward
-/// proxy: 405), and an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: 400). Returns
-/// the request's Host, so that preparing it needs no second lookup.
-pub(super) fn admit<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ClientFault> {
+/// proxy: 405), an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: 400), and one
+/// beyond `limits` (414, 431). Returns the request's Host, so that preparing it needs no second
+/// lookup.
+pub(super) fn admit<B>(
+    req: &Request<B>,
+    limits: &RequestLimits,
+) -> Result<Option<HeaderValue>, ClientFault> {
     if req.method() == Method::CONNECT {
         return Err(ClientFault::NotAllowed);
+    }
+    let uri = req.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri {
+        return Err(ClientFault::UriTooLong);
+    }
+    if req.headers().len() > limits.max_headers {
+        return Err(ClientFault::HeadersTooLarge);
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
@@ -295,13 +317,38 @@ mod tests {
         b.body(()).unwrap()
     }
 
+    const LIMITS: RequestLimits = RequestLimits {
+        max_uri: 64,
+        max_headers: 4,
+    };
+
+    #[test]
+    fn a_long_target_is_414_and_too_many_headers_431() {
+        let long = format!("/{}", "a".repeat(64));
+        let req = request(Version::HTTP_2, &long, &[]);
+        assert_eq!(admit(&req, &LIMITS), Err(ClientFault::UriTooLong));
+        let req = request(Version::HTTP_2, &long[..64], &[]);
+        assert_eq!(admit(&req, &LIMITS), Ok(None), "64 bytes are within 64");
+        let five = [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")];
+        let req = request(Version::HTTP_2, "/", &five);
+        assert_eq!(admit(&req, &LIMITS), Err(ClientFault::HeadersTooLarge));
+        let req = request(Version::HTTP_2, "/", &five[..4]);
+        assert_eq!(admit(&req, &LIMITS), Ok(None));
+        assert_eq!(ClientFault::UriTooLong.status(), 414);
+        assert_eq!(ClientFault::HeadersTooLarge.status(), 431);
+    }
+
     fn ip() -> Client {
         Client::new("10.1.2.3".parse().unwrap(), false)
     }
 
     /// Admits and prepares `req`, as the pipeline does.
     fn prepare<B>(req: &mut Request<B>, client: &Client) {
-        let host = admit(req).expect("an admissible request");
+        let generous = RequestLimits {
+            max_uri: 8192,
+            max_headers: 100,
+        };
+        let host = admit(req, &generous).expect("an admissible request");
         super::prepare(req, client, host);
     }
 
@@ -349,8 +396,9 @@ mod tests {
 
     #[test]
     fn connect_and_http11_without_one_host_are_refused() {
-        let admitted =
-            |version, headers: &[(&str, &str)]| admit(&request(version, "/", headers)).map(|_| ());
+        let admitted = |version, headers: &[(&str, &str)]| {
+            admit(&request(version, "/", headers), &LIMITS).map(|_| ())
+        };
         assert_eq!(admitted(Version::HTTP_11, &[("host", "h")]), Ok(()));
         assert_eq!(admitted(Version::HTTP_10, &[]), Ok(()));
         assert_eq!(admitted(Version::HTTP_2, &[]), Ok(()));
@@ -366,8 +414,11 @@ mod tests {
             .header("host", "h:443")
             .body(())
             .unwrap();
-        assert_eq!(admit(&connect), Err(ClientFault::NotAllowed));
-        let host = admit(&request(Version::HTTP_11, "/", &[("host", "shop")]));
+        assert_eq!(admit(&connect, &LIMITS), Err(ClientFault::NotAllowed));
+        let host = admit(
+            &request(Version::HTTP_11, "/", &[("host", "shop")]),
+            &LIMITS,
+        );
         assert_eq!(
             host,
             Ok(Some(HeaderValue::from_static("shop"))),

@@ -27,11 +27,18 @@ use tokio::time::{Instant, Sleep};
 /// A request body's error: the client's connection's, or a stall.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The body went past `limits.max_request_body` (413: the client's).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than limits.max_request_body ({0} bytes)")]
+pub struct TooLarge(pub u64);
+
 /// A client's request body, watched.
 #[derive(Debug)]
 pub struct ClientBody {
     /// `None` only in a body that has handed its stream back (see [`ClientBody::keep_for_return`]).
     inner: Option<Incoming>,
+    /// Bytes the body may still bring, and the limit they came from (see [`ClientBody::limit`]).
+    allowed: Option<(u64, u64)>,
     /// The longest pause between two frames; set when the request is prepared.
     idle: Option<Duration>,
     /// Armed while a frame is awaited (allocated on the first wait only).
@@ -102,6 +109,7 @@ impl ClientBody {
     pub fn new(inner: Incoming) -> Self {
         Self {
             inner: Some(inner),
+            allowed: None,
             idle: None,
             timer: None,
             waiting: false,
@@ -123,6 +131,20 @@ impl ClientBody {
             tape.overflowed = false;
         }
         returned
+    }
+
+    /// The body fails with [`TooLarge`] once more than `max` bytes of it have arrived.
+    pub fn limit(&mut self, max: u64) {
+        self.allowed = Some((max, max));
+    }
+
+    /// Counts `frame` against the limit in `allowed`: an error once the body has gone past it.
+    fn allow(allowed: &mut Option<(u64, u64)>, frame: &Frame<Bytes>) -> Result<(), BodyError> {
+        let (Some((left, max)), Some(data)) = (allowed.as_mut(), frame.data_ref()) else {
+            return Ok(());
+        };
+        *left = left.checked_sub(data.len() as u64).ok_or(TooLarge(*max))?;
+        Ok(())
     }
 
     /// From now on, a pause longer than `idle` between two frames fails the body.
@@ -165,6 +187,9 @@ impl Body for ClientBody {
         };
         if let Poll::Ready(frame) = Pin::new(&mut *inner).poll_frame(cx) {
             this.waiting = false;
+            if let Some(Ok(frame)) = &frame {
+                Self::allow(&mut this.allowed, frame)?;
+            }
             if frame.is_none() || inner.is_end_stream() {
                 this.end();
             }
@@ -235,6 +260,7 @@ impl Drop for ClientBody {
         let replay_trailers = tape.kept_trailers.take().or(tape.replay_trailers.take());
         let rewound = ClientBody {
             inner: self.inner.take(),
+            allowed: self.allowed,
             idle: self.idle,
             timer: None,
             waiting: false,

@@ -1,6 +1,7 @@
 //! `timeouts.header_read` runs only while a client connection waits for a request head: not while
 //! a request is answered (however slowly its response arrives or streams), not in an upgraded
-//! tunnel, not on HTTP/2; and it starts again after every response.
+//! tunnel, not on HTTP/2; and it starts again with every head. Between a response and the next
+//! head, `limits.idle_timeout` applies.
 //!
 //! Each test lets a connection sit for longer than the 300 ms head deadline, and knows it has when
 //! an idle control connection, opened after it, has been closed by the proxy ([`deadline_passed`]).
@@ -70,8 +71,8 @@ async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response
     assert!(body.starts_with("This is v1"), "{body}");
     let answered = Instant::now();
 
-    // A head that never completes is cut off once the deadline, started afresh at the end of
-    // the last response, passes.
+    // A head that never completes is cut off once the deadline, started afresh with its first
+    // bytes after the last response, passes.
     socket
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
         .await
@@ -91,10 +92,15 @@ async fn the_head_deadline_spares_a_slow_answer_and_restarts_after_each_response
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_left_idle_after_a_slow_answer_is_closed() {
-    // The answer outlasts the deadline set at accept; the wait for the next head that follows
-    // must still be timed, although nothing is read from the client in between.
+    // The answer outlasts the deadline set at accept; the idle wait for the next head that
+    // follows must still be timed, although nothing is read from the client in between.
     let app = backend("v1").run().await;
-    let proxy = head_deadline_proxy(&app).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml(HEAD_DEADLINE)
+        .yaml("limits: { idle_timeout: 300ms }")
+        .start()
+        .await;
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     let slow = format!(
         "GET /slow?ms={} HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -106,7 +112,7 @@ async fn a_connection_left_idle_after_a_slow_answer_is_closed() {
     let idle = closed_after(&mut socket).await;
     assert!(
         idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
-        "closed {idle:?} after the response: the 300 ms deadline runs from its end"
+        "closed {idle:?} after the response: the 300 ms idle bound runs from its end"
     );
 }
 

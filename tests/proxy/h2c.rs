@@ -351,8 +351,10 @@ async fn trailers_cross_between_an_http2_client_and_an_http1_endpoint_both_ways(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_share_one_connection_until_it_carries_a_hundred() {
     let app = h2c_echo("v1").await;
+    // One client connection carries all 150 streams (beyond the default 128 a client may open).
     let proxy = TestProxy::new()
         .h2c_endpoint_at(app.addr, "v1")
+        .yaml("limits: { http2_max_concurrent_streams: 200 }")
         .start()
         .await;
     let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;

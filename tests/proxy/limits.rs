@@ -1,7 +1,8 @@
-//! Bounds on what clients may hold: `limits.max_connections`.
+//! Bounds on what clients may hold: connections, idle time, and the size of what they send.
 
 use std::time::Duration;
 
+use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -130,5 +131,202 @@ async fn expect_100_continue_followed_by_nothing_ends_in_408_at_the_body_timeout
             .await,
         Some(2.0),
         "the client's stall, not an endpoint's failure"
+    );
+}
+
+/// Sends one request on `socket` and reads its (small) answer.
+async fn exchange(socket: &mut TcpStream, request: &str) -> String {
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout_a_started_head_at_header_read() {
+    let app = backend("v1").run().await;
+    // The idle bound is shorter than the head's: an idle connection closes at it.
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 10s, header_read: 10s, drain: 5s }")
+        .yaml("limits: { idle_timeout: 300ms }")
+        .start()
+        .await;
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut idle, "GET / HTTP/1.1\r\nHost: shop\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let since = std::time::Instant::now();
+    assert!(
+        closed(&mut idle, Duration::from_secs(3)).await,
+        "closed when idle"
+    );
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "not before its time: {waited:?}"
+    );
+
+    // The head's bound is shorter than the idle one: a head begun and not finished closes at it,
+    // while a well-behaved client on another connection is served meanwhile.
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 10s, header_read: 300ms, drain: 5s }")
+        .yaml("limits: { idle_timeout: 30s }")
+        .start()
+        .await;
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut slow, "GET / HTTP/1.1\r\nHost: shop\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Idle for longer than header_read: allowed, the idle bound is 30 s.
+    let mut quiet = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(600), slow.read(&mut quiet)).await;
+    assert!(
+        read.is_err(),
+        "an idle keep-alive connection outlives header_read"
+    );
+    slow.write_all(b"GET / HT").await.unwrap();
+    let since = std::time::Instant::now();
+    let mut well_behaved = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut well_behaved, "GET / HTTP/1.1\r\nHost: shop\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed(&mut slow, Duration::from_secs(3)).await,
+        "the unfinished head is cut off"
+    );
+    assert!(since.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_a_goaway_but_not_while_a_stream_is_open() {
+    let app = backend("v1").run().await;
+    // Keep-alive pings far apart: the idle bound, not the ping, must close the connection, and the
+    // client answers pings anyway.
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("limits: { idle_timeout: 400ms, http2_keepalive: 30s }")
+        .start()
+        .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let mut connection = tokio::spawn(connection);
+    // A stream open for longer than the idle bound keeps the connection.
+    let response = h2
+        .send_request(get_request(&proxy.url("/slow?ms=1000")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = h2.send_request(get_request(&proxy.url("/"))).await.unwrap();
+    assert_eq!(response.status(), 200, "still open after a long stream");
+    drop(response);
+    // No stream open: a GOAWAY, and the connection ends cleanly.
+    let since = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut connection)
+        .await
+        .expect("the idle connection must be closed");
+    assert!(ended.unwrap().is_ok(), "closed with a GOAWAY, not an error");
+    assert!(
+        since.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        since.elapsed()
+    );
+    proxy.wait_metric(OPEN, 0.0, Duration::from_secs(5)).await;
+
+    // A connection that sends its preface and SETTINGS, answers pings, and opens no stream.
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (_h2, connection) = hyper::client::conn::http2::handshake::<_, _, ClientBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(
+        ended.is_ok(),
+        "a connection that never opens a stream is closed too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_get_413_414_431_as_the_clients_fault() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml(
+            "limits: { max_request_body: 1KiB, max_uri_size: 1KiB, max_request_headers: 20, \
+             max_request_head_size: 8KiB }",
+        )
+        .start()
+        .await;
+    let long_path = format!("/{}", "a".repeat(1100));
+    let many: String = (0..30).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "b".repeat(9000));
+    let chunked_2k = format!("7d0\r\n{}\r\n0\r\n\r\n", "c".repeat(2000));
+    let cases = [
+        (format!("GET {long_path} HTTP/1.1\r\nHost: shop\r\n\r\n"), "414"),
+        (format!("GET / HTTP/1.1\r\nHost: shop\r\n{many}\r\n"), "431"),
+        (format!("GET / HTTP/1.1\r\nHost: shop\r\n{big}\r\n"), "431"),
+        (
+            "POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 2000\r\n\r\n".to_owned(),
+            "413",
+        ),
+        (
+            format!("POST /upload HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_2k}"),
+            "413",
+        ),
+        (
+            format!("POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 500\r\n\r\n{}", "d".repeat(500)),
+            "200",
+        ),
+    ];
+    for (request, status) in &cases {
+        let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+        let answer = exchange(&mut socket, request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "want {status} for {:?}: {answer}",
+            &request[..request.len().min(60)]
+        );
+    }
+    // HTTP/2: the same limits (hyper counts no HTTP/2 header lines: tidegate does).
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    let mut request = get_request(&proxy.url("/"));
+    for i in 0..30 {
+        let name = http::HeaderName::try_from(format!("x-h{i}")).unwrap();
+        request
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static("v"));
+    }
+    assert_eq!(h2.send_request(request).await.unwrap().status(), 431);
+    let response = h2
+        .send_request(get_request(&proxy.url(&long_path)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+    let upload = Request::post(proxy.url("/upload"))
+        .header("content-length", "2000")
+        .body(full(&"e".repeat(2000)))
+        .unwrap();
+    assert_eq!(h2.send_request(upload).await.unwrap().status(), 413);
+
+    for (kind, count) in [
+        ("body_too_large", 3.0),
+        ("uri_too_long", 2.0),
+        ("headers_too_large", 1.0),
+    ] {
+        let series = format!(r#"tidegate_client_errors_total{{kind="{kind}"}}"#);
+        assert_eq!(proxy.metric(&series).await, Some(count), "{kind}");
+    }
+    assert_eq!(
+        app.hits(),
+        1,
+        "only the request within the limits reached the endpoint"
     );
 }

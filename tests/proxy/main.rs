@@ -21,6 +21,7 @@ mod framing;
 mod grpc;
 mod grpc_rollout;
 mod grpcio;
+mod h2_abuse;
 mod h2c;
 mod kubernetes;
 mod limits;
