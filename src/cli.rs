@@ -93,7 +93,7 @@ struct DemoArgs {
 
 #[derive(clap::Args)]
 struct LoadtestArgs {
-    /// The http:// URL to send GET requests to.
+    /// The http:// or https:// URL to send GET requests to.
     #[arg(value_parser = Target::parse)]
     url: Target,
     /// Requests started per second on a fixed schedule (late ones are counted, never skipped);
@@ -106,9 +106,19 @@ struct LoadtestArgs {
     /// Connections (with --http2: concurrent streams): the most requests in flight at once.
     #[arg(long, default_value = "32")]
     connections: NonZeroUsize,
-    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    /// Speak HTTP/2 instead of HTTP/1.1 (prior knowledge over http://, ALPN h2 over https://).
     #[arg(long)]
     http2: bool,
+    /// https://: accept any certificate (a self-signed test one); the handshake is still checked.
+    #[arg(long, conflicts_with = "cacert")]
+    insecure: bool,
+    /// https://: trust the CA certificates in this PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Connect to this address instead of resolving the URL's host, which is still what the
+    /// requests (Host, :authority) and TLS (SNI, the certificate's name) say: an ingress by its IP.
+    #[arg(long, value_name = "IP:PORT")]
+    connect_to: Option<std::net::SocketAddr>,
     /// An extra request header; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -204,6 +214,12 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
         plan.version_from = version_from;
     }
     plan.timeout = args.timeout;
+    plan.connect_to = args.connect_to;
+    plan.verify = match (args.insecure, args.cacert) {
+        (true, _) => loadtest::Verify::Insecure,
+        (false, Some(file)) => loadtest::Verify::CaFile(file),
+        (false, None) => loadtest::Verify::System,
+    };
 
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {

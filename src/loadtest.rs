@@ -31,6 +31,7 @@ pub mod report;
 mod schedule;
 mod summary;
 mod tally;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub use progress::Progress;
 pub use record::{ErrorKind, FailureCounts, FailureKind, Outcome, Record};
 pub use summary::{Mark, Percentiles, SecondStats, Summary, VersionSummary};
 pub use tally::Live;
+pub use tls::{TlsSetupError, Verify};
 
 use crate::shutdown::Shutdown;
 use tally::{Event, RunInfo};
@@ -61,6 +63,8 @@ pub enum LoadtestError {
         authority: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("{0} resolves to no address")]
     NoAddress(String),
     #[error("the load test stopped unexpectedly: {0}")]
@@ -112,7 +116,10 @@ pub async fn start(plan: Plan, stop: Shutdown) -> Result<Running, LoadtestError>
     if plan.timeout.is_zero() {
         return Err(PlanError::Duration("0s".to_owned()).into());
     }
-    let address = resolve(plan.target.authority()).await?;
+    let address = match plan.connect_to {
+        Some(address) => address,
+        None => resolve(plan.target.authority()).await?,
+    };
     let (events, received) = mpsc::unbounded_channel();
     let (live_tx, live) = watch::channel(Live::default());
     let start = Instant::now();
@@ -124,7 +131,7 @@ pub async fn start(plan: Plan, stop: Shutdown) -> Result<Running, LoadtestError>
         duration: plan.duration,
     };
     let recorder = tokio::spawn(tally::record(received, live_tx, start, info));
-    let shared = Arc::new(engine::Shared::new(&plan, address, start, events.clone()));
+    let shared = Arc::new(engine::Shared::new(&plan, address, start, events.clone())?);
     let done = events.clone();
     let (protocol, connections) = (plan.protocol, plan.connections.get());
     let task = tokio::spawn(async move {

@@ -21,6 +21,7 @@ use super::plan::{Plan, Protocol, VersionFrom, BODY_LIMIT, STREAMS_PER_H2_CONNEC
 use super::record::{classify, version_from_body, version_from_header, ErrorKind, Outcome, Record};
 use super::schedule::Schedule;
 use super::tally::Event;
+use super::tls::{Connector, Stream, TlsSetupError};
 use crate::shutdown::Shutdown;
 
 type H2 = http2::SendRequest<Empty<Bytes>>;
@@ -35,6 +36,8 @@ pub(super) struct Shared {
     pub start: Instant,
     pub schedule: Schedule,
     address: SocketAddr,
+    /// For an `https://` target.
+    tls: Option<Connector>,
     uri: Uri,
     headers: HeaderMap,
     version_from: VersionFrom,
@@ -48,17 +51,22 @@ impl Shared {
         address: SocketAddr,
         start: Instant,
         events: mpsc::UnboundedSender<Event>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, TlsSetupError> {
+        let tls = match plan.target.tls_name() {
+            Some(name) => Some(Connector::new(name, &plan.verify, plan.protocol)?),
+            None => None,
+        };
+        Ok(Self {
             start,
             schedule: Schedule::new(plan.rate, plan.duration),
             address,
+            tls,
             uri: plan.target.uri(plan.protocol).clone(),
             headers: plan.request_headers(),
             version_from: plan.version_from.clone(),
             timeout: plan.timeout,
             events,
-        }
+        })
     }
 
     fn request(&self) -> Request<Empty<Bytes>> {
@@ -83,7 +91,7 @@ pub(super) async fn drive(
         Protocol::Http2 => (0..connections.div_ceil(STREAMS_PER_H2_CONNECTION))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(connections);
-                tokio::spawn(h2_connector(shared.address, shared.timeout, rx));
+                tokio::spawn(h2_connector(shared.clone(), rx));
                 tx
             })
             .collect(),
@@ -191,7 +199,7 @@ impl Link {
                 };
                 let mut h1 = match kept {
                     Some(h1) => h1,
-                    None => connect_h1(shared.address).await?,
+                    None => connect_h1(shared).await?,
                 };
                 let response = h1.sender.send_request(shared.request()).await;
                 *slot = Some(h1);
@@ -246,17 +254,29 @@ async fn read(
     Ok((status, version))
 }
 
-async fn tcp(address: SocketAddr) -> Result<TokioIo<TcpStream>, ErrorKind> {
-    let stream = TcpStream::connect(address)
+/// A connection to the target: TCP, and TLS over it for `https://` (a failed handshake is
+/// `other`: the server refused it, or its certificate did not verify).
+async fn connect(shared: &Shared) -> Result<TokioIo<Stream>, ErrorKind> {
+    let stream = TcpStream::connect(shared.address)
         .await
         .map_err(|_| ErrorKind::Connect)?;
     // Requests are small and latency is what is measured.
     let _ = stream.set_nodelay(true);
+    let stream = match &shared.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => match tls.connect(stream).await {
+            Ok(stream) => Stream::Tls(Box::new(stream)),
+            Err(error) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return Err(ErrorKind::Other);
+            }
+        },
+    };
     Ok(TokioIo::new(stream))
 }
 
-async fn connect_h1(address: SocketAddr) -> Result<H1, ErrorKind> {
-    let (sender, connection) = http1::handshake(tcp(address).await?)
+async fn connect_h1(shared: &Shared) -> Result<H1, ErrorKind> {
+    let (sender, connection) = http1::handshake(connect(shared).await?)
         .await
         .map_err(|e| classify(&e))?;
     let task = tokio::spawn(connection).abort_handle();
@@ -266,11 +286,7 @@ async fn connect_h1(address: SocketAddr) -> Result<H1, ErrorKind> {
 /// Owns one shared HTTP/2 connection: hands out handles on it, and replaces it when it is gone.
 /// Requests that arrive while it connects wait, so a broken connection is replaced once, not once
 /// per stream.
-async fn h2_connector(
-    address: SocketAddr,
-    timeout: Duration,
-    mut requests: mpsc::Receiver<H2Reply>,
-) {
+async fn h2_connector(shared: Arc<Shared>, mut requests: mpsc::Receiver<H2Reply>) {
     let mut current: Option<H2> = None;
     while let Some(reply) = requests.recv().await {
         if reply.is_closed() {
@@ -279,13 +295,13 @@ async fn h2_connector(
         if current.as_ref().is_none_or(H2::is_closed) {
             let connect = async {
                 let (sender, connection) =
-                    http2::handshake(TokioExecutor::new(), tcp(address).await?)
+                    http2::handshake(TokioExecutor::new(), connect(&shared).await?)
                         .await
                         .map_err(|e| classify(&e))?;
                 tokio::spawn(connection);
                 Ok::<_, ErrorKind>(sender)
             };
-            match tokio::time::timeout(timeout, connect).await {
+            match tokio::time::timeout(shared.timeout, connect).await {
                 Ok(Ok(sender)) => current = Some(sender),
                 Ok(Err(kind)) => {
                     let _ = reply.send(Err(kind));

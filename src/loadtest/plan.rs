@@ -1,6 +1,7 @@
 //! What a load test does, parsed and validated once: target, schedule, connections, extra headers
 //! and where a response's version comes from. The engine never re-parses a string.
 
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::HeaderMap;
+
+use super::tls::Verify;
 
 /// The header tidegate adds to responses when `expose_version_header: true`; read by default.
 pub const VERSION_HEADER: &str = "x-tidegate-version";
@@ -29,8 +32,8 @@ pub enum PlanError {
     Duration(String),
 }
 
-/// An `http://` URL split into what each protocol sends: HTTP/1.1 writes the path and a `Host`
-/// header, HTTP/2 the absolute URI (its `:authority`).
+/// An `http://` or `https://` URL split into what each protocol sends: HTTP/1.1 writes the path
+/// and a `Host` header, HTTP/2 the absolute URI (its `:authority`).
 #[derive(Clone, Debug)]
 pub struct Target {
     absolute: Uri,
@@ -38,19 +41,24 @@ pub struct Target {
     host: HeaderValue,
     /// `host:port`, resolved once when the test starts.
     authority: String,
+    /// `https://`: the host name TLS sends (SNI) and checks the certificate against.
+    tls_name: Option<String>,
 }
 
 impl Target {
-    /// Accepts `http://host[:port][/path][?query]`; TLS is not supported.
+    /// Accepts `http://` or `https://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<Self, PlanError> {
         let bad = |reason: &str| PlanError::Url {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(bad("only http:// URLs are supported"));
-        }
+        let scheme = uri.scheme().cloned();
+        let tls = match scheme {
+            Some(ref s) if *s == Scheme::HTTP => false,
+            Some(ref s) if *s == Scheme::HTTPS => true,
+            _ => return Err(bad("only http:// and https:// URLs are supported")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
         if authority.as_str().contains('@') {
             return Err(bad("user info is not supported"));
@@ -60,7 +68,7 @@ impl Target {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let absolute = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(authority.clone())
             .path_and_query(path.clone())
             .build()
@@ -73,9 +81,15 @@ impl Target {
             authority: format!(
                 "{}:{}",
                 authority.host(),
-                authority.port_u16().unwrap_or(80)
+                authority.port_u16().unwrap_or(if tls { 443 } else { 80 })
             ),
+            tls_name: tls.then(|| authority.host().to_owned()),
         })
+    }
+
+    /// The host name for TLS, when the URL is `https://`.
+    pub fn tls_name(&self) -> Option<&str> {
+        self.tls_name.as_deref()
     }
 
     /// `host:port` to connect to.
@@ -183,6 +197,10 @@ pub struct Plan {
     /// For one request from when it is sent (connect included) until its body is read. A request
     /// that could not even start within this long after its intended start is `overdue`.
     pub timeout: Duration,
+    /// How an `https://` target's certificate is checked.
+    pub verify: Verify,
+    /// Where to connect, instead of the URL's host resolved.
+    pub connect_to: Option<SocketAddr>,
 }
 
 impl Plan {
@@ -198,6 +216,8 @@ impl Plan {
             headers: HeaderMap::new(),
             version_from: VersionFrom::default(),
             timeout: Duration::from_secs(5),
+            verify: Verify::default(),
+            connect_to: None,
         }
     }
 
@@ -245,17 +265,16 @@ mod tests {
         let t = Target::parse("http://localhost").unwrap();
         assert_eq!(t.authority(), "localhost:80", "port 80 by default");
         assert_eq!(t.uri(Protocol::Http1).to_string(), "/");
+        assert_eq!(t.tls_name(), None);
+        let t = Target::parse("https://shop.example/x").unwrap();
+        assert_eq!(t.authority(), "shop.example:443", "port 443 for https");
+        assert_eq!(t.tls_name(), Some("shop.example"));
+        assert_eq!(t.uri(Protocol::Http2).to_string(), "https://shop.example/x");
     }
 
     #[test]
     fn target_rejects_what_it_cannot_send() {
-        for url in [
-            "https://a/",
-            "a/b",
-            "ftp://a/",
-            "http://u:p@a/",
-            "http:///x",
-        ] {
+        for url in ["a/b", "ftp://a/", "http://u:p@a/", "http:///x"] {
             assert!(Target::parse(url).is_err(), "{url} must be rejected");
         }
     }

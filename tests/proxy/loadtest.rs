@@ -450,12 +450,8 @@ async fn exit_code_is_1_only_when_failures_exceed_the_budget() {
         let out = tidegate_loadtest(with(&bad)).await;
         assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
     }
-    let out = tidegate_loadtest(args(&["https://127.0.0.1:1/"])).await;
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "https is not supported: usage error"
-    );
+    let out = tidegate_loadtest(args(&["ftp://127.0.0.1:1/"])).await;
+    assert_eq!(out.status.code(), Some(2), "ftp: a usage error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

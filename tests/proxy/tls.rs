@@ -574,3 +574,89 @@ fn validate_rejects_a_key_that_does_not_fit_its_certificate() {
     assert!(stderr.contains("tls"), "names the field: {stderr}");
     assert!(stderr.contains("b.key"), "names the key file: {stderr}");
 }
+
+/// `tidegate loadtest` (the real binary) against the HTTPS proxy for `shop.test`, connecting to
+/// its address: the exit status and stdout.
+async fn loadtest_https(proxy: &RunningProxy, extra: &[&str]) -> (Option<i32>, String) {
+    let url = format!("https://shop.test:{}/", proxy.addr.port());
+    let mut command = Command::new(binary());
+    command
+        .args(["loadtest", &url, "--connect-to", &proxy.addr.to_string()])
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "300ms",
+            "--connections",
+            "4",
+            "-q",
+        ])
+        .args(extra);
+    let out = run(command).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.code(),
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_speaks_https_verifying_or_insecure_over_http1_and_http2() {
+    let app = backend("v1").run().await;
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path());
+    make_pair(
+        dir.path(),
+        "shop.crt",
+        "shop.key",
+        "shop.test",
+        &["shop.test"],
+    );
+    let ca = dir.path().join("ca.crt");
+    let proxy = start_in(
+        dir,
+        TestProxy::new()
+            .endpoints(&[&app])
+            .yaml("tls: { cert_file: shop.crt, key_file: shop.key }"),
+    )
+    .await;
+    let ca = ca.to_str().unwrap();
+    for protocol in [&[][..], &["--http2"][..]] {
+        for verify in [&["--cacert", ca][..], &["--insecure"][..]] {
+            let hits = app.hits();
+            let extra = [protocol, verify].concat();
+            let (code, out) = loadtest_https(&proxy, &extra).await;
+            assert_eq!(code, Some(0), "{extra:?}: {out}");
+            assert!(
+                out.contains("30 in") && out.contains("0 failed"),
+                "{extra:?}: {out}"
+            );
+            let spoken = if protocol.is_empty() {
+                "(HTTP/1.1"
+            } else {
+                "(HTTP/2"
+            };
+            assert!(out.contains(spoken), "{extra:?}: {out}");
+            assert_eq!(
+                app.hits() - hits,
+                30,
+                "{extra:?}: every request reached the app"
+            );
+            assert_eq!(app.last_headers()["x-forwarded-proto"], "https");
+        }
+    }
+    // The system's roots do not know the test CA: the certificate is refused, nothing is sent.
+    let hits = app.hits();
+    let (code, out) = loadtest_https(&proxy, &[]).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "an unverified certificate fails the run: {out}"
+    );
+    assert!(out.contains("30 failed"), "{out}");
+    assert_eq!(app.hits(), hits);
+    // A CA file that is not one is a clear error.
+    let (code, out) = loadtest_https(&proxy, &["--cacert", "/nonexistent/ca.pem"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot read CA file"), "{out}");
+}
