@@ -273,6 +273,7 @@ fn proxy(path: &Path) -> ExitCode {
         path: path.to_owned(),
         contents,
     };
+    warn_if_few_descriptors(config.limits.max_connections);
     block_on(async move {
         let server = Server::bind(&config).await?;
         tracing::info!(
@@ -330,6 +331,33 @@ fn block_on<E: std::fmt::Display>(
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// Warns when the open-files limit (raised to its hard maximum by `main`) cannot hold
+/// `limits.max_connections` client connections with an upstream connection each: accepts and
+/// connects would fail for everyone before the limit that is meant to stop them.
+fn warn_if_few_descriptors(max_connections: usize) {
+    let Some(soft) = open_files_limit() else {
+        return;
+    };
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            needed,
+            max_connections,
+            "the open-files limit is below what limits.max_connections needs: raise it (ulimit -n, LimitNOFILE) or lower limits.max_connections"
+        );
+    }
+}
+
+/// The soft open-files limit, from `/proc/self/limits` (`None` when unlimited or unknown).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// `RUST_LOG` overrides `default` (the demo and the load tester print their own story, so their

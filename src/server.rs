@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, DiscoveryConfig};
@@ -195,6 +195,12 @@ impl Server {
     }
 }
 
+/// Connections the kernel may hold for a listener before tidegate accepts them (it caps this at
+/// `net.core.somaxconn`, 4096 by default). std's and tokio's 128 overflow when thousands of clients
+/// reconnect at once (after a deploy, behind a load balancer): SYNs beyond it are dropped, and
+/// each such client waits a second for its retransmit. nginx uses 511, HAProxy its maxconn.
+const ACCEPT_BACKLOG: u32 = 4096;
+
 async fn bind(
     field: &'static str,
     address: SocketAddr,
@@ -204,7 +210,15 @@ async fn bind(
         address,
         source,
     };
-    let listener = TcpListener::bind(address).await.map_err(error)?;
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(error)?;
+    // As std and tokio do: a restarted proxy can bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(address).map_err(error)?;
+    let listener = socket.listen(ACCEPT_BACKLOG).map_err(error)?;
     let bound = listener.local_addr().map_err(error)?;
     Ok((listener, bound))
 }

@@ -330,3 +330,122 @@ async fn oversized_requests_get_413_414_431_as_the_clients_fault() {
         "only the request within the limits reached the endpoint"
     );
 }
+
+/// Raises this test process's soft open-files limit to its hard one, for tests that hold
+/// thousands of sockets (a fresh machine may start at 1024).
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read and write `limit`, which outlives them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// The proxy's resident memory now, in KiB.
+fn rss_kib(proxy: &RunningProxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_over_a_cap_of_a_thousand_cost_bounded_memory() {
+    raise_open_files();
+    let app = backend("v1").run().await;
+    // Started with a soft limit of 1024 open files: tidegate raises it to the hard limit itself.
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("timeouts: { connect: 1s, request: 10s, header_read: 2s, drain: 5s }")
+        .yaml("limits: { max_connections: 1000 }")
+        .open_files(1024, 4096)
+        .start()
+        .await;
+    let before = rss_kib(&proxy);
+    // 2,000 connections that send nothing, as a slow-loris client would hold them, opened in one
+    // burst: the accept backlog takes them all (with 128, every 129th connect waited 1 s for its
+    // SYN to be retransmitted).
+    let since = std::time::Instant::now();
+    let connects = (0..2000).map(|_| TcpStream::connect(proxy.addr));
+    let mut idle: Vec<TcpStream> = futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        since.elapsed() < Duration::from_secs(2),
+        "2,000 connects took {:?}",
+        since.elapsed()
+    );
+    proxy
+        .wait_metric(OPEN, 1000.0, Duration::from_secs(10))
+        .await;
+    proxy
+        .wait_metric(REJECTED, 1000.0, Duration::from_secs(10))
+        .await;
+    let held = rss_kib(&proxy);
+    eprintln!("RSS {before} KiB before, {held} KiB holding 1,000 idle connections");
+    assert!(
+        held < before + 32 * 1024,
+        "1,000 idle connections must cost little memory: {before} → {held} KiB"
+    );
+
+    // By design a new client is refused cleanly (closed at once) while the cap is full...
+    let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(closed(&mut refused, Duration::from_secs(1)).await);
+    // ... and served as soon as the idle ones run out of time (timeouts.header_read).
+    wait_until(
+        "a new client is served",
+        Duration::from_secs(10),
+        || async {
+            let got = tokio::time::timeout(Duration::from_secs(1), proxy.get("/")).await;
+            matches!(got, Ok(Ok((status, _, _))) if status == 200)
+        },
+    )
+    .await;
+    for socket in &mut idle {
+        assert!(
+            closed(socket, Duration::from_secs(5)).await,
+            "every idle one is closed"
+        );
+    }
+    assert!(
+        !proxy.logs().iter().any(|l| l.contains("accept failed")),
+        "no accept ever ran out of descriptors"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_files_limit_below_max_connections_is_warned_about() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("limits: { max_connections: 5000 }")
+        .open_files(1024, 2048)
+        .start()
+        .await;
+    let warned = |proxy: &RunningProxy| {
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("open-files limit is below"))
+    };
+    assert!(warned(&proxy), "2,048 files cannot hold 5,000 connections");
+    let proxy = TestProxy::new()
+        .endpoints(&[&app])
+        .yaml("limits: { max_connections: 1000 }")
+        .open_files(1024, 4096)
+        .start()
+        .await;
+    assert!(
+        !warned(&proxy),
+        "raised from 1,024 to 4,096: room for 1,000"
+    );
+}

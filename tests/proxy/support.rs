@@ -326,8 +326,16 @@ pub struct TestProxy {
     /// The admin API on every interface (`0.0.0.0`) instead of loopback.
     admin_on_all_interfaces: bool,
     extra: Vec<String>,
+    launch: Launch,
+}
+
+/// How the proxy process is started.
+#[derive(Clone, Copy, Default)]
+struct Launch {
     /// Run under `taskset -c 0`, as in a one-CPU container.
     one_core: bool,
+    /// Start with these soft and hard open-files limits (`ulimit -n`).
+    open_files: Option<(u64, u64)>,
 }
 
 impl TestProxy {
@@ -462,14 +470,20 @@ impl TestProxy {
 
     /// Runs the proxy pinned to one CPU.
     pub fn on_one_core(mut self) -> Self {
-        self.one_core = true;
+        self.launch.one_core = true;
+        self
+    }
+
+    /// Starts the proxy with these soft and hard open-files limits.
+    pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
+        self.launch.open_files = Some((soft, hard));
         self
     }
 
     pub async fn start(self) -> RunningProxy {
-        let one_core = self.one_core;
+        let launch = self.launch;
         let (dir, config) = self.write();
-        RunningProxy::launch(dir, config, one_core)
+        RunningProxy::launch(dir, config, launch)
             .await
             .ready()
             .await
@@ -477,9 +491,9 @@ impl TestProxy {
 
     /// Starts without waiting for `/readyz` (for tests of readiness itself).
     pub async fn start_unready(self) -> RunningProxy {
-        let one_core = self.one_core;
+        let launch = self.launch;
         let (dir, config) = self.write();
-        RunningProxy::launch(dir, config, one_core).await
+        RunningProxy::launch(dir, config, launch).await
     }
 
     fn write(&self) -> (tempfile::TempDir, PathBuf) {
@@ -510,7 +524,10 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Starts `tidegate proxy --config <config>` and waits until it is ready.
     pub async fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Self {
-        Self::launch(dir, config, false).await.ready().await
+        Self::launch(dir, config, Launch::default())
+            .await
+            .ready()
+            .await
     }
 
     /// Waits until the admin API reports ready.
@@ -533,14 +550,20 @@ impl RunningProxy {
     }
 
     /// Starts `tidegate proxy --config <config>` and waits for its listeners.
-    async fn launch(dir: tempfile::TempDir, config: PathBuf, one_core: bool) -> Self {
-        let mut command = if one_core {
-            let mut taskset = Command::new("taskset");
-            taskset.args(["-c", "0", binary()]);
-            taskset
-        } else {
-            Command::new(binary())
-        };
+    async fn launch(dir: tempfile::TempDir, config: PathBuf, launch: Launch) -> Self {
+        let mut argv = vec![binary().to_owned()];
+        if launch.one_core {
+            argv.splice(0..0, ["taskset", "-c", "0"].map(String::from));
+        }
+        if let Some((soft, hard)) = launch.open_files {
+            let limits = format!("ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$@\"");
+            argv.splice(
+                0..0,
+                ["sh".to_owned(), "-c".to_owned(), limits, "sh".to_owned()],
+            );
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         let mut child = command
             .args(["--log-format", "json", "proxy", "--config"])
             .arg(&config)
