@@ -333,16 +333,17 @@ fn block_on<E: std::fmt::Display>(
     }
 }
 
+/// Descriptors beyond the client connections: upstream pools, the admin API, watches, files.
+const DESCRIPTOR_HEADROOM: u64 = 1024;
+
 /// Warns when the open-files limit (raised to its hard maximum by `main`) cannot hold
-/// `limits.max_connections` client connections with an upstream connection each: accepts and
-/// connects would fail for everyone before the limit that is meant to stop them.
+/// `limits.max_connections` client connections and room for upstream ones: accepts and connects
+/// would fail for everyone before the limit that is meant to stop them.
 fn warn_if_few_descriptors(max_connections: usize) {
     let Some(soft) = open_files_limit() else {
         return;
     };
-    let needed = (max_connections as u64)
-        .saturating_mul(2)
-        .saturating_add(64);
+    let needed = (max_connections as u64).saturating_add(DESCRIPTOR_HEADROOM);
     if soft < needed {
         tracing::warn!(
             open_files = soft,

@@ -99,6 +99,12 @@ pub struct Limits {
     pub http2_keepalive: Duration,
     /// Streams one HTTP/2 client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub http2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may open and reset before tidegate accepted them, pending at
+    /// once, before the connection is closed: the rapid-reset attack (CVE-2023-44487).
+    pub http2_max_pending_resets: usize,
+    /// Streams tidegate may reset on one HTTP/2 connection for the client's errors before it
+    /// closes the connection.
+    pub http2_max_local_resets: usize,
     /// Header lines in a request at most (431 beyond).
     pub max_request_headers: usize,
     /// Bytes in a request head at most: HTTP/1's request line and headers, HTTP/2's header list

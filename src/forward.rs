@@ -265,15 +265,6 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
     }
 }
 
-/// HTTP/2 streams a client may reset before tidegate has answered them, pending at once, before
-/// the connection is closed: the rapid-reset attack (CVE-2023-44487) opens and cancels streams
-/// faster than a server can notice. h2's default, set here so that it is not lost by accident.
-const MAX_PENDING_RESETS: usize = 20;
-
-/// Streams tidegate may reset on one HTTP/2 connection (for the client's errors) before it closes
-/// the connection: a client that keeps sending malformed requests is shut out.
-const MAX_LOCAL_RESETS: usize = 1024;
-
 /// The client-side HTTP/1.1 and HTTP/2 server settings. The CONTINUATION flood (CVE-2024-27316
 /// family) is bounded by the header list size: h2 stops decoding a header block beyond it.
 fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -295,8 +286,8 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .keep_alive_timeout(limits.http2_keepalive)
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .max_header_list_size(limits.max_request_head_size)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(MAX_LOCAL_RESETS);
+        .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
+        .max_local_error_reset_streams(limits.http2_max_local_resets);
     builder
 }
 

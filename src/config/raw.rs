@@ -78,6 +78,10 @@ struct RawLimits {
     http2_keepalive: Dur,
     #[serde(default = "default_streams", deserialize_with = "streams")]
     http2_max_concurrent_streams: u32,
+    #[serde(default = "default_pending_resets", deserialize_with = "resets")]
+    http2_max_pending_resets: usize,
+    #[serde(default = "default_local_resets", deserialize_with = "resets")]
+    http2_max_local_resets: usize,
     #[serde(default = "default_header_count", deserialize_with = "header_count")]
     max_request_headers: usize,
     #[serde(default = "default_head_size", deserialize_with = "head_size")]
@@ -95,6 +99,8 @@ impl Default for RawLimits {
             idle_timeout: secs::<60>(),
             http2_keepalive: secs::<20>(),
             http2_max_concurrent_streams: default_streams(),
+            http2_max_pending_resets: default_pending_resets(),
+            http2_max_local_resets: default_local_resets(),
             max_request_headers: default_header_count(),
             max_request_head_size: default_head_size(),
             max_uri_size: default_uri_size(),
@@ -126,6 +132,8 @@ impl RawLimits {
             idle_timeout: self.idle_timeout.0,
             http2_keepalive: self.http2_keepalive.0,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_max_pending_resets: self.http2_max_pending_resets,
+            http2_max_local_resets: self.http2_max_local_resets,
             max_request_headers: self.max_request_headers,
             // Both checked to fit (at most 1 MiB).
             max_request_head_size: self.max_request_head_size as u32,
@@ -142,6 +150,20 @@ fn default_max_client_connections() -> usize {
 /// nginx's `http2_max_concurrent_streams`.
 fn default_streams() -> u32 {
     128
+}
+
+/// h2's default: the rapid-reset bound (CVE-2023-44487).
+fn default_pending_resets() -> usize {
+    20
+}
+
+/// hyper's default.
+fn default_local_resets() -> usize {
+    1024
+}
+
+fn resets<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    whole(d, 100_000)
 }
 
 /// hyper's (and so today's) HTTP/1 limit.

@@ -282,6 +282,8 @@ fn client_connections_are_bounded() {
     assert_eq!(limits.idle_timeout, Duration::from_secs(60));
     assert_eq!(limits.http2_keepalive, Duration::from_secs(20));
     assert_eq!(limits.http2_max_concurrent_streams, 128);
+    assert_eq!(limits.http2_max_pending_resets, 20);
+    assert_eq!(limits.http2_max_local_resets, 1024);
     assert_eq!(limits.max_request_headers, 100);
     assert_eq!(limits.max_request_head_size, 64 * 1024);
     assert_eq!(limits.max_uri_size, 16 * 1024);
@@ -302,6 +304,7 @@ fn client_connections_are_bounded() {
         ("max_request_head_size", "4KiB"),
         ("max_request_headers", "0"),
         ("http2_max_concurrent_streams", "0"),
+        ("http2_max_pending_resets", "0"),
         ("max_request_body", "lots"),
     ] {
         let (msg, line) = error_of(&format!("{EXAMPLE}limits:\n  {field}: {value}\n"));
