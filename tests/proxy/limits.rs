@@ -346,16 +346,6 @@ fn raise_open_files() {
     }
 }
 
-/// The proxy's resident memory now, in KiB.
-fn rss_kib(proxy: &RunningProxy) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_over_a_cap_of_a_thousand_cost_bounded_memory() {
     raise_open_files();
@@ -368,7 +358,7 @@ async fn two_thousand_idle_connections_over_a_cap_of_a_thousand_cost_bounded_mem
         .open_files(1024, 4096)
         .start()
         .await;
-    let before = rss_kib(&proxy);
+    let before = proxy.rss_kib();
     // 2,000 connections that send nothing, as a slow-loris client would hold them, opened in one
     // burst: the accept backlog takes them all (with 128, every 129th connect waited 1 s for its
     // SYN to be retransmitted).
@@ -390,7 +380,7 @@ async fn two_thousand_idle_connections_over_a_cap_of_a_thousand_cost_bounded_mem
     proxy
         .wait_metric(REJECTED, 1000.0, Duration::from_secs(10))
         .await;
-    let held = rss_kib(&proxy);
+    let held = proxy.rss_kib();
     eprintln!("RSS {before} KiB before, {held} KiB holding 1,000 idle connections");
     assert!(
         held < before + 32 * 1024,
