@@ -86,11 +86,7 @@ pub async fn serve(
         &options.limits,
     ));
     let builder = Arc::new(server_builder(&options.limits));
-    let slots = Arc::new(Slots {
-        open: AtomicUsize::new(0),
-        max: options.limits.max_connections,
-        gauge: metrics.client_connections(),
-    });
+    let slots = Slots::new(options.limits.max_connections, metrics.client_connections());
     let rejected = metrics.connections_rejected();
     // Drain: every connection (and upgraded tunnel) task holds a clone of `open`; when the last
     // one is dropped, `all_closed` yields None.
@@ -119,19 +115,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // Per connection, not per request: the client address as a header value, and the drain
-        // handle an upgraded tunnel keeps.
-        let conn = Arc::new(Conn {
-            client: request::Client::new(peer.ip(), tls.is_some()),
-            open: open.clone(),
-            phase: head_deadline::Phase::new(),
-            idle: Notify::new(),
-        });
         let accepted = Accepted {
             _slot: slot,
             forwarder: forwarder.clone(),
             builder: builder.clone(),
-            conn,
+            conn: Conn::new(peer.ip(), tls.is_some(), open.clone()),
             drained: draining.clone().quiet(),
             peer,
             timeouts: head_deadline::Timeouts {
@@ -182,6 +170,14 @@ struct Slots {
 }
 
 impl Slots {
+    fn new(max: usize, gauge: prometheus::IntGauge) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+            gauge,
+        })
+    }
+
     /// A slot for one more connection, if fewer than `max` are open.
     fn take(self: &Arc<Self>) -> Option<Slot> {
         // Relaxed: a count; nothing else is published through it.
@@ -299,6 +295,19 @@ struct Conn {
     phase: head_deadline::Phase,
     /// Notified when an HTTP/2 connection has been idle too long: it is closed with a GOAWAY.
     idle: Notify,
+}
+
+impl Conn {
+    /// Per connection, not per request: the client address as a header value, and the drain
+    /// handle an upgraded tunnel keeps.
+    fn new(ip: std::net::IpAddr, tls: bool, open: mpsc::Sender<()>) -> Arc<Self> {
+        Arc::new(Self {
+            client: request::Client::new(ip, tls),
+            open,
+            phase: head_deadline::Phase::new(),
+            idle: Notify::new(),
+        })
+    }
 }
 
 /// Per-listener state shared by all requests.
