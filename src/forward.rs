@@ -234,10 +234,9 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
         let service = service_fn(move |req: Request<Incoming>| {
             let (forwarder, conn) = (forwarder.clone(), conn.clone());
             async move {
-                let version = req.version();
-                head_deadline::answering(&conn, version);
-                let response = forwarder.handle(req, &conn).await;
-                Ok::<_, Infallible>(head_deadline::answered(response, conn, version))
+                let answering = head_deadline::answering(conn, req.version());
+                let response = forwarder.handle(req, answering.conn()).await;
+                Ok::<_, Infallible>(head_deadline::answered(response, answering))
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

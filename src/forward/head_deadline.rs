@@ -121,50 +121,70 @@ impl Phase {
     }
 }
 
-/// Marks the connection as answering a request (of `version`), until the response returned by
-/// [`answered`] has been sent (or dropped).
-pub(super) fn answering(conn: &Conn, version: Version) {
-    if version == Version::HTTP_2 {
+/// Marks the connection as answering a request (of `version`) until the guard is dropped: with
+/// the response body returned by [`answered`] once its last byte is out, or at once if the
+/// request is dropped unanswered (an HTTP/2 stream the client reset).
+pub(super) fn answering(conn: Arc<Conn>, version: Version) -> Answering {
+    let h2 = version == Version::HTTP_2;
+    if h2 {
         conn.phase.stream_opened();
     } else {
         conn.phase.answering();
     }
+    Answering {
+        conn,
+        h2,
+        upgraded: false,
+    }
 }
 
-/// Wraps a response so that the connection starts waiting for its next head (HTTP/1), or counts
-/// one stream fewer (HTTP/2), once the last byte is out. A `101` ends deadlines on the connection:
-/// what follows is the tunnel.
-pub(super) fn answered<B>(
-    response: Response<B>,
+/// A request's part in its connection's phase: dropped, the connection starts waiting for its
+/// next head (HTTP/1) or counts one stream fewer (HTTP/2).
+pub(super) struct Answering {
     conn: Arc<Conn>,
-    version: Version,
-) -> Response<Answered<B>> {
-    let h2 = version == Version::HTTP_2;
-    let conn = if response.status() == StatusCode::SWITCHING_PROTOCOLS && !h2 {
-        conn.phase.untimed();
-        None
-    } else {
-        Some(conn)
-    };
-    response.map(|body| Answered { body, conn, h2 })
-}
-
-/// A response body that ends its request's part in the connection's phase when it is dropped
-/// (hyper drops it once it has written the last frame, or given up on the request).
-pub(super) struct Answered<B> {
-    body: B,
-    conn: Option<Arc<Conn>>,
     h2: bool,
+    /// The HTTP/1 connection became a tunnel: nothing is timed any more.
+    upgraded: bool,
 }
 
-impl<B> Drop for Answered<B> {
+impl Answering {
+    /// The connection the request came on.
+    pub(super) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl Drop for Answering {
     fn drop(&mut self) {
-        match self.conn.take() {
-            Some(conn) if self.h2 => conn.phase.stream_closed(),
-            Some(conn) => conn.phase.waiting(),
-            None => {}
+        if self.h2 {
+            self.conn.phase.stream_closed();
+        } else if !self.upgraded {
+            self.conn.phase.waiting();
         }
     }
+}
+
+/// Wraps a response so that its request's [`Answering`] ends with its last byte. A `101` ends
+/// deadlines on an HTTP/1 connection: what follows is the tunnel.
+pub(super) fn answered<B>(
+    response: Response<B>,
+    mut answering: Answering,
+) -> Response<Answered<B>> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS && !answering.h2 {
+        answering.conn.phase.untimed();
+        answering.upgraded = true;
+    }
+    response.map(|body| Answered {
+        body,
+        _answering: answering,
+    })
+}
+
+/// A response body that holds its request's [`Answering`] (hyper drops it once it has written
+/// the last frame, or given up on the request).
+pub(super) struct Answered<B> {
+    body: B,
+    _answering: Answering,
 }
 
 impl<B: Body + Unpin> Body for Answered<B> {

@@ -226,6 +226,11 @@ async fn an_idle_http2_connection_gets_a_goaway_but_not_while_a_stream_is_open()
     let response = h2.send_request(get_request(&proxy.url("/"))).await.unwrap();
     assert_eq!(response.status(), 200, "still open after a long stream");
     drop(response);
+    // A stream the client cancels (RST_STREAM) before its answer ends all the same.
+    let cancelled = h2.send_request(get_request(&proxy.url("/slow?ms=3000")));
+    assert!(tokio::time::timeout(Duration::from_millis(200), cancelled)
+        .await
+        .is_err());
     // No stream open: a GOAWAY, and the connection ends cleanly.
     let since = std::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), &mut connection)
