@@ -147,6 +147,9 @@ pub struct KubernetesConfig {
     pub min_ready: MinReady,
     /// Server-side timeout of each watch; a silent API server is noticed within about 1.5× this.
     pub api_timeout: Duration,
+    /// Take an endpoint out of rotation when its pod is being deleted, ahead of the EndpointSlice
+    /// (watches the Service's pods, selected by its selector).
+    pub pod_deletion: bool,
 }
 
 /// An EndpointSlice port, by name or number.

@@ -2,9 +2,11 @@
 //! loop and the snapshot never care which source produced a set.
 
 pub mod kubernetes;
+pub mod pods;
 pub mod rollout;
 pub mod slices;
 pub mod static_file;
+pub mod watch;
 
 use crate::snapshot::{EndpointSpec, Version};
 

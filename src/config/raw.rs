@@ -440,6 +440,8 @@ struct RawKubernetes {
     min_ready: MinReady,
     #[serde(default = "secs::<30>")]
     api_timeout: Dur,
+    #[serde(default = "yes")]
+    pod_deletion: bool,
 }
 
 fn default_namespace() -> String {
@@ -954,6 +956,7 @@ impl RawConfig {
                     kubeconfig: k.kubeconfig,
                     min_ready: k.min_ready,
                     api_timeout: k.api_timeout.0,
+                    pod_deletion: k.pod_deletion,
                 })
             }
             RawDiscovery::Static(s) => DiscoveryConfig::Static {

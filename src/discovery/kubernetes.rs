@@ -14,12 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
@@ -29,8 +27,10 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{EndpointSpec, EndpointState, Version};
 
+use super::pods::{self, Fate, Tombstones};
 use super::rollout::{self, POD_TEMPLATE_HASH};
 use super::slices::{self, Condition, Skipped};
+use super::watch::{watch_resource, CappedBackoff, Recovery};
 use super::{Rollout, Update};
 
 /// Why Kubernetes discovery could not start.
@@ -151,30 +151,52 @@ pub async fn run(
             .unwrap_or(u32::MAX)
             .max(1),
     );
+    let recovery = Recovery::default();
     let mut streams: SelectAll<BoxStream<'static, Change>> = SelectAll::new();
     let service_label = format!("kubernetes.io/service-name={}", config.service);
     streams.push(
         watch_resource(
             Api::<EndpointSlice>::namespaced(client.clone(), namespace),
             watch.clone().labels(&service_label),
+            recovery.clone(),
         )
         .map(Change::Slices)
         .boxed(),
     );
-    if let Some(deployment) = &config.deployment {
-        // Pods and ReplicaSets of any Deployment carry this label; ownership is checked later.
+    let service_pods = if config.pod_deletion {
+        let services = Api::<Service>::namespaced(client.clone(), namespace);
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            selector = service_selector(&services, &config.service) => selector,
+        }
+    } else {
+        None
+    };
+    // The Service's pods when its selector is known; else, following a Deployment, every pod of
+    // any Deployment (they carry this label; ownership is checked later).
+    let pod_selector = service_pods.clone().or_else(|| {
+        config
+            .deployment
+            .as_ref()
+            .map(|_| POD_TEMPLATE_HASH.to_owned())
+    });
+    if let Some(selector) = &pod_selector {
         streams.push(
             watch_resource(
                 Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), namespace),
-                watch.clone().labels(POD_TEMPLATE_HASH),
+                watch.clone().labels(selector),
+                recovery.clone(),
             )
             .map(Change::Pods)
             .boxed(),
         );
+    }
+    if let Some(deployment) = &config.deployment {
         streams.push(
             watch_resource(
                 Api::<ReplicaSet>::namespaced(client.clone(), namespace),
                 watch.clone().labels(POD_TEMPLATE_HASH),
+                recovery.clone(),
             )
             .map(Change::ReplicaSets)
             .boxed(),
@@ -183,13 +205,15 @@ pub async fn run(
             watch_resource(
                 Api::<Deployment>::namespaced(client.clone(), namespace),
                 watch.clone().fields(&format!("metadata.name={deployment}")),
+                recovery,
             )
             .map(Change::Deployments)
             .boxed(),
         );
     }
 
-    let mut state = State::new(config, metrics);
+    let pod_path = service_pods.is_some();
+    let mut state = State::new(config, metrics, pod_selector.is_some(), pod_path);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut wake: Option<Instant> = None;
     loop {
@@ -224,46 +248,41 @@ pub async fn run(
     }
 }
 
-/// A watcher with capped backoff that starts over with a fresh list when the API server answers
-/// a watch request with HTTP `410 Gone` (kube's watcher would retry the expired resourceVersion
-/// forever; a `410` error *event* it handles itself).
-fn watch_resource<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> BoxStream<'static, watcher::Result<Event<K>>>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let start = move || {
-        watcher::watcher(api.clone(), config.clone())
-            .backoff(CappedBackoff::default())
-            .boxed()
-    };
-    let first = start();
-    futures::stream::unfold(first, move |mut inner| {
-        let start = start.clone();
-        async move {
-            let item = inner.next().await?;
-            if is_gone(&item) {
-                inner = start();
+/// The Service's pod selector, read once at start (retried while the API server does not answer).
+/// `None`, with a warning, when the pod-deletion path cannot work: no selector (hand-managed
+/// EndpointSlices), no such Service, or no RBAC permission to read it.
+async fn service_selector(services: &Api<Service>, name: &str) -> Option<String> {
+    let mut backoff = CappedBackoff::default();
+    let mut warned = false;
+    loop {
+        match services.get(name).await {
+            Ok(service) => {
+                let selector = pods::selector(&service);
+                if selector.is_none() {
+                    tracing::warn!(service = name, "the Service has no selector: endpoints leave at pod deletion only through the EndpointSlice");
+                }
+                return selector;
             }
-            Some((item, inner))
+            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
+                tracing::warn!(service = name, reason = %status.message, "cannot read the Service (grant `get` on services): endpoints leave at pod deletion only through the EndpointSlice");
+                return None;
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(service = name, %error, "cannot read the Service yet; retrying");
+                }
+                tokio::time::sleep(backoff.step()).await;
+            }
         }
-    })
-    .boxed()
-}
-
-fn is_gone<K>(item: &watcher::Result<Event<K>>) -> bool {
-    matches!(
-        item,
-        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) if status.code == 410
-    )
+    }
 }
 
 /// One resource's objects, with a buffer so that a re-list replaces them in one step.
 struct Store<K> {
     live: BTreeMap<String, K>,
     relist: Option<BTreeMap<String, K>>,
+    /// Objects deleted (or missing from a re-list) since last taken; kept only when `Some`.
+    removed: Option<Vec<K>>,
     synced: bool,
     healthy: bool,
     errors: IntCounter,
@@ -275,6 +294,7 @@ impl<K: ResourceExt> Store<K> {
         Self {
             live: BTreeMap::new(),
             relist: None,
+            removed: None,
             synced: false,
             healthy: true,
             errors: metrics.discovery_error(resource),
@@ -312,7 +332,15 @@ impl<K: ResourceExt> Store<K> {
             }
             Event::InitDone => {
                 if let Some(buffer) = self.relist.take() {
-                    self.live = buffer;
+                    let before = std::mem::replace(&mut self.live, buffer);
+                    if let Some(removed) = &mut self.removed {
+                        removed.extend(
+                            before
+                                .into_iter()
+                                .filter(|(name, _)| !self.live.contains_key(name))
+                                .map(|(_, object)| object),
+                        );
+                    }
                 }
                 self.synced = true;
                 true
@@ -321,8 +349,29 @@ impl<K: ResourceExt> Store<K> {
                 self.live.insert(object.name_any(), object);
                 true
             }
-            Event::Delete(object) => self.live.remove(&object.name_any()).is_some(),
+            Event::Delete(object) => match self.live.remove(&object.name_any()) {
+                Some(last) => {
+                    if let Some(removed) = &mut self.removed {
+                        removed.push(last);
+                    }
+                    true
+                }
+                None => false,
+            },
         }
+    }
+
+    /// Keeps the objects that leave, for [`Store::take_removed`].
+    fn keeping_removed(mut self) -> Self {
+        self.removed = Some(Vec::new());
+        self
+    }
+
+    fn take_removed(&mut self) -> Vec<K> {
+        self.removed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }
 
@@ -333,6 +382,12 @@ struct State {
     pods: Store<PartialObjectMeta<Pod>>,
     replicasets: Store<ReplicaSet>,
     deployments: Store<Deployment>,
+    /// Pods are watched (for versions, the pod-deletion path, or both).
+    pods_watched: bool,
+    /// Endpoints leave at their pod's deletion, ahead of the slice (`kubernetes.pod_deletion`, and
+    /// the Service's selector known).
+    pod_path: bool,
+    tombstones: Tombstones,
     /// When each ready endpoint turned ready; `None` = already ready when tidegate started.
     ready_since: HashMap<SocketAddr, Option<Instant>>,
     first_sync_done: bool,
@@ -341,10 +396,18 @@ struct State {
 }
 
 impl State {
-    fn new(config: KubernetesConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        config: KubernetesConfig,
+        metrics: Arc<Metrics>,
+        pods_watched: bool,
+        pod_path: bool,
+    ) -> Self {
         Self {
             slices: Store::new("endpointslices", &metrics),
-            pods: Store::new("pods", &metrics),
+            pods: Store::new("pods", &metrics).keeping_removed(),
+            pods_watched,
+            pod_path,
+            tombstones: Tombstones::default(),
             replicasets: Store::new("replicasets", &metrics),
             deployments: Store::new("deployments", &metrics),
             config,
@@ -363,7 +426,16 @@ impl State {
     fn observe(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Slices(e) => self.slices.apply(e),
-            Change::Pods(e) => self.pods.apply(e),
+            Change::Pods(e) => {
+                if let Ok(Event::Apply(pod) | Event::InitApply(pod)) = &e {
+                    self.tombstones.revive(&pod.name_any());
+                }
+                let changed = self.pods.apply(e);
+                for gone in self.pods.take_removed() {
+                    self.tombstones.bury(gone);
+                }
+                changed
+            }
             Change::ReplicaSets(e) => self.replicasets.apply(e),
             Change::Deployments(e) => self.deployments.apply(e),
         };
@@ -374,14 +446,15 @@ impl State {
     /// Every watch has completed its first list.
     fn synced(&self) -> bool {
         self.slices.synced
-            && (!self.follows_deployment()
-                || (self.pods.synced && self.replicasets.synced && self.deployments.synced))
+            && (!self.pods_watched || self.pods.synced)
+            && (!self.follows_deployment() || (self.replicasets.synced && self.deployments.synced))
     }
 
     fn healthy(&self) -> bool {
         self.slices.healthy
+            && (!self.pods_watched || self.pods.healthy)
             && (!self.follows_deployment()
-                || (self.pods.healthy && self.replicasets.healthy && self.deployments.healthy))
+                || (self.replicasets.healthy && self.deployments.healthy))
     }
 
     fn record_health(&self) {
@@ -424,7 +497,7 @@ impl State {
         let endpoints = observed
             .iter()
             .map(|e| {
-                let state = match e.condition {
+                let state = match self.condition_of(e.condition, e.pod.as_deref()) {
                     Condition::Ready => {
                         let since = match self.ready_since.get(&e.address) {
                             Some(since) => *since,
@@ -459,6 +532,8 @@ impl State {
             })
             .collect();
         self.ready_since = ready_since;
+        let listed: HashSet<&str> = observed.iter().filter_map(|e| e.pod.as_deref()).collect();
+        self.tombstones.keep_only(&listed);
 
         let rollout = view.map(|v| Rollout {
             newest: v.newest.as_deref().and_then(|h| Version::new(h).ok()),
@@ -469,11 +544,26 @@ impl State {
         (Update::Reset { endpoints, rollout }, wake)
     }
 
-    /// The version label of an endpoint: its pod's template hash when following a Deployment,
-    /// otherwise the Service name.
+    /// The slice's condition of an endpoint, overruled by what the pod watch knows first: a pod
+    /// being deleted serves only as the last resort (as `terminating`), and a deleted pod not at
+    /// all.
+    fn condition_of(&self, condition: Condition, pod: Option<&str>) -> Condition {
+        let fate = match pod {
+            Some(pod) if self.pod_path => pods::fate(pod, &self.pods.live, &self.tombstones),
+            _ => Fate::Alive,
+        };
+        match (condition, fate) {
+            (_, Fate::Gone) => Condition::NotReady,
+            (Condition::Ready, Fate::Deleting) => Condition::ServingTerminating,
+            (condition, _) => condition,
+        }
+    }
+
+    /// The version label of an endpoint: its pod's template hash when following a Deployment
+    /// (a deleted pod's from its last state), otherwise the Service name.
     fn version_of(&self, pod: Option<&str>) -> Version {
         let label = if self.follows_deployment() {
-            pod.and_then(|p| self.pods.live.get(p))
+            pod.and_then(|p| self.pods.live.get(p).or_else(|| self.tombstones.get(p)))
                 .and_then(|p| p.labels().get(POD_TEMPLATE_HASH))
                 .map(String::as_str)
                 .unwrap_or("unknown")
@@ -481,38 +571,6 @@ impl State {
             self.config.service.as_str()
         };
         Version::new(label).unwrap_or_else(|_| Version::new("unknown").expect("a valid label"))
-    }
-}
-
-/// Exponential backoff from 100 ms, capped at 2 s, with jitter: after an API server outage the
-/// first change is applied within a few seconds (kube's default grows to 30 s).
-struct CappedBackoff {
-    next: Duration,
-}
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-impl Default for CappedBackoff {
-    fn default() -> Self {
-        Self { next: BACKOFF_MIN }
-    }
-}
-
-impl Iterator for CappedBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        // Up to 25% jitter so that many replicas do not reconnect in lockstep.
-        Some(delay + delay.mul_f64(fastrand::f64() * 0.25))
-    }
-}
-
-impl Backoff for CappedBackoff {
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
     }
 }
 
@@ -571,19 +629,5 @@ mod tests {
         assert_eq!(store.live.len(), 1, "fail static: the last set stays");
         assert!(!store.healthy);
         assert_eq!(store.errors.get(), 1);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_resets() {
-        let mut b = CappedBackoff::default();
-        let delays: Vec<_> = b.by_ref().take(10).collect();
-        assert!(delays[0] >= BACKOFF_MIN && delays[0] < BACKOFF_MIN * 2);
-        assert!(
-            delays.iter().all(|d| *d <= BACKOFF_MAX + BACKOFF_MAX / 4),
-            "{delays:?}"
-        );
-        assert!(delays[9] >= BACKOFF_MAX, "it grows to the cap");
-        b.reset();
-        assert!(b.next().unwrap() < BACKOFF_MIN * 2);
     }
 }

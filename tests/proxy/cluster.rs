@@ -33,6 +33,10 @@ pub enum Termination {
     Graceful,
     /// The process dies at the same moment its endpoint turns terminating (no preStop hook).
     Abrupt,
+    /// No preStop hook: `sigterm_delay` after the pod's deletion is written (the kubelet noticing
+    /// it) the server gets SIGTERM, refuses new connections, closes idle ones, finishes what it
+    /// is serving and exits.
+    ExitOnSigterm,
 }
 
 pub struct Pod {
@@ -43,6 +47,8 @@ pub struct Pod {
     created: Instant,
     ready_at: Option<Instant>,
     terminating_since: Option<Instant>,
+    /// Its process has exited (it still has an endpoint until the grace period ends).
+    exited: bool,
     healthy: bool,
     /// Crashes (process dies, container restarts) once, right after first turning ready.
     crash_pending: bool,
@@ -84,6 +90,12 @@ pub struct Cluster {
     pub crashed: Vec<Backend>,
     /// Every n-th new pod crashes once right after becoming ready (0: none).
     pub crash_every: usize,
+    /// With `Termination::ExitOnSigterm`: how long after a pod's deletion is written its process
+    /// gets SIGTERM.
+    pub sigterm_delay: Duration,
+    /// How far the endpoints controller lags behind pod changes: each EndpointSlice write lands
+    /// this long after the pod change it reflects (zero: at once).
+    pub slice_lag: Duration,
     next_pod: usize,
     dir: tempfile::TempDir,
 }
@@ -113,6 +125,8 @@ impl Cluster {
             gone: Vec::new(),
             crashed: Vec::new(),
             crash_every: 0,
+            sigterm_delay: Duration::ZERO,
+            slice_lag: Duration::ZERO,
             next_pod: 0,
             dir: tempfile::tempdir().unwrap(),
         }
@@ -182,6 +196,7 @@ impl Cluster {
             created: Instant::now(),
             ready_at: None,
             terminating_since: None,
+            exited: false,
             healthy,
             crash_pending: self.crash_every > 0 && self.next_pod.is_multiple_of(self.crash_every),
         });
@@ -198,7 +213,12 @@ impl Cluster {
             .iter()
             .filter_map(|pod| {
                 if let Some(since) = pod.terminating_since {
-                    return Some(since + self.grace);
+                    let signal = self.termination == Termination::ExitOnSigterm && !pod.exited;
+                    return Some(if signal {
+                        since + self.sigterm_delay
+                    } else {
+                        since + self.grace
+                    });
                 }
                 match pod.ready_at {
                     None if pod.healthy => Some(pod.created + self.readiness_delay),
@@ -257,6 +277,17 @@ impl Cluster {
                 changed = true;
             }
         }
+        if self.termination == Termination::ExitOnSigterm {
+            for pod in &mut self.pods {
+                let signalled = pod
+                    .terminating_since
+                    .is_some_and(|t| now >= t + self.sigterm_delay);
+                if signalled && !pod.exited {
+                    pod.backend.sigterm();
+                    pod.exited = true;
+                }
+            }
+        }
         let grace = self.grace;
         let (done, alive): (Vec<Pod>, Vec<Pod>) = std::mem::take(&mut self.pods)
             .into_iter()
@@ -276,7 +307,17 @@ impl Cluster {
         pod.terminating_since = Some(Instant::now());
         if self.termination == Termination::Abrupt {
             pod.backend.kill();
+            pod.exited = true;
         }
+    }
+
+    /// `kubectl delete pod` of the `index`-th pod, outside any rollout: its deletion is written
+    /// now (the slice follows `slice_lag` later); it exits as `termination` says, and is gone
+    /// after the grace period once the controller runs again. Returns when the write was made.
+    pub fn delete_pod(&mut self, index: usize) -> Instant {
+        self.terminate(index);
+        self.publish();
+        Instant::now()
     }
 
     /// One pass of the deployment controller; true when the rollout is finished.
@@ -489,13 +530,23 @@ impl Cluster {
             });
             self.apply_if_changed(rs);
         }
+        self.apply_if_changed(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": self.name, "namespace": NS },
+            "spec": { "selector": { "app": self.name },
+                      "ports": [{ "name": "http", "port": 80, "targetPort": self.port }] },
+        }));
         for pod in &self.pods {
-            let object = json!({
+            let mut object = json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": { "name": pod.name, "namespace": NS,
                               "labels": { "app": self.name, "pod-template-hash": pod.hash } },
                 "spec": { "containers": [{ "name": "app", "image": format!("{}:{}", self.name, pod.version) }] },
             });
+            if pod.terminating_since.is_some() {
+                // What `kubectl delete` (or the ReplicaSet controller) writes first.
+                object["metadata"]["deletionTimestamp"] = json!("2026-12-04T12:00:00Z");
+            }
             self.apply_if_changed(object);
         }
         // Two slices, as the EndpointSlice controller shards a Service's endpoints.
@@ -516,32 +567,38 @@ impl Cluster {
                     })
                 })
                 .collect();
-            self.apply_if_changed(json!({
+            let slice = json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": { "name": format!("{}-{shard}", self.name), "namespace": NS,
                               "labels": { "kubernetes.io/service-name": self.name } },
                 "addressType": "IPv4",
                 "ports": [{ "name": "http", "port": self.port, "protocol": "TCP" }],
                 "endpoints": endpoints,
-            }));
+            });
+            self.write_slice(slice);
         }
+    }
+
+    /// The endpoints controller's write: now, or `slice_lag` later (in order: each write is due
+    /// one lag after it was decided, and a later one never lands before an earlier one).
+    fn write_slice(&self, slice: Value) {
+        if self.slice_lag.is_zero() {
+            self.apply_if_changed(slice);
+            return;
+        }
+        let (api, due) = (
+            self.api.clone(),
+            tokio::time::Instant::now() + self.slice_lag,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            apply_if_changed(&api, slice);
+        });
     }
 
     /// Like a controller, writes only when the object would change.
     fn apply_if_changed(&self, object: Value) {
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        if let Some(current) = self.api.get(&kind, NS, &name) {
-            let same = ["spec", "status", "endpoints", "ports", "addressType"]
-                .iter()
-                .all(|k| current.get(*k) == object.get(*k))
-                && current["metadata"]["labels"] == object["metadata"]["labels"]
-                && current["metadata"]["annotations"] == object["metadata"]["annotations"];
-            if same {
-                return;
-            }
-        }
-        self.api.apply(object);
+        apply_if_changed(&self.api, object);
     }
 
     /// Requests served by pods of `version`, dead or alive.
@@ -567,4 +624,22 @@ impl Cluster {
         v.dedup();
         v
     }
+}
+
+/// Writes `object` only when it would change, as controllers do.
+fn apply_if_changed(api: &FakeApi, object: Value) {
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    if let Some(current) = api.get(&kind, NS, &name) {
+        let same = ["spec", "status", "endpoints", "ports", "addressType"]
+            .iter()
+            .all(|k| current.get(*k) == object.get(*k))
+            && ["labels", "annotations", "deletionTimestamp"]
+                .iter()
+                .all(|k| current["metadata"].get(*k) == object["metadata"].get(*k));
+        if same {
+            return;
+        }
+    }
+    api.apply(object);
 }

@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server that speaks the real wire protocol, for pointing the real kube-rs
 //! client (and `kube::runtime::watcher`) at it.
 //!
-//! Plain HTTP/1.1 on an ephemeral 127.0.0.1 port. It serves list, watch and get for four
-//! namespaced kinds (Pods, EndpointSlices, ReplicaSets, Deployments) from an in-memory store with
+//! Plain HTTP/1.1 on an ephemeral 127.0.0.1 port. It serves list, watch and get for the namespaced
+//! kinds tidegate reads (Pods, EndpointSlices, ReplicaSets, Deployments, Services; Events are
+//! created) from an in-memory store with
 //! one global resourceVersion counter and a replayable event history, like etcd behind an
 //! apiserver. Tests change the store directly ([`FakeApi::apply`], [`FakeApi::delete`]) and inject
 //! the faults a real control plane produces: dropped watch connections, compacted history (410
@@ -91,6 +92,11 @@ const KINDS: &[KindInfo] = &[
         kind: "Event",
         api_version: "v1",
         plural: "events",
+    },
+    KindInfo {
+        kind: "Service",
+        api_version: "v1",
+        plural: "services",
     },
 ];
 

@@ -193,10 +193,18 @@ async fn pod_dying_as_its_endpoint_turns_terminating_costs_clients_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
+    dropped_watches_and_410_gone_during_a_rollout().await;
+}
+
+/// Old pods exit on SIGTERM (50 ms after their deletion, no preStop sleep) under mixed load,
+/// while tidegate's watches are cut and their history compacted throughout the rollout.
+pub async fn dropped_watches_and_410_gone_during_a_rollout() {
     let mut cluster = Cluster::new("flaky", 3, ONE_SURGE).await;
+    cluster.termination = Termination::ExitOnSigterm;
+    cluster.sigterm_delay = Duration::from_millis(50);
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
-    let load = steady_load(&proxy, 4).await;
+    let load = mixed_load(&proxy).await;
 
     // tidegate's watches are cut, and cut again as soon as it has watched again, for the whole
     // rollout and at least 12 times; every fourth time the history is compacted first.
@@ -251,7 +259,7 @@ async fn dropped_watches_and_410_gone_during_a_rollout_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
+async fn api_server_down_for_10s_keeps_serving_and_catches_up_at_once() {
     let mut cluster = Cluster::new("outage", 2, ONE_SURGE).await;
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
@@ -289,6 +297,7 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
     )
     .await;
     let caught_up = back.elapsed();
+    eprintln!("the first change after a 10 s outage was applied {caught_up:?} after the API server answered");
     let report = load.stop().await;
 
     assert!(
@@ -297,7 +306,7 @@ async fn api_server_down_for_10s_keeps_serving_and_catches_up_within_5s() {
         report.failures
     );
     assert!(
-        caught_up < Duration::from_secs(5),
+        caught_up < Duration::from_millis(1500),
         "first change after recovery took {caught_up:?}"
     );
 }

@@ -64,6 +64,7 @@ struct BackendState {
     /// When not 0, every response gets this status (a broken release).
     status: std::sync::atomic::AtomicU16,
     first_hit: Mutex<Option<Instant>>,
+    last_hit: Mutex<Option<Instant>>,
     hits: AtomicUsize,
     connections: AtomicUsize,
     in_flight: AtomicUsize,
@@ -77,7 +78,7 @@ pub struct Backend {
     pub version: String,
     pub pod: String,
     state: Arc<BackendState>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<u8>,
 }
 
 impl BackendBuilder {
@@ -106,7 +107,7 @@ impl BackendBuilder {
             .pod
             .unwrap_or_else(|| format!("{}-{}", self.version, addr.ip()));
         let state = Arc::new(BackendState::default());
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(RUNNING);
         let body = Bytes::from(format!("This is {} running in pod {pod}\n", self.version));
         tokio::spawn(accept_loop(
             listener,
@@ -125,16 +126,22 @@ impl BackendBuilder {
     }
 }
 
+/// A backend's life: serving, draining after SIGTERM (no new connections, in-flight requests
+/// finish, idle connections close), or killed (everything cut off).
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const KILLED: u8 = 2;
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<BackendState>,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<u8>,
     body: Bytes,
     pod: String,
 ) {
     loop {
         let stream = tokio::select! {
-            _ = stopped.wait_for(|s| *s) => return,
+            _ = stopped.wait_for(|s| *s != RUNNING) => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(_) => continue,
@@ -149,10 +156,19 @@ async fn accept_loop(
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stopped.wait_for(|s| *s != RUNNING) => {}
+            }
             // A killed pod's connections vanish mid-flight: dropping the future closes the socket.
+            if *stopped.borrow() == KILLED {
+                return;
+            }
+            connection.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = connection => {}
-                _ = stopped.wait_for(|s| *s) => {}
+                _ = stopped.wait_for(|s| *s == KILLED) => {}
             }
         });
     }
@@ -191,11 +207,9 @@ async fn answer(
             .unwrap();
         return Ok(response);
     }
-    state
-        .first_hit
-        .lock()
-        .unwrap()
-        .get_or_insert_with(Instant::now);
+    let now = Instant::now();
+    state.first_hit.lock().unwrap().get_or_insert(now);
+    *state.last_hit.lock().unwrap() = Some(now);
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     *state.last_headers.lock().unwrap() = Some(req.headers().clone());
@@ -255,6 +269,11 @@ impl Backend {
     }
 
     /// When the first request arrived, if any did.
+    /// When the most recent request arrived.
+    pub fn last_hit(&self) -> Option<Instant> {
+        *self.state.last_hit.lock().unwrap()
+    }
+
     pub fn first_hit(&self) -> Option<Instant> {
         *self.state.first_hit.lock().unwrap()
     }
@@ -275,7 +294,19 @@ impl Backend {
 
     /// The pod dies: its listener closes and every open connection is dropped mid-flight.
     pub fn kill(&self) {
-        self.stop.send_replace(true);
+        self.stop.send_replace(KILLED);
+    }
+
+    /// SIGTERM for a server that shuts down gracefully: it stops accepting (new connections are
+    /// refused), closes idle keep-alive connections, and exits once in-flight requests finish.
+    pub fn sigterm(&self) {
+        self.stop.send_if_modified(|s| {
+            let running = *s == RUNNING;
+            if running {
+                *s = DRAINING;
+            }
+            running
+        });
     }
 }
 
@@ -898,6 +929,19 @@ pub struct Load {
 }
 
 pub fn start_load(url: &str, concurrency: usize, max_requests: usize, max_time: Duration) -> Load {
+    start_load_with(url, concurrency, max_requests, max_time, |url, _| {
+        get_request(url)
+    })
+}
+
+/// [`start_load`] sending the requests `make` builds (from the URL and the request's number).
+pub fn start_load_with(
+    url: &str,
+    concurrency: usize,
+    max_requests: usize,
+    max_time: Duration,
+    make: fn(&str, usize) -> Request<ClientBody>,
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + max_time;
@@ -908,11 +952,15 @@ pub fn start_load(url: &str, concurrency: usize, max_requests: usize, max_time: 
                 (stop.clone(), sent.clone(), client.clone(), url.to_owned());
             tokio::spawn(async move {
                 let mut report = LoadReport::default();
-                while !stop.load(Ordering::SeqCst)
-                    && Instant::now() < deadline
-                    && sent.fetch_add(1, Ordering::SeqCst) < max_requests
-                {
-                    match send(&client, get_request(&url)).await {
+                loop {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
+                    if stop.load(Ordering::SeqCst)
+                        || Instant::now() >= deadline
+                        || n >= max_requests
+                    {
+                        break;
+                    }
+                    match send(&client, make(&url, n)).await {
                         Ok((status, _, body)) if status.is_success() => {
                             report.ok += 1;
                             *report.by_body.entry(body).or_default() += 1;
@@ -981,6 +1029,31 @@ pub async fn steady_load(proxy: &RunningProxy, concurrency: usize) -> Load {
         concurrency,
         500_000,
         Duration::from_secs(60),
+    );
+    load.run_for(100, "before the scenario").await;
+    load
+}
+
+/// Half GETs, half POSTs with a small body: a POST that was sent is never resent elsewhere (it may
+/// have been processed), so a request cut off by a dying pod is a failure the client sees.
+pub fn get_or_post(url: &str, n: usize) -> Request<ClientBody> {
+    if n.is_multiple_of(2) {
+        return get_request(url);
+    }
+    // `url` is the proxy's root, ending in `/`.
+    Request::post(format!("{url}upload"))
+        .body(full("an order"))
+        .unwrap()
+}
+
+/// Steady mixed load through `proxy` (bounded: 150 s, 2,000,000 requests), once it flows.
+pub async fn mixed_load(proxy: &RunningProxy) -> Load {
+    let load = start_load_with(
+        &proxy.url("/"),
+        8,
+        2_000_000,
+        Duration::from_secs(150),
+        get_or_post,
     );
     load.run_for(100, "before the scenario").await;
     load
