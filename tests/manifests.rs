@@ -424,7 +424,8 @@ fn the_round_trip_check_catches_a_misspelt_or_misplaced_field() {
 }
 
 #[test]
-fn the_role_grants_exactly_list_and_watch_on_the_four_resources_and_creating_events() {
+fn the_role_grants_exactly_list_and_watch_on_the_four_resources_getting_services_and_creating_events(
+) {
     let m = manifests();
     let role = find(&m.roles, "tidegate", |r| name_of(&r.metadata)).expect("Role tidegate");
     let mut granted = BTreeSet::new();
@@ -457,7 +458,10 @@ fn the_role_grants_exactly_list_and_watch_on_the_four_resources_and_creating_eve
     .flat_map(|(group, resource)| {
         ["list", "watch"].map(|verb| (group.to_owned(), resource.to_owned(), verb.to_owned()))
     })
-    .chain([(String::new(), "events".to_owned(), "create".to_owned())])
+    .chain([
+        (String::new(), "events".to_owned(), "create".to_owned()),
+        (String::new(), "services".to_owned(), "get".to_owned()),
+    ])
     .collect();
     assert_eq!(
         granted, expected,

@@ -1,7 +1,8 @@
-//! One resource's watch stream, kept alive through API server trouble: a capped backoff between
-//! retries while the API server is away, and every failed watch retrying at once as soon as any
-//! of them gets an answer again ([`Recovery`]), so that after an outage the resources come back
-//! together rather than each at its own backoff (pods two seconds before EndpointSlices, say).
+//! One resource's watch stream, kept alive through API server trouble: a watch cut after it worked
+//! retries at once; failures in a row wait a capped backoff while the API server is away; and every
+//! failed watch retries at once as soon as any of them gets an answer again ([`Recovery`]), so that
+//! after an outage the resources come back together rather than each at its own backoff (pods two
+//! seconds before EndpointSlices, say).
 
 use std::time::Duration;
 
@@ -44,18 +45,31 @@ pub fn watch_resource<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let start = move || watcher::watcher(api.clone(), config.clone()).boxed();
+    retrying(
+        move || watcher::watcher(api.clone(), config.clone()).boxed(),
+        recovery,
+    )
+}
+
+/// The watch stream `start` makes, retried as [`watch_resource`] says.
+fn retrying<K, F>(start: F, recovery: Recovery) -> BoxStream<'static, watcher::Result<Event<K>>>
+where
+    K: Send + 'static,
+    F: Fn() -> BoxStream<'static, watcher::Result<Event<K>>> + Clone + Send + 'static,
+{
     let state = Retrying {
         inner: start(),
         backoff: CappedBackoff::default(),
-        failed: false,
+        failures: 0,
         woken: recovery.tx.subscribe(),
         recovery,
     };
     futures::stream::unfold(state, move |mut s| {
         let start = start.clone();
         async move {
-            if s.failed {
+            // A watch cut after it worked (a dropped connection, an expired history) is retried at
+            // once: it has been blind since. Only failures in a row wait.
+            if s.failures > 1 {
                 s.pause().await;
             }
             let item = s.inner.next().await?;
@@ -64,10 +78,10 @@ where
                     if is_gone(&item) {
                         s.inner = start();
                     }
-                    s.failed = true;
+                    s.failures += 1;
                 }
-                Ok(_) if s.failed => {
-                    s.failed = false;
+                Ok(_) if s.failures > 0 => {
+                    s.failures = 0;
                     s.backoff = CappedBackoff::default();
                     s.recovery.signal();
                 }
@@ -83,8 +97,8 @@ where
 struct Retrying<K> {
     inner: BoxStream<'static, watcher::Result<Event<K>>>,
     backoff: CappedBackoff,
-    /// The last item was an error: wait before polling again.
-    failed: bool,
+    /// Errors since the last success.
+    failures: u32,
     /// Other watches' recoveries.
     woken: watch::Receiver<u64>,
     recovery: Recovery,
@@ -152,11 +166,44 @@ mod tests {
         assert!(delays[9] >= BACKOFF_MAX, "it grows to the cap");
     }
 
-    fn retrying(recovery: &Recovery, backoff: Duration) -> Retrying<()> {
+    /// A stream that yields `errors` watch errors, then one event, then ends.
+    fn flaky(errors: usize) -> BoxStream<'static, watcher::Result<Event<()>>> {
+        let items = (0..errors)
+            .map(|_| Err(watcher::Error::NoResourceVersion))
+            .chain([Ok(Event::Init)]);
+        futures::stream::iter(items).boxed()
+    }
+
+    /// How long the retrying stream takes to yield all of `flaky(errors)`.
+    async fn time_through(errors: usize) -> Duration {
+        let start = tokio::time::Instant::now();
+        let items: Vec<_> = retrying(move || flaky(errors), Recovery::default())
+            .collect()
+            .await;
+        assert_eq!(items.len(), errors + 1);
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_watch_retries_at_once_and_failures_in_a_row_back_off() {
+        assert_eq!(
+            time_through(1).await,
+            Duration::ZERO,
+            "one error: retried at once"
+        );
+        let three = time_through(3).await;
+        // The second and third errors wait 100 ms and 200 ms (plus jitter up to 25%).
+        assert!(
+            three >= Duration::from_millis(300) && three <= Duration::from_millis(375),
+            "{three:?}"
+        );
+    }
+
+    fn waiting(recovery: &Recovery, backoff: Duration) -> Retrying<()> {
         Retrying {
             inner: futures::stream::empty().boxed(),
             backoff: CappedBackoff { next: backoff },
-            failed: true,
+            failures: 2,
             woken: recovery.tx.subscribe(),
             recovery: recovery.clone(),
         }
@@ -165,7 +212,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn another_watch_recovering_ends_the_wait_and_an_earlier_recovery_does_not() {
         let recovery = Recovery::default();
-        let mut waiting = retrying(&recovery, Duration::from_secs(60));
+        let mut paused = waiting(&recovery, Duration::from_secs(60));
         // A recovery before the wait began did not help this watch: it waits on.
         recovery.signal();
         let start = tokio::time::Instant::now();
@@ -174,7 +221,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             other.signal();
         });
-        waiting.pause().await;
+        paused.pause().await;
         let waited = start.elapsed();
         assert!(
             waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),

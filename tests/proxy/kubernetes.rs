@@ -522,3 +522,76 @@ async fn a_health_check_removes_a_pod_kubernetes_still_calls_ready() {
         report.failures
     );
 }
+
+/// The shipped Role (`config/kubernetes/rbac.yaml`): (apiGroup, resource, verb) it grants.
+fn role_grants() -> std::collections::BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes/rbac.yaml"),
+    )
+    .unwrap();
+    let mut grants = std::collections::BTreeSet::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if doc["kind"] != "Role" {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        grants.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// The (apiGroup, resource, verb) of a request to the API server, as RBAC sees it.
+fn rbac_of(request: &crate::fake_api::RecordedRequest) -> (String, String, String) {
+    let path = request.uri.split('?').next().unwrap();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/namespaces/NS/RESOURCE[/NAME] or /apis/GROUP/VERSION/namespaces/NS/RESOURCE[/NAME]
+    let (group, rest) = match parts[0] {
+        "api" => (String::new(), &parts[2..]),
+        _ => (parts[1].to_owned(), &parts[3..]),
+    };
+    let (resource, named) = (rest[2].to_owned(), rest.len() > 3);
+    let verb = match (request.method.as_str(), named) {
+        ("POST", _) => "create",
+        ("GET", true) => "get",
+        ("GET", false) if request.is_watch() => "watch",
+        _ => "list",
+    };
+    (group, resource, verb.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_call_tidegate_makes_is_granted_by_the_shipped_role() {
+    let mut cluster = Cluster::new("rbac", 2, ONE_SURGE).await;
+    cluster.deploy("v1").await;
+    let proxy = cluster.proxy("").start().await;
+    cluster.set_image("v2", true).await;
+    wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
+    let grants = role_grants();
+    let used: std::collections::BTreeSet<_> = cluster
+        .api
+        .recorded_requests()
+        .iter()
+        .filter(|r| r.uri.contains("/namespaces/"))
+        .map(rbac_of)
+        .collect();
+    let service_get = (String::new(), "services".to_owned(), "get".to_owned());
+    assert!(used.contains(&service_get), "the Service is read: {used:?}");
+    let missing: Vec<_> = used.difference(&grants).collect();
+    assert!(missing.is_empty(), "not granted by rbac.yaml: {missing:?}");
+}
