@@ -217,7 +217,7 @@ impl Forwarder {
         {
             return Attempted::Failed(Failure {
                 failed: Failed::Status {
-                    resendable: out.can_resend(false),
+                    resendable: out.can_resend(false, false),
                 },
                 cause: Cause::Status(Box::new(response)),
             });
@@ -251,7 +251,7 @@ impl Forwarder {
                 }
                 return Attempted::Failed(Failure {
                     failed: Failed::Status {
-                        resendable: out.can_resend(false),
+                        resendable: out.can_resend(false, false),
                     },
                     cause: Cause::Grpc(Box::new(response), None),
                 });
@@ -282,7 +282,11 @@ impl Forwarder {
         reused: bool,
         start: Instant,
     ) -> Attempted {
-        let (error, unsent, closed) = match error {
+        // `closed`: a pooled connection the endpoint closed while idle (nothing came back);
+        // `cleanly`: and it ended in a clean EOF, the endpoint having shut it before the request
+        // arrived, which is what lets even a POST go again (a crash after reading it would more
+        // likely reset the connection).
+        let (error, unsent, closed, cleanly) = match error {
             SendError::Hyper(error, unsent) => {
                 if let Some(fault) = ClientFault::of_exchange(&error) {
                     let error = ClientError {
@@ -294,23 +298,22 @@ impl Forwarder {
                         self.client_failure(&error, metrics, route.role, start),
                     );
                 }
-                (ProxyError::exchange(error), unsent, false)
+                (ProxyError::exchange(error), unsent, false, false)
             }
             SendError::H1(error) => {
-                // A pooled connection that the peer closed while idle: not one byte came back.
-                let closed = reused
-                    && matches!(
-                        error,
-                        ExchangeError::Io {
-                            nothing_received: true,
-                            ..
-                        }
-                    );
-                (ProxyError::from(error), None, closed)
+                let (closed, cleanly) = match &error {
+                    ExchangeError::Io {
+                        nothing_received: true,
+                        source,
+                    } if reused => (true, source.kind() == std::io::ErrorKind::UnexpectedEof),
+                    _ => (false, false),
+                };
+                (ProxyError::from(error), None, closed, cleanly)
             }
             SendError::Timeout => (
                 ProxyError::Timeout(route.settings.request_timeout),
                 None,
+                false,
                 false,
             ),
         };
@@ -319,7 +322,7 @@ impl Forwarder {
             closed || retry::may_resend(&error, unsent.is_some(), route.settings.retry.on_reset);
         Attempted::Failed(Failure {
             failed: Failed::Exchange {
-                resendable: may && out.can_resend(unsent.is_some()),
+                resendable: may && out.can_resend(unsent.is_some(), cleanly),
                 sent: unsent.is_none(),
                 reused,
             },

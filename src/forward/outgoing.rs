@@ -30,6 +30,9 @@ pub(super) struct Outgoing {
     te_trailers: bool,
     /// A gRPC call: its outcome is its `grpc-status`, and tidegate's own errors are gRPC ones.
     pub(super) grpc: Option<GrpcCall>,
+    /// The policy lets this request go again after it may have been processed (an idempotent
+    /// method, `retries.idempotent`); set when it is prepared.
+    idempotent: bool,
 }
 
 /// What tidegate needs to know of a gRPC call.
@@ -78,6 +81,7 @@ impl Outgoing {
             prepared: None,
             te_trailers: false,
             grpc,
+            idempotent: false,
         }
     }
 
@@ -105,6 +109,7 @@ impl Outgoing {
             // The common case: nothing to copy, the request itself is sent again.
             let forwarding = request::prepare_lean(req, client, self.host.take());
             self.te_trailers = forwarding.te_trailers;
+            self.idempotent = true;
             self.prepared = Some(Prepared::Lean(Bytes::new(), Some(forwarding)));
             return Ok(());
         }
@@ -118,7 +123,16 @@ impl Outgoing {
         if let Some(upgrade) = &self.upgrade {
             upgrade.restore_request_headers(req.headers_mut());
         }
-        let kept = Replay::capture(req, policy.idempotent, policy.max_replay_body).await?;
+        // A small body is kept whatever the method: a request sent on a pooled connection that
+        // the endpoint had closed while idle never reached it, and goes again even if it is a
+        // POST. gRPC streams and upgrades stream as they are.
+        let any_method = self.grpc.is_none() && self.upgrade.is_none();
+        let kept = if resendable || any_method {
+            Replay::capture(req, policy.max_replay_body).await?
+        } else {
+            None
+        };
+        self.idempotent = resendable;
         self.prepared = Some(match kept {
             Some(kept) if self.upgrade.is_none() => Prepared::Lean(kept.body().clone(), None),
             kept => Prepared::Streaming(kept),
@@ -178,12 +192,13 @@ impl Outgoing {
 
     /// Whether the request could be sent again after an attempt that took it: the lean path
     /// keeps it, a streamed one needs its `unsent` self back or a kept copy.
-    pub(super) fn can_resend(&self, unsent: bool) -> bool {
-        match &self.prepared {
+    pub(super) fn can_resend(&self, unsent: bool, stale: bool) -> bool {
+        let kept = match &self.prepared {
             Some(Prepared::Lean(..)) => true,
-            Some(Prepared::Streaming(replay)) => unsent || replay.is_some(),
+            Some(Prepared::Streaming(replay)) => replay.is_some(),
             None => false,
-        }
+        };
+        unsent || (kept && (self.idempotent || stale))
     }
 
     /// Makes the request ready to send again: the `unsent` request handed back, or a fresh copy

@@ -1,8 +1,11 @@
 //! Sending a request again after its first attempt failed.
 //!
-//! Only a request whose effect cannot be doubled qualifies: an idempotent method (RFC 9110 §9.2.2)
-//! whose body is empty or small enough to keep (`retries.max_replay_body`, by its Content-Length).
-//! Such a body is read in full before the first attempt; larger ones stream and are never replayed.
+//! A request whose effect cannot be doubled goes again after any failure the policy retries: an
+//! idempotent method (RFC 9110 §9.2.2) whose body is empty or small enough to keep
+//! (`retries.max_replay_body`, by its Content-Length). Any other request with such a body goes
+//! again only when it provably never reached the endpoint (a pooled connection the endpoint had
+//! closed while idle). A small body is read in full before the first attempt; larger ones stream
+//! and are never replayed.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Uri, Version};
@@ -30,15 +33,12 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    /// Keeps what is needed to send `req` again, if that is safe, reading a small body first.
+    /// Keeps what is needed to send `req` again, reading a small body first (`None` for a body
+    /// of unknown or larger length). Whether it may go again is the caller's to decide.
     pub(super) async fn capture(
         req: &mut Request<RequestBody>,
-        enabled: bool,
         max_body: u64,
     ) -> Result<Option<Self>, ClientError> {
-        if !enabled || !is_idempotent(req.method()) {
-            return Ok(None);
-        }
         let body = if req.body().is_end_stream() {
             Bytes::new()
         } else {

@@ -21,7 +21,7 @@ struct Scripted {
 }
 
 /// What a scripted endpoint does with a connection once it has answered.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum After {
     KeepOpen,
     /// Closes it (without saying so in the answer).
@@ -29,6 +29,9 @@ enum After {
     /// Reads the next request on it, then closes it unanswered: a keep-alive timeout that
     /// expires just as a request arrives. That request is not counted.
     DropNext,
+    /// Reads the next request on it, then resets it unanswered (as a process that dies with the
+    /// request in hand). That request is not counted.
+    ResetNext,
 }
 
 async fn scripted(reply: fn(usize) -> Vec<u8>, after: After) -> Scripted {
@@ -69,6 +72,10 @@ async fn serve(
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.drain(..end);
         if answered && after == After::DropNext {
+            return;
+        }
+        if answered && after == After::ResetNext {
+            let _ = stream.set_zero_linger();
             return;
         }
         let n = requests.fetch_add(1, Ordering::SeqCst);
@@ -258,6 +265,55 @@ async fn a_request_on_a_pooled_connection_the_endpoint_drops_unanswered_is_sent_
         "an idempotent request the endpoint dropped unanswered is resent on a fresh connection",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_pooled_connection_the_endpoint_closed_unanswered_is_sent_again() {
+    // The keep-alive race a draining pod or an endpoint's idle timeout causes: the endpoint shut
+    // the connection (a clean close, nothing answered) just as the request went out. It never
+    // acted on it, so even a POST goes again, on a fresh connection.
+    for after in [After::Close, After::DropNext] {
+        let endpoint = scripted(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            after,
+        )
+        .await;
+        let proxy = proxy_for(&endpoint).await;
+        for _ in 0..10 {
+            let (status, _, body) = request(&proxy, Method::POST).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "{after:?}");
+        }
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 10, "{after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_endpoint_reset_unanswered_is_not_sent_again_but_a_get_is() {
+    // A reset with the request in hand may be a crash after acting on it: a POST is answered 502,
+    // an idempotent GET goes again.
+    let endpoint = scripted(
+        |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        After::ResetNext,
+    )
+    .await;
+    let proxy = proxy_for(&endpoint).await;
+    let (status, _, _) = request(&proxy, Method::GET).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the first request opens the connection"
+    );
+    let (status, headers, _) = request(&proxy, Method::POST).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "the POST met the reset");
+    assert_eq!(headers["x-tidegate-error"], "reset");
+    let (status, _, _) = request(&proxy, Method::GET).await;
+    assert_eq!(status, StatusCode::OK, "the first opens a new connection");
+    let (status, _, _) = request(&proxy, Method::GET).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a GET that met the reset went again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
