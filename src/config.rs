@@ -135,7 +135,9 @@ pub enum DiscoveryConfig {
 /// Kubernetes discovery settings. Changing them takes a restart.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KubernetesConfig {
-    pub namespace: String,
+    /// `None`: the client's own namespace (a pod's, from its service account; outside a cluster,
+    /// the kubeconfig context's), so that one config serves in whatever namespace it is installed.
+    pub namespace: Option<String>,
     /// Watch EndpointSlices labelled `kubernetes.io/service-name=<service>`.
     pub service: String,
     /// Which EndpointSlice port to send to; `None` takes each slice's first port.
@@ -316,7 +318,8 @@ impl Config {
                 let _ = write!(
                     s,
                     ", kubernetes discovery of service {}/{}",
-                    k.namespace, k.service
+                    k.namespace.as_deref().unwrap_or("(its own namespace)"),
+                    k.service
                 );
                 match &k.port {
                     Some(PortRef::Name(name)) => {

@@ -363,12 +363,13 @@ fn run_validate(text: &str) -> std::process::Output {
         .expect("tidegate runs")
 }
 
-/// What `validate` cannot know: that the watched namespace is the one the Role grants.
+/// What `validate` cannot know: that the watched namespace is the one the Role grants. An embedded
+/// config names none: tidegate then watches the pod's own namespace, which is the manifests'.
 fn check_kubernetes_discovery(origin: &str, namespace: &str, config: &Config) -> Vec<String> {
     match &config.discovery {
-        DiscoveryConfig::Kubernetes(k) if k.namespace != namespace => vec![format!(
-            "{origin}: discovery.kubernetes.namespace {:?} is not the namespace the manifests \
-             (and so the Role) are in, {namespace:?}",
+        DiscoveryConfig::Kubernetes(k) if k.namespace.is_some() => vec![format!(
+            "{origin}: discovery.kubernetes.namespace {:?} is set: leave it out so that tidegate \
+             watches the namespace it is installed in ({namespace:?} here), which the Role grants",
             k.namespace
         )],
         DiscoveryConfig::Kubernetes(_) => Vec::new(),

@@ -426,8 +426,8 @@ enum RawDiscovery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKubernetes {
-    #[serde(default = "default_namespace", deserialize_with = "k8s_name")]
-    namespace: String,
+    #[serde(default, deserialize_with = "optional_k8s_name")]
+    namespace: Option<String>,
     #[serde(deserialize_with = "k8s_name")]
     service: String,
     #[serde(default, deserialize_with = "port_ref")]
@@ -442,10 +442,6 @@ struct RawKubernetes {
     api_timeout: Dur,
     #[serde(default = "yes")]
     pod_deletion: bool,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
 }
 
 fn min_ready_deployment() -> MinReady {

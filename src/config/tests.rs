@@ -102,7 +102,7 @@ fn kubernetes_discovery_parses_with_defaults() {
     let DiscoveryConfig::Kubernetes(k) = c.discovery else {
         panic!("kubernetes expected")
     };
-    assert_eq!(k.namespace, "default");
+    assert_eq!(k.namespace, None, "the pod's own namespace");
     assert_eq!(k.service, "web");
     assert_eq!(k.port, Some(PortRef::Name("http".into())));
     assert_eq!(k.deployment.as_deref(), Some("web"));

@@ -70,6 +70,15 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Client, DiscoveryError
     Client::try_from(client_config).map_err(|e| DiscoveryError::Client(e.to_string()))
 }
 
+/// The namespace discovery watches: the configured one, else the client's own (a pod's namespace
+/// from its service account, or the kubeconfig context's).
+pub fn namespace_of(client: &Client, config: &KubernetesConfig) -> String {
+    config
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned())
+}
+
 /// Records Kubernetes Events on the followed Deployment, where `kubectl describe` shows them.
 /// Failures are logged and never affect routing.
 #[derive(Clone)]
@@ -82,8 +91,8 @@ pub struct EventRecorder {
 impl EventRecorder {
     pub fn new(client: Client, config: &KubernetesConfig) -> Option<Self> {
         Some(Self {
+            namespace: namespace_of(&client, config),
             client,
-            namespace: config.namespace.clone(),
             deployment: config.deployment.clone()?,
         })
     }
@@ -145,7 +154,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
-    let namespace = config.namespace.as_str();
+    let namespace = &namespace_of(&client, &config);
+    tracing::info!(namespace, service = %config.service, "watching the Service's EndpointSlices");
     let watch = watcher::Config::default().timeout(
         u32::try_from(config.api_timeout.as_secs())
             .unwrap_or(u32::MAX)

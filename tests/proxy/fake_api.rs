@@ -258,6 +258,11 @@ impl FakeApi {
     /// Writes `dir/kubeconfig`: one cluster at [`url`](Self::url), namespace `default`, a user
     /// with a dummy bearer token, and the context selected. Returns its path.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.write_kubeconfig_in(dir, "default")
+    }
+
+    /// [`write_kubeconfig`](Self::write_kubeconfig) whose context selects `namespace`.
+    pub fn write_kubeconfig_in(&self, dir: &Path, namespace: &str) -> PathBuf {
         let path = dir.join("kubeconfig");
         let yaml = format!(
             "apiVersion: v1\n\
@@ -267,7 +272,7 @@ impl FakeApi {
              users:\n\
              - name: fake\n  user:\n    token: fake-token\n\
              contexts:\n\
-             - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+             - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
              current-context: fake\n\
              preferences: {{}}\n",
             url = self.url()

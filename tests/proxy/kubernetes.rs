@@ -595,3 +595,36 @@ async fn every_api_call_tidegate_makes_is_granted_by_the_shipped_role() {
     let missing: Vec<_> = used.difference(&grants).collect();
     assert!(missing.is_empty(), "not granted by rbac.yaml: {missing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_in_the_config_discovery_follows_the_clients_own() {
+    // As in a pod, whose service account says which namespace it runs in: here the kubeconfig
+    // context selects `shop`, and the config names none.
+    let api = crate::fake_api::FakeApi::start().await;
+    let app = backend("v1").run().await;
+    let ready = crate::fake_api::SliceEndpoint::new(app.addr.ip(), true);
+    api.apply(crate::fake_api::endpoint_slice(
+        "shop",
+        "web-shop",
+        "web",
+        app.addr.port(),
+        &[ready],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig_in(dir.path(), "shop");
+    let proxy = TestProxy::new()
+        .kubernetes(&kubeconfig, "web", "api_timeout: 2s")
+        .start()
+        .await;
+    let (status, _, body) = proxy.get("/").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let watched: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("endpointslices"))
+        .collect();
+    assert!(
+        !watched.is_empty() && watched.iter().all(|r| r.contains("/namespaces/shop/")),
+        "{watched:?}"
+    );
+}
