@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::snapshot::{health, Endpoint, Role, Snapshot};
+use crate::snapshot::{health, Endpoint, EndpointState, Listed, Role, Snapshot};
 
 pub use fastrand::Rng;
 
@@ -37,8 +37,9 @@ pub struct Route<'s> {
 }
 
 /// The one routing decision: a canary header's `always`/`never` beats the sticky cookie, which
-/// beats the split; within the chosen side, power-of-two-choices. `None` only when nothing
-/// routable is left outside `hints.avoid`.
+/// beats the split; within the chosen side, power-of-two-choices. When this request has failed on
+/// every routable endpoint, a lower tier serves (see [`pick_lower_tier`]). `None` only when
+/// nothing listed is left outside `hints.avoid`.
 #[inline]
 pub fn route<'s>(snapshot: &'s Snapshot, hints: &Hints<'_>, rng: &mut Rng) -> Option<Route<'s>> {
     let sticky = snapshot.settings().sticky;
@@ -48,13 +49,44 @@ pub fn route<'s>(snapshot: &'s Snapshot, hints: &Hints<'_>, rng: &mut Rng) -> Op
         .flatten();
     let (endpoint, role) = pinned
         .and_then(|version| pick_version(snapshot, version, rng, hints.avoid, hints.now))
-        .or_else(|| pick_role(snapshot, rng, hints.avoid, requested, hints.now))?;
+        .or_else(|| pick_role(snapshot, rng, hints.avoid, requested, hints.now))
+        .or_else(|| pick_lower_tier(snapshot, rng, hints.avoid))?;
     let set_cookie = sticky && pinned != Some(endpoint.version().as_str());
     Some(Route {
         endpoint,
         role,
         set_cookie,
     })
+}
+
+/// Every routable endpoint has failed this request (refused, say: pods that have exited while the
+/// EndpointSlice still lists them ready): the next tier down serves rather than a 502, warming
+/// endpoints first, then terminating ones. Rare (a retry path), so it may scan and allocate.
+#[cold]
+fn pick_lower_tier<'s>(
+    snapshot: &'s Snapshot,
+    rng: &mut Rng,
+    avoid: &[Arc<Endpoint>],
+) -> Option<(&'s Arc<Endpoint>, Role)> {
+    if avoid.is_empty() {
+        return None;
+    }
+    let below = EndpointState::TIERS
+        .into_iter()
+        .skip_while(|tier| *tier != snapshot.routable_state())
+        .skip(1);
+    for tier in below {
+        let candidates: Vec<&Listed> = snapshot
+            .listed()
+            .iter()
+            .filter(|l| l.state == tier && !avoid.iter().any(|a| Arc::ptr_eq(a, &l.endpoint)))
+            .collect();
+        if !candidates.is_empty() {
+            let chosen = candidates[rng.usize(..candidates.len())];
+            return Some((&chosen.endpoint, chosen.role));
+        }
+    }
+    None
 }
 
 /// Picks an endpoint, skipping any in `avoid` (endpoints this request already failed to reach).
@@ -120,7 +152,7 @@ fn slow_start_ms(snapshot: &Snapshot) -> u64 {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::snapshot::{EndpointSpec, EndpointState, Listed, Settings, Split, Version, Weight};
+    use crate::snapshot::{EndpointSpec, Settings, Split, Version, Weight};
     use crate::upstream::Protocol;
 
     fn endpoint(addr: &str, version: &str) -> Arc<Endpoint> {
@@ -227,6 +259,50 @@ mod tests {
         }
         let all: Vec<_> = snap.routable(Role::Stable).to_vec();
         assert!(pick(&snap, &mut rng, &all).is_none());
+    }
+
+    #[test]
+    fn when_every_ready_endpoint_failed_a_warming_one_serves_then_a_terminating_one() {
+        let listed = |addr: &str, state| Listed {
+            endpoint: endpoint(addr, "v1"),
+            role: Role::Stable,
+            state,
+        };
+        let snap = Snapshot::build(
+            1,
+            vec![
+                listed("127.0.1.1:80", EndpointState::Ready),
+                listed("127.0.1.2:80", EndpointState::Ready),
+                listed("127.0.1.3:80", EndpointState::Warming),
+                listed("127.0.1.4:80", EndpointState::Terminating),
+            ],
+            weighted(0.0),
+            None,
+            Settings::default(),
+        );
+        let of = |i: usize| snap.listed()[i].endpoint.clone();
+        let headers = HeaderMap::new();
+        let hints = |avoid| Hints {
+            headers: &headers,
+            avoid,
+            now: 0,
+        };
+        let mut rng = Rng::with_seed(5);
+        let r = route(&snap, &hints(&[]), &mut rng).unwrap();
+        assert!(
+            snap.routable(Role::Stable)
+                .iter()
+                .any(|e| Arc::ptr_eq(e, r.endpoint)),
+            "ready endpoints serve while they can"
+        );
+        let failed = [of(0), of(1)];
+        let r = route(&snap, &hints(&failed), &mut rng).unwrap();
+        assert!(Arc::ptr_eq(r.endpoint, &of(2)), "then the warming one");
+        let failed = [of(0), of(1), of(2)];
+        let r = route(&snap, &hints(&failed), &mut rng).unwrap();
+        assert!(Arc::ptr_eq(r.endpoint, &of(3)), "then the terminating one");
+        let failed = [of(0), of(1), of(2), of(3)];
+        assert!(route(&snap, &hints(&failed), &mut rng).is_none());
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub enum EndpointState {
 
 impl EndpointState {
     /// Routing tiers, best first.
-    const TIERS: [EndpointState; 3] = [
+    pub(crate) const TIERS: [EndpointState; 3] = [
         EndpointState::Ready,
         EndpointState::Warming,
         EndpointState::Terminating,

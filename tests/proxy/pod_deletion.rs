@@ -81,10 +81,17 @@ async fn a_deleted_pod_leaves_rotation_at_its_deletion_not_a_slice_later() {
     );
 }
 
+/// What a story cost: the load's report, and the requests that met an exited pod and went to
+/// another endpoint (`tidegate_retries_total` for connects and resets).
+struct Cost {
+    report: LoadReport,
+    rescued: f64,
+}
+
 /// A rolling update of 6 replicas (2 surge, 2 unavailable: two old pods deleted at a time) whose
 /// endpoints controller lags a second behind, under mixed load. minReadySeconds (1.5 s) keeps the
 /// controller from deleting old pods before new ones reach the slice, as in any sane rollout.
-async fn lagging_rollout(name: &str, pod_path: bool) -> LoadReport {
+async fn lagging_rollout(name: &str, pod_path: bool) -> Cost {
     let mut cluster = Cluster::new(
         name,
         6,
@@ -116,7 +123,13 @@ async fn lagging_rollout(name: &str, pod_path: bool) -> LoadReport {
     )
     .await;
     eprintln!("{name}: rollout took {:?}", started.elapsed());
-    load.stop().await
+    let report = load.stop().await;
+    let mut rescued = 0.0;
+    for reason in ["connect", "reset"] {
+        let series = format!(r#"tidegate_retries_total{{reason="{reason}"}}"#);
+        rescued += proxy.metric(&series).await.unwrap_or(0.0);
+    }
+    Cost { report, rescued }
 }
 
 /// The version label tidegate gives `version`'s pods (their pod-template-hash).
@@ -132,18 +145,31 @@ fn cluster_hash(cluster: &Cluster, version: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_whose_endpoints_controller_lags_a_second_loses_nothing() {
-    let report = lagging_rollout("lagging", true).await;
+    let Cost { report, rescued } = lagging_rollout("lagging", true).await;
     assert!(report.ok > 500, "the load flowed: {}", report.ok);
     assert!(report.failures.is_empty(), "{}", summary(&report));
+    assert_eq!(
+        rescued, 0.0,
+        "no request is sent to a pod that has exited: nothing needs rescuing"
+    );
 }
 
 /// The same story with the pod path switched off: requests still go to pods that have exited,
-/// until the slice says so a second later.
+/// until the slice says so a second later. Retries (refused connects go elsewhere, and a request
+/// every ready endpoint refused falls to the warming tier) keep the clients whole here, but every
+/// one of those requests met a dead pod first; before the warming fallthrough, 861 to 1,320 of
+/// about 10,000 failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_pod_path_the_lagging_rollout_fails_requests() {
-    let report = lagging_rollout("lagging-off", false).await;
-    eprintln!("without the pod path: {}", summary(&report));
-    assert!(!report.failures.is_empty());
+async fn without_the_pod_path_requests_meet_exited_pods() {
+    let Cost { report, rescued } = lagging_rollout("lagging-off", false).await;
+    eprintln!(
+        "without the pod path: {}; {rescued} requests met an exited pod and went elsewhere",
+        summary(&report)
+    );
+    assert!(
+        rescued > 0.0,
+        "the slice path alone sends requests to exited pods"
+    );
 }
 
 /// The API server is away for `outage` under mixed load, and the Deployment starts rolling the
@@ -205,7 +231,9 @@ async fn a_rollout_starting_as_the_api_server_returns_from_60s_away_loses_nothin
 #[ignore]
 async fn soak_the_rollout_stories_ten_times() {
     for round in 1..=10 {
-        let lagging = lagging_rollout(&format!("soak-lag-{round}"), true).await;
+        let lagging = lagging_rollout(&format!("soak-lag-{round}"), true)
+            .await
+            .report;
         let short =
             rollout_after_outage(&format!("soak-10s-{round}"), Duration::from_secs(10)).await;
         let long =
