@@ -88,21 +88,44 @@ struct Cost {
     rescued: f64,
 }
 
+/// A Deployment of `replicas` whose pods exit on SIGTERM, 50 ms after their deletion is written.
+async fn exiting_on_sigterm(
+    name: &str,
+    replicas: usize,
+    max_surge: usize,
+    max_unavailable: usize,
+) -> Cluster {
+    let strategy = Strategy {
+        max_surge,
+        max_unavailable,
+    };
+    let mut cluster = Cluster::new(name, replicas, strategy).await;
+    cluster.termination = Termination::ExitOnSigterm;
+    cluster.sigterm_delay = Duration::from_millis(50);
+    cluster
+}
+
+/// Waits until no endpoint of `version` (a pod-template-hash) is listed any more.
+async fn wait_version_gone(proxy: &RunningProxy, version: &str) {
+    let gone = || async {
+        let endpoints = proxy.endpoints_json().await;
+        endpoints["endpoints"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|e| e["version"] != version))
+    };
+    wait_until(
+        "every endpoint of the old version is gone",
+        Duration::from_secs(10),
+        gone,
+    )
+    .await;
+}
+
 /// A rolling update of 6 replicas (2 surge, 2 unavailable: two old pods deleted at a time) whose
 /// endpoints controller lags a second behind, under mixed load. minReadySeconds (1.5 s) keeps the
 /// controller from deleting old pods before new ones reach the slice, as in any sane rollout.
 async fn lagging_rollout(name: &str, pod_path: bool) -> Cost {
-    let mut cluster = Cluster::new(
-        name,
-        6,
-        Strategy {
-            max_surge: 2,
-            max_unavailable: 2,
-        },
-    )
-    .await;
-    cluster.termination = Termination::ExitOnSigterm;
-    cluster.sigterm_delay = Duration::from_millis(50);
+    let mut cluster = exiting_on_sigterm(name, 6, 2, 2).await;
     cluster.min_ready = Duration::from_millis(1500);
     cluster.deploy("v1").await;
     cluster.slice_lag = SLICE_LAG;
@@ -110,18 +133,7 @@ async fn lagging_rollout(name: &str, pod_path: bool) -> Cost {
     let load = mixed_load(&proxy).await;
     let started = Instant::now();
     cluster.set_image("v2", true).await;
-    let v1 = cluster_hash(&cluster, "v1");
-    wait_until(
-        "every v1 endpoint is gone",
-        Duration::from_secs(10),
-        || async {
-            let endpoints = proxy.endpoints_json().await;
-            endpoints["endpoints"]
-                .as_array()
-                .is_some_and(|all| all.iter().all(|e| e["version"] != v1))
-        },
-    )
-    .await;
+    wait_version_gone(&proxy, &cluster_hash(&cluster, "v1")).await;
     eprintln!("{name}: rollout took {:?}", started.elapsed());
     let report = load.stop().await;
     let mut rescued = 0.0;
@@ -176,17 +188,7 @@ async fn without_the_pod_path_requests_meet_exited_pods() {
 /// instant it answers again: the watches must come back together, at once, before old pods exit.
 /// Pods pass their readiness probe a second after they start.
 async fn rollout_after_outage(name: &str, outage: Duration) -> LoadReport {
-    let mut cluster = Cluster::new(
-        name,
-        4,
-        Strategy {
-            max_surge: 1,
-            max_unavailable: 1,
-        },
-    )
-    .await;
-    cluster.termination = Termination::ExitOnSigterm;
-    cluster.sigterm_delay = Duration::from_millis(50);
+    let mut cluster = exiting_on_sigterm(name, 4, 1, 1).await;
     cluster.readiness_delay = Duration::from_secs(1);
     cluster.deploy("v1").await;
     let proxy = cluster.proxy("").start().await;
@@ -196,18 +198,7 @@ async fn rollout_after_outage(name: &str, outage: Duration) -> LoadReport {
     tokio::time::sleep(outage).await;
     cluster.api.restart().await;
     cluster.set_image("v2", true).await;
-    let v1 = cluster_hash(&cluster, "v1");
-    wait_until(
-        "every v1 endpoint is gone",
-        Duration::from_secs(10),
-        || async {
-            let endpoints = proxy.endpoints_json().await;
-            endpoints["endpoints"]
-                .as_array()
-                .is_some_and(|all| all.iter().all(|e| e["version"] != v1))
-        },
-    )
-    .await;
+    wait_version_gone(&proxy, &cluster_hash(&cluster, "v1")).await;
     load.stop().await
 }
 
