@@ -295,16 +295,40 @@ fn proxy(path: &Path) -> ExitCode {
     })
 }
 
-/// A current-thread runtime when the process may use only one core (a one-CPU container, or
-/// `taskset`), else one worker per core. On one core a work-stealing worker has no one to steal
-/// from, and its scheduler bookkeeping (an injection queue, clock reads for its own statistics)
-/// costs about 500 instructions per proxied request. linkerd2-proxy makes the same choice.
-fn runtime_builder() -> tokio::runtime::Builder {
-    match std::thread::available_parallelism().map_or(1, std::num::NonZero::get) {
+/// A current-thread runtime when the process may use only one core (a one-CPU container,
+/// `taskset`, or `TOKIO_WORKER_THREADS=1`), else one worker per core, or `TOKIO_WORKER_THREADS`
+/// workers when set. On one core a work-stealing worker has no one to steal from, and its
+/// scheduler bookkeeping (an injection queue, clock reads for its own statistics) costs about 500
+/// instructions per proxied request. linkerd2-proxy makes the same choice. The variable is how a
+/// pod without a CPU limit sizes the runtime from its CPU request (`deploy/`: the downward API),
+/// instead of starting one worker per core of the node.
+fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
+    let workers = match std::env::var(WORKER_THREADS_VAR) {
+        Ok(value) => value
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "{WORKER_THREADS_VAR} must be a whole number of threads above 0, got {value:?}"
+                )
+            })?,
+        Err(_) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+    };
+    Ok(match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    })
 }
+
+/// Tokio's own name for the worker count; [`runtime_builder`] reads it first, so that a value of
+/// 1 also picks the single-threaded runtime and a bad value is an error instead of a panic.
+const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
 /// Names the runtime [`runtime_builder`] chose, for the start-up log line.
 fn runtime_name() -> &'static str {
@@ -317,7 +341,14 @@ fn runtime_name() -> &'static str {
 fn block_on<E: std::fmt::Display>(
     future: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    let runtime = match runtime_builder().enable_all().build() {
+    let mut builder = match runtime_builder() {
+        Ok(builder) => builder,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

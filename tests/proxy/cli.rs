@@ -140,16 +140,7 @@ async fn on_one_core_the_proxy_runs_single_threaded_and_still_reloads_and_drains
         .on_one_core()
         .start()
         .await;
-    let started = proxy
-        .logs()
-        .into_iter()
-        .find_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (v["fields"]["message"] == "tidegate proxy started").then(|| v["fields"].clone())
-        })
-        .expect("the start line");
-    assert_eq!(started["runtime"], "single-threaded", "{started}");
-    assert_eq!(started["workers"], 1, "{started}");
+    assert_eq!(runtime_of(&proxy), ("single-threaded".to_owned(), 1));
 
     let load = start_load(&proxy.url("/"), 4, 20_000, Duration::from_secs(30));
     load.run_for(200, "to v1").await;
@@ -170,6 +161,62 @@ async fn on_one_core_the_proxy_runs_single_threaded_and_still_reloads_and_drains
     proxy.terminate();
     let exit = proxy.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0));
+}
+
+/// The start line's `runtime` and `workers` fields.
+fn runtime_of(proxy: &RunningProxy) -> (String, u64) {
+    let started = proxy
+        .logs()
+        .into_iter()
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (v["fields"]["message"] == "tidegate proxy started").then(|| v["fields"].clone())
+        })
+        .expect("the start line");
+    (
+        started["runtime"].as_str().unwrap_or_default().to_owned(),
+        started["workers"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// `deploy/` sets no CPU limit and sizes the runtime from the pod's CPU request through
+/// `TOKIO_WORKER_THREADS`: 1 must pick the single-threaded runtime (as one core does), any other
+/// count that many workers, whatever the machine's core count; a bad value is a usage error.
+#[tokio::test]
+async fn tokio_worker_threads_sizes_the_runtime_and_one_means_single_threaded() {
+    let v1 = backend("v1").run().await;
+    for (value, runtime, workers) in [("1", "single-threaded", 1), ("3", "multi-threaded", 3)] {
+        let proxy = TestProxy::new()
+            .endpoints(&[&v1])
+            .worker_threads(value)
+            .start()
+            .await;
+        assert_eq!(
+            runtime_of(&proxy),
+            (runtime.to_owned(), workers),
+            "TOKIO_WORKER_THREADS={value}"
+        );
+        let (status, _, _) = proxy.get("/").await.unwrap();
+        assert_eq!(status, 200);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(&path, TestProxy::new().endpoints(&[&v1]).render()).unwrap();
+    for bad in ["0", "two", ""] {
+        let out = Command::new(binary())
+            .args(["proxy", "--config"])
+            .arg(&path)
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS must be a whole number"),
+            "{bad:?}: {stderr}"
+        );
+    }
 }
 
 #[test]

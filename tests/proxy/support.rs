@@ -367,6 +367,8 @@ struct Launch {
     one_core: bool,
     /// Start with these soft and hard open-files limits (`ulimit -n`).
     open_files: Option<(u64, u64)>,
+    /// `TOKIO_WORKER_THREADS`, as the shipped manifests set it from the pod's CPU request.
+    worker_threads: Option<&'static str>,
 }
 
 impl TestProxy {
@@ -505,6 +507,12 @@ impl TestProxy {
         self
     }
 
+    /// Starts the proxy with `TOKIO_WORKER_THREADS` set to `value`.
+    pub fn worker_threads(mut self, value: &'static str) -> Self {
+        self.launch.worker_threads = Some(value);
+        self
+    }
+
     /// Starts the proxy with these soft and hard open-files limits.
     pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
         self.launch.open_files = Some((soft, hard));
@@ -595,6 +603,9 @@ impl RunningProxy {
         }
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]);
+        if let Some(value) = launch.worker_threads {
+            command.env("TOKIO_WORKER_THREADS", value);
+        }
         let mut child = command
             .args(["--log-format", "json", "proxy", "--config"])
             .arg(&config)
