@@ -5,7 +5,9 @@
 # gRPC server and client of tests/grpc/fixture.py, run with Debian's own `/usr/bin/python3` (a
 # pyenv or venv python3 on PATH would not see the package); Debian's `openssl` and `curl` for
 # tests/proxy/tls.rs, which makes its certificates with the `openssl` CLI at run time and drives the
-# proxy with `curl` and `openssl s_client`. Needs root (apt-get) only to install.
+# proxy with `curl` and `openssl s_client`; Debian's `podman` and `runc` for tests/proxy/image.rs,
+# which builds and runs the container image offline (runc: crun refuses hybrid cgroup v1 hosts).
+# Needs root (apt-get) only to install.
 set -euo pipefail
 packages=()
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
@@ -14,7 +16,7 @@ fi
 if ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
     packages+=(python3-grpcio)
 fi
-for tool in openssl curl; do
+for tool in openssl curl podman runc; do
     if ! command -v "$tool" >/dev/null; then
         packages+=("$tool")
     fi

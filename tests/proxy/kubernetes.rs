@@ -523,10 +523,10 @@ async fn a_health_check_removes_a_pod_kubernetes_still_calls_ready() {
     );
 }
 
-/// The shipped Role (`config/kubernetes/rbac.yaml`): (apiGroup, resource, verb) it grants.
+/// The shipped Role (`deploy/base/rbac/rbac.yaml`): (apiGroup, resource, verb) it grants.
 fn role_grants() -> std::collections::BTreeSet<(String, String, String)> {
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes/rbac.yaml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac/rbac.yaml"),
     )
     .unwrap();
     let mut grants = std::collections::BTreeSet::new();

@@ -23,6 +23,7 @@ mod grpc_rollout;
 mod grpcio;
 mod h2_abuse;
 mod h2c;
+mod image;
 pub mod kubernetes;
 mod limits;
 mod loadtest;
