@@ -236,3 +236,72 @@ fn every_tidegate_config_under_deploy_passes_tidegate_validate() {
         );
     }
 }
+
+/// (API group, resource, verb) triples.
+type Grants = std::collections::BTreeSet<(String, String, String)>;
+
+/// What the Role in `base/rbac/rbac.yaml` grants.
+fn role_grants() -> Grants {
+    let text =
+        std::fs::read_to_string(deploy_dir().join("base/rbac/rbac.yaml")).expect("rbac.yaml");
+    let mut grants = Grants::new();
+    for doc in documents(&text).expect("YAML") {
+        if doc["kind"] != "Role" {
+            continue;
+        }
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        grants.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// What the table under `## RBAC` in deploy/README.md says the Role grants: rows of
+/// | `group` | `resource`, ... | verb, verb | why |.
+fn documented_grants() -> Grants {
+    let text = std::fs::read_to_string(deploy_dir().join("README.md")).expect("deploy/README.md");
+    let section = text
+        .split("\n## RBAC\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("an RBAC section");
+    let mut grants = Grants::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let [_, group, resources, verbs, ..] = cells[..] else {
+            panic!("a row of four cells: {row}");
+        };
+        let group = group.trim_matches('`').trim_matches('"');
+        for resource in resources.split(',').map(|r| r.trim().trim_matches('`')) {
+            for verb in verbs.split(',').map(str::trim) {
+                grants.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn the_rbac_documentation_lists_exactly_what_the_role_grants() {
+    let granted = role_grants();
+    assert!(granted.len() >= 10, "the Role was read: {granted:?}");
+    assert_eq!(
+        documented_grants(),
+        granted,
+        "deploy/README.md's RBAC table and base/rbac/rbac.yaml disagree"
+    );
+}
