@@ -12,5 +12,7 @@ mod image;
 mod operator;
 mod overlays;
 mod pods;
+#[path = "../common/rbac.rs"]
+mod rbac;
 mod render;
 mod sources;

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::operator::{PrometheusRule, RuleFile};
 use crate::pods::assert_no_problems;
+use crate::rbac::{shipped_role_grants, Grants};
 use crate::render::{deploy_dir, documents, repo, typed};
 
 /// Every YAML file under `dir`, recursively, sorted.
@@ -237,39 +238,6 @@ fn every_tidegate_config_under_deploy_passes_tidegate_validate() {
     }
 }
 
-/// (API group, resource, verb) triples.
-type Grants = std::collections::BTreeSet<(String, String, String)>;
-
-/// What the Role in `base/rbac/rbac.yaml` grants.
-fn role_grants() -> Grants {
-    let text =
-        std::fs::read_to_string(deploy_dir().join("base/rbac/rbac.yaml")).expect("rbac.yaml");
-    let mut grants = Grants::new();
-    for doc in documents(&text).expect("YAML") {
-        if doc["kind"] != "Role" {
-            continue;
-        }
-        for rule in doc["rules"].as_array().into_iter().flatten() {
-            let strings = |key: &str| -> Vec<String> {
-                rule[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            };
-            for group in strings("apiGroups") {
-                for resource in strings("resources") {
-                    for verb in strings("verbs") {
-                        grants.insert((group.clone(), resource.clone(), verb));
-                    }
-                }
-            }
-        }
-    }
-    grants
-}
-
 /// What the table under `## RBAC` in deploy/README.md says the Role grants: rows of
 /// | `group` | `resource`, ... | verb, verb | why |.
 fn documented_grants() -> Grants {
@@ -297,7 +265,7 @@ fn documented_grants() -> Grants {
 
 #[test]
 fn the_rbac_documentation_lists_exactly_what_the_role_grants() {
-    let granted = role_grants();
+    let granted = shipped_role_grants();
     assert!(granted.len() >= 10, "the Role was read: {granted:?}");
     assert_eq!(
         documented_grants(),

@@ -523,39 +523,6 @@ async fn a_health_check_removes_a_pod_kubernetes_still_calls_ready() {
     );
 }
 
-/// The shipped Role (`deploy/base/rbac/rbac.yaml`): (apiGroup, resource, verb) it grants.
-fn role_grants() -> std::collections::BTreeSet<(String, String, String)> {
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac/rbac.yaml"),
-    )
-    .unwrap();
-    let mut grants = std::collections::BTreeSet::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let doc: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
-        if doc["kind"] != "Role" {
-            continue;
-        }
-        for rule in doc["rules"].as_array().unwrap() {
-            let strings = |key: &str| -> Vec<String> {
-                rule[key]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_owned())
-                    .collect()
-            };
-            for group in strings("apiGroups") {
-                for resource in strings("resources") {
-                    for verb in strings("verbs") {
-                        grants.insert((group.clone(), resource.clone(), verb));
-                    }
-                }
-            }
-        }
-    }
-    grants
-}
-
 /// The (apiGroup, resource, verb) of a request to the API server, as RBAC sees it.
 fn rbac_of(request: &crate::fake_api::RecordedRequest) -> (String, String, String) {
     let path = request.uri.split('?').next().unwrap();
@@ -582,7 +549,7 @@ async fn every_api_call_tidegate_makes_is_granted_by_the_shipped_role() {
     let proxy = cluster.proxy("").start().await;
     cluster.set_image("v2", true).await;
     wait_all_served_by(&proxy, "v2", Duration::from_secs(10)).await;
-    let grants = role_grants();
+    let grants = crate::rbac::shipped_role_grants();
     let used: std::collections::BTreeSet<_> = cluster
         .api
         .recorded_requests()

@@ -30,6 +30,8 @@ mod loadtest;
 mod pod_deletion;
 mod prometheus;
 mod protocol;
+#[path = "../common/rbac.rs"]
+mod rbac;
 mod reload;
 mod requests;
 mod routing;
