@@ -75,11 +75,11 @@ fn bench_pick(c: &mut Criterion) {
                         .is_none()
                         .then(|| sticky::pinned_version(headers))
                         .flatten();
-                    let (endpoint, role) = pinned
+                    let picked = pinned
                         .and_then(|v| pick_version(&snapshot, v, &mut rng, &[], now))
                         .or_else(|| pick_role(&snapshot, &mut rng, &[], requested, now))
                         .expect("a ready endpoint");
-                    (Arc::clone(endpoint), role)
+                    (Arc::clone(picked.endpoint), picked.role)
                 })
             });
         }

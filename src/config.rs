@@ -8,6 +8,7 @@ mod duration;
 pub(crate) use duration::parse as parse_duration;
 mod raw;
 mod scalar;
+mod telemetry;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -83,6 +84,12 @@ pub struct Config {
     pub grpc_failures: Codes,
     /// The gRPC statuses of a trailers-only answer that are retried on another endpoint.
     pub grpc_retry_on: Codes,
+    /// One line per request; off when `None`. Takes effect on restart.
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
+    /// Keep or give every request an ID; off when `None`. Takes effect on restart.
+    pub request_id: Option<crate::trace::RequestIdConfig>,
+    /// W3C Trace Context and span export. Takes effect on restart.
+    pub tracing: crate::trace::TracingConfig,
 }
 
 /// Bounds on what one client may hold, so that no connection state lasts or grows without end.

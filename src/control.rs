@@ -286,4 +286,10 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
         // The files themselves reload (see `tls::watch`); which files, and TLS on or off, not.
         tracing::warn!("tls settings changed: take effect on restart (the certificate files themselves reload)");
     }
+    if old.access_log != new.access_log
+        || old.request_id != new.request_id
+        || old.tracing != new.tracing
+    {
+        tracing::warn!("access_log, request_id and tracing settings take effect on restart");
+    }
 }

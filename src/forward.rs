@@ -12,6 +12,7 @@ mod attempt;
 mod body;
 mod budget;
 mod error;
+mod exchange;
 mod head_deadline;
 mod outcome;
 mod outgoing;
@@ -44,6 +45,7 @@ use crate::tls::Tls;
 
 use attempt::Attempted;
 use budget::RetryBudget;
+use exchange::Exchange;
 use head_deadline::HeadDeadline;
 use outcome::Outcomes;
 use outgoing::Outgoing;
@@ -51,6 +53,7 @@ use retry::{Retry, Tries};
 
 pub use body::{ResponseBody, UpstreamBody};
 pub use error::{ClientError, ClientFault, ErrorKind, ProxyError};
+pub use exchange::{Logged, Telemetry};
 
 /// Connection-level settings fixed for the life of a listener.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +72,9 @@ pub const VERSION_HEADER: header::HeaderName =
 
 /// Accepts connections on `listener` until `shutdown`, then drains in-flight requests for at most
 /// `drain_timeout`. With `tls`, every connection is a TLS one (its handshake bounded by
-/// `header_read_timeout`). Canary outcomes are counted into `canary_stats` for the abort check.
+/// `header_read_timeout`). Canary outcomes are counted into `canary_stats` for the abort check;
+/// each request is reported as `telemetry` says (access log, IDs, spans).
+#[allow(clippy::too_many_arguments)] // the listener's parts, each passed once at start
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -77,6 +82,7 @@ pub async fn serve(
     metrics: &Metrics,
     options: ServeOptions,
     canary_stats: Arc<CanaryStats>,
+    telemetry: Arc<Telemetry>,
     mut shutdown: Shutdown,
 ) {
     let forwarder = Arc::new(Forwarder::new(
@@ -84,6 +90,7 @@ pub async fn serve(
         metrics,
         canary_stats,
         &options.limits,
+        telemetry,
     ));
     let builder = Arc::new(server_builder(&options.limits));
     let slots = Slots::new(options.limits.max_connections, metrics.client_connections());
@@ -119,7 +126,7 @@ pub async fn serve(
             _slot: slot,
             forwarder: forwarder.clone(),
             builder: builder.clone(),
-            conn: Conn::new(peer.ip(), tls.is_some(), open.clone()),
+            conn: Conn::new(peer, tls.is_some(), open.clone()),
             drained: draining.clone().quiet(),
             peer,
             timeouts: head_deadline::Timeouts {
@@ -289,6 +296,8 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// Per-connection state shared by its requests.
 struct Conn {
     client: request::Client,
+    /// The client's address and port, for the access log.
+    peer: std::net::SocketAddr,
     open: mpsc::Sender<()>,
     /// Answering a request, or waiting for the next head (whose deadline the IO keeps).
     phase: head_deadline::Phase,
@@ -299,9 +308,10 @@ struct Conn {
 impl Conn {
     /// Per connection, not per request: the client address as a header value, and the drain
     /// handle an upgraded tunnel keeps.
-    fn new(ip: std::net::IpAddr, tls: bool, open: mpsc::Sender<()>) -> Arc<Self> {
+    fn new(peer: std::net::SocketAddr, tls: bool, open: mpsc::Sender<()>) -> Arc<Self> {
         Arc::new(Self {
-            client: request::Client::new(ip, tls),
+            client: request::Client::new(peer.ip(), tls),
+            peer,
             open,
             phase: head_deadline::Phase::new(),
             idle: Notify::new(),
@@ -324,6 +334,7 @@ struct Forwarder {
     /// `limits.max_request_body`: a declared length beyond it is refused up front (413), and a
     /// body that streams past it fails as the client's.
     max_body: Option<u64>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Counts a request whose client went away before it was answered.
@@ -352,6 +363,8 @@ struct Routed {
     settings: Settings,
     /// The request's start on the health clock.
     now: u64,
+    /// What decided the route, for the access log.
+    steer: pick::Steer,
 }
 
 impl Forwarder {
@@ -360,6 +373,7 @@ impl Forwarder {
         metrics: &Metrics,
         canary_stats: Arc<CanaryStats>,
         limits: &Limits,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         let outcomes = Arc::new(Outcomes {
             snapshots: snapshots.clone(),
@@ -380,22 +394,30 @@ impl Forwarder {
                 max_headers: limits.max_request_headers,
             },
             max_body: limits.max_request_body,
+            telemetry,
         }
     }
 
     /// Answers a request. A client that hangs up first cancels this future: that is counted as
-    /// the client's `aborted`, and the attempt under way is cancelled with it.
-    async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
+    /// the client's `aborted`, and the attempt under way is cancelled with it (and the exchange
+    /// logged as the client's `DC`).
+    async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<Logged<ResponseBody>> {
         let abandoned = Abandoned(Some(&self.client_errors[ClientFault::Aborted.index()]));
-        let response = self.pipeline(req, conn).await;
+        let mut exchange = Exchange::begin(&req, conn.peer, &self.telemetry);
+        let response = self.pipeline(req, conn, &mut exchange).await;
         abandoned.answered();
-        response
+        exchange.answer(response)
     }
 
     /// A request's pipeline: admit it, then per attempt route → prepare (once) → send through the
     /// upstream transport → classify → decide whether to go again.
-    async fn pipeline(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
-        let start = Instant::now();
+    async fn pipeline(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &Conn,
+        exchange: &mut Exchange<'_>,
+    ) -> Response<ResponseBody> {
+        let start = exchange.start();
         let now = health::now_ms(start);
         self.budget.deposit(start);
         let host = match request::admit(&req, &self.limits) {
@@ -407,17 +429,21 @@ impl Forwarder {
                 return self.refuse(ClientFault::BodyTooLarge, start);
             }
         }
-        let mut out = Outgoing::new(req, host, self.max_body);
+        exchange.stamp(req.headers_mut());
+        let mut out = Outgoing::new(req, host, self.max_body, exchange.body_counter());
         let mut rng = Rng::new();
         let mut tries = Tries::default();
         loop {
             let Some(route) = self.route(&out, &tries, &mut rng, now) else {
-                return self.exhausted(tries, out.grpc.is_some(), start);
+                return self.exhausted(tries, out.grpc.is_some(), start, exchange);
             };
+            exchange.attempt(route.steer);
             if !out.is_prepared() {
                 if let Err(error) = out.prepare(&route.settings, &conn.client).await {
                     let metrics = route.endpoint.metrics();
-                    return self.client_failure(&error, metrics, route.role, start);
+                    let answer = self.client_failure(&error, metrics, route.role, start);
+                    exchange.ended_at(route.endpoint, route.role);
+                    return answer;
                 }
             }
             if let Some((retry, role)) = tries.take_retry() {
@@ -428,10 +454,17 @@ impl Forwarder {
                 }
             }
             let failure = match self.attempt(&mut out, &route, conn, start).await {
-                Attempted::Done(response) => return response,
+                Attempted::Done(response) => {
+                    exchange.ended_at(route.endpoint, route.role);
+                    return response;
+                }
                 Attempted::Failed(failure) => failure,
             };
             if let Some(answer) = self.settle(failure, &route, &mut tries, &mut out, start) {
+                if tries.budget_refused {
+                    exchange.flag(crate::access_log::Flags::BUDGET_EXHAUSTED);
+                }
+                exchange.ended_at(route.endpoint, route.role);
                 return answer;
             }
         }
@@ -452,13 +485,27 @@ impl Forwarder {
             set_cookie: route.set_cookie,
             settings: *snapshot.settings(),
             now,
+            steer: route.steer,
         })
     }
 
     /// Nothing (more) to route to: the last failure's answer, or 503 if there was none.
-    fn exhausted(&self, tries: Tries, grpc: bool, start: Instant) -> Response<ResponseBody> {
+    fn exhausted(
+        &self,
+        tries: Tries,
+        grpc: bool,
+        start: Instant,
+        exchange: &mut Exchange<'_>,
+    ) -> Response<ResponseBody> {
+        if tries.budget_refused {
+            exchange.flag(crate::access_log::Flags::BUDGET_EXHAUSTED);
+        }
         match tries.last_failure() {
-            Some((retry, failed, role)) => self.give_up(retry, failed.metrics(), role, grpc, start),
+            Some((retry, failed, role)) => {
+                let answer = self.give_up(retry, failed.metrics(), role, grpc, start);
+                exchange.ended_at(failed, role);
+                answer
+            }
             None => {
                 let error = ProxyError::NoEndpoints;
                 self.count(&error);

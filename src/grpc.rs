@@ -71,6 +71,11 @@ impl Code {
             .map(|i| Code(i as u8))
     }
 
+    /// The code's number, as `grpc-status` carries it.
+    pub fn number(self) -> u16 {
+        u16::from(self.0)
+    }
+
     pub fn name(self) -> &'static str {
         Code::NAMES[self.index()]
     }

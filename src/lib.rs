@@ -24,6 +24,9 @@
 //! - [`grpc`]: gRPC over a proxy: call detection, `grpc-status` outcomes and failure codes,
 //!   `grpc-timeout`, and the trailers-only answers tidegate gives when it cannot forward.
 //! - [`tls`]: TLS termination at the listener: certificates by SNI, reloaded when their files change.
+//! - [`access_log`]: one line per request, written off the request path; tidegate's own errors
+//!   at `warn`.
+//! - [`trace`]: request IDs and W3C Trace Context at the hop; span export over OTLP/HTTP.
 //! - [`admin`], [`metrics`], [`shutdown`]: the operator's side.
 //! - [`server`], [`cli`], [`demo`]: wiring and the command line.
 //! - `fuzzing` (only with `--cfg fuzzing`, and in tests): the parsers of untrusted input, for the
@@ -32,6 +35,7 @@
 //!   never used by it.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod canary;
 pub mod cli;
@@ -54,4 +58,5 @@ pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

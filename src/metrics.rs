@@ -47,6 +47,8 @@ pub struct Metrics {
     discovery_errors: IntCounterVec,
     discovery_skipped: IntCounterVec,
     discovery_last_sync: Gauge,
+    access_log_dropped: IntCounter,
+    trace_spans: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -234,6 +236,21 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let access_log_dropped = IntCounter::new(
+            "tidegate_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up (a stalled stdout, a \
+             slow disk) or a write failed; requests never wait for the log.",
+        )
+        .expect("valid metric definition");
+        let trace_spans = IntCounterVec::new(
+            Opts::new(
+                "tidegate_trace_spans_total",
+                "Spans offered for OTLP export, by result: success (the collector took them), \
+                 error (it refused or could not be reached) or dropped (the export queue was full).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
 
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -257,6 +274,8 @@ impl Metrics {
             Box::new(discovery_errors.clone()),
             Box::new(discovery_skipped.clone()),
             Box::new(discovery_last_sync.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(trace_spans.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -269,6 +288,9 @@ impl Metrics {
             tls_reloads.with_label_values(&[result]);
         }
         config_errors.with_label_values(&["annotation"]);
+        for result in ["success", "error", "dropped"] {
+            trace_spans.with_label_values(&[result]);
+        }
         Self {
             registry,
             requests,
@@ -292,7 +314,19 @@ impl Metrics {
             discovery_errors,
             discovery_skipped,
             discovery_last_sync,
+            access_log_dropped,
+            trace_spans,
         }
+    }
+
+    /// Counts access log lines dropped (see `access_log`).
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
+    /// Spans exported, refused or dropped, by result (see `trace::otlp`).
+    pub fn trace_spans(&self) -> IntCounterVec {
+        self.trace_spans.clone()
     }
 
     /// Handles for one version, resolved once and shared by all of its endpoints.

@@ -34,6 +34,37 @@ pub struct Route<'s> {
     pub role: Role,
     /// The client is not (or no longer) pinned to the version that serves: give it the cookie.
     pub set_cookie: bool,
+    /// What decided, for the access log.
+    pub steer: Steer,
+}
+
+/// What decided a route beyond the split, and what it passed over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Steer {
+    /// The canary header chose the role.
+    pub overridden: bool,
+    /// The sticky cookie chose the version.
+    pub pinned: bool,
+    /// An ejected or unhealthy endpoint was passed over.
+    pub passed_over: bool,
+}
+
+/// An endpoint picked within a role or version.
+pub struct Picked<'s> {
+    pub endpoint: &'s Arc<Endpoint>,
+    pub role: Role,
+    /// An ejected or unhealthy endpoint was passed over on the way.
+    pub passed_over: bool,
+}
+
+impl<'s> Picked<'s> {
+    fn new(choice: p2c::Choice<'s>, role: Role) -> Self {
+        Self {
+            endpoint: choice.endpoint,
+            role,
+            passed_over: choice.passed_over,
+        }
+    }
 }
 
 /// The one routing decision: a canary header's `always`/`never` beats the sticky cookie, which
@@ -47,15 +78,22 @@ pub fn route<'s>(snapshot: &'s Snapshot, hints: &Hints<'_>, rng: &mut Rng) -> Op
     let pinned = (sticky && requested.is_none())
         .then(|| sticky::pinned_version(hints.headers))
         .flatten();
-    let (endpoint, role) = pinned
-        .and_then(|version| pick_version(snapshot, version, rng, hints.avoid, hints.now))
+    let by_pin =
+        pinned.and_then(|version| pick_version(snapshot, version, rng, hints.avoid, hints.now));
+    let was_pinned = by_pin.is_some();
+    let picked = by_pin
         .or_else(|| pick_role(snapshot, rng, hints.avoid, requested, hints.now))
         .or_else(|| pick_lower_tier(snapshot, rng, hints.avoid))?;
-    let set_cookie = sticky && pinned != Some(endpoint.version().as_str());
+    let set_cookie = sticky && pinned != Some(picked.endpoint.version().as_str());
     Some(Route {
-        endpoint,
-        role,
+        endpoint: picked.endpoint,
+        role: picked.role,
         set_cookie,
+        steer: Steer {
+            overridden: requested.is_some(),
+            pinned: was_pinned,
+            passed_over: picked.passed_over,
+        },
     })
 }
 
@@ -67,7 +105,7 @@ fn pick_lower_tier<'s>(
     snapshot: &'s Snapshot,
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
-) -> Option<(&'s Arc<Endpoint>, Role)> {
+) -> Option<Picked<'s>> {
     if avoid.is_empty() {
         return None;
     }
@@ -83,7 +121,11 @@ fn pick_lower_tier<'s>(
             .collect();
         if !candidates.is_empty() {
             let chosen = candidates[rng.usize(..candidates.len())];
-            return Some((&chosen.endpoint, chosen.role));
+            return Some(Picked {
+                endpoint: &chosen.endpoint,
+                role: chosen.role,
+                passed_over: false,
+            });
         }
     }
     None
@@ -100,7 +142,7 @@ pub fn pick<'s>(
     avoid: &[Arc<Endpoint>],
 ) -> Option<&'s Arc<Endpoint>> {
     let now = health::now_ms(std::time::Instant::now());
-    pick_role(snapshot, rng, avoid, None, now).map(|(ep, _)| ep)
+    pick_role(snapshot, rng, avoid, None, now).map(|p| p.endpoint)
 }
 
 /// Like [`pick`], but a `requested` role (from the canary header) replaces the split's choice;
@@ -112,7 +154,7 @@ pub fn pick_role<'s>(
     avoid: &[Arc<Endpoint>],
     requested: Option<Role>,
     now: u64,
-) -> Option<(&'s Arc<Endpoint>, Role)> {
+) -> Option<Picked<'s>> {
     let preferred = match requested {
         Some(role) => role,
         None => split::role(snapshot.canary_threshold(), rng.u32(..)),
@@ -123,9 +165,10 @@ pub fn pick_role<'s>(
     };
     let slow = slow_start_ms(snapshot);
     p2c::choose(snapshot.routable(preferred), rng, avoid, now, slow)
-        .map(|ep| (ep, preferred))
+        .map(|choice| Picked::new(choice, preferred))
         .or_else(|| {
-            p2c::choose(snapshot.routable(other), rng, avoid, now, slow).map(|ep| (ep, other))
+            p2c::choose(snapshot.routable(other), rng, avoid, now, slow)
+                .map(|choice| Picked::new(choice, other))
         })
 }
 
@@ -137,10 +180,10 @@ pub fn pick_version<'s>(
     rng: &mut Rng,
     avoid: &[Arc<Endpoint>],
     now: u64,
-) -> Option<(&'s Arc<Endpoint>, Role)> {
+) -> Option<Picked<'s>> {
     let group = snapshot.version_group(version)?;
     p2c::choose(&group.endpoints, rng, avoid, now, slow_start_ms(snapshot))
-        .map(|ep| (ep, group.role))
+        .map(|choice| Picked::new(choice, group.role))
 }
 
 #[inline]
@@ -262,6 +305,37 @@ mod tests {
     }
 
     #[test]
+    fn a_route_says_when_it_passed_over_an_unhealthy_endpoint_and_what_steered_it() {
+        let snap = snapshot(2, 0, weighted(0.0));
+        let sick = snap.routable(Role::Stable)[0].clone();
+        sick.health().record_check(false, 1, 1);
+        let mut rng = Rng::with_seed(7);
+        let headers = HeaderMap::new();
+        let hints = Hints {
+            headers: &headers,
+            avoid: &[],
+            now: 0,
+        };
+        let mut passed_over = 0;
+        for _ in 0..200 {
+            let route = route(&snap, &hints, &mut rng).unwrap();
+            assert!(!Arc::ptr_eq(route.endpoint, &sick));
+            assert!(!route.steer.overridden && !route.steer.pinned);
+            passed_over += usize::from(route.steer.passed_over);
+        }
+        // Two endpoints: every draw samples both, so every route passed the sick one over.
+        assert_eq!(passed_over, 200);
+        // A failed endpoint of the request's own is avoided, not passed over for its health.
+        sick.health().record_check(true, 1, 1);
+        let avoid = [sick.clone()];
+        let retry = Hints {
+            avoid: &avoid,
+            ..hints
+        };
+        assert!(!route(&snap, &retry, &mut rng).unwrap().steer.passed_over);
+    }
+
+    #[test]
     fn when_every_ready_endpoint_failed_a_warming_one_serves_then_a_terminating_one() {
         let listed = |addr: &str, state| Listed {
             endpoint: endpoint(addr, "v1"),
@@ -310,7 +384,9 @@ mod tests {
         let snap = snapshot(3, 1, weighted(0.0));
         let mut rng = Rng::with_seed(9);
         for _ in 0..100 {
-            let (ep, role) = pick_role(&snap, &mut rng, &[], Some(Role::Canary), 0).unwrap();
+            let Picked {
+                endpoint: ep, role, ..
+            } = pick_role(&snap, &mut rng, &[], Some(Role::Canary), 0).unwrap();
             assert_eq!(
                 ep.version().as_str(),
                 "v2",
@@ -319,7 +395,9 @@ mod tests {
             assert_eq!(role, Role::Canary);
         }
         let only_stable = snapshot(2, 0, weighted(100.0));
-        let (ep, role) = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary), 0).unwrap();
+        let Picked {
+            endpoint: ep, role, ..
+        } = pick_role(&only_stable, &mut rng, &[], Some(Role::Canary), 0).unwrap();
         assert_eq!(
             ep.version().as_str(),
             "v1",
@@ -337,9 +415,13 @@ mod tests {
         let snap = snapshot(3, 1, weighted(50.0));
         let mut rng = Rng::with_seed(4);
         for _ in 0..100 {
-            let (ep, role) = pick_version(&snap, "v2", &mut rng, &[], 0).unwrap();
+            let Picked {
+                endpoint: ep, role, ..
+            } = pick_version(&snap, "v2", &mut rng, &[], 0).unwrap();
             assert_eq!((ep.version().as_str(), role), ("v2", Role::Canary));
-            let (ep, role) = pick_version(&snap, "v1", &mut rng, &[], 0).unwrap();
+            let Picked {
+                endpoint: ep, role, ..
+            } = pick_version(&snap, "v1", &mut rng, &[], 0).unwrap();
             assert_eq!((ep.version().as_str(), role), ("v1", Role::Stable));
         }
         assert!(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
+use crate::access_log::{AccessLog, OwnErrors};
 use crate::config::{Config, DiscoveryConfig};
 use crate::control::Control;
 use crate::discovery::kubernetes::{self, DiscoveryError};
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{CanaryStats, Publisher};
 use crate::tls::{self, Tls};
+use crate::trace::otlp::Exporter;
 use crate::{admin, probe, reload};
 
 /// Why an instance could not start.
@@ -33,6 +35,8 @@ pub enum ServerError {
     Discovery(#[from] DiscoveryError),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
 }
 
 /// Where the running config came from, so that it can be watched for changes.
@@ -155,6 +159,20 @@ impl Server {
             }
             None => None,
         };
+        let telemetry = Arc::new(forward::Telemetry {
+            access_log: match &config.access_log {
+                Some(log) => Some(AccessLog::start(log, metrics.access_log_dropped())?),
+                None => None,
+            },
+            request_id: config.request_id.clone(),
+            start: config.tracing.start,
+            spans: config
+                .tracing
+                .otlp
+                .clone()
+                .map(|otlp| Exporter::start(otlp, metrics.trace_spans(), shutdown.clone())),
+            own_errors: OwnErrors::default(),
+        });
         let config_checks = config.health_check.clone();
         let canary_stats = Arc::new(CanaryStats::default());
         let control = Control::start(
@@ -188,12 +206,19 @@ impl Server {
             &metrics,
             options,
             canary_stats,
+            telemetry.clone(),
             shutdown,
         )
         .await;
+        if let Some(log) = &telemetry.access_log {
+            log.close(ACCESS_LOG_CLOSE);
+        }
         Ok(())
     }
 }
+
+/// How long the exit waits for the access log's last lines to be written.
+const ACCESS_LOG_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Connections the kernel may hold for a listener before tidegate accepts them (it caps this at
 /// `net.core.somaxconn`, 4096 by default). std's and tokio's 128 overflow when thousands of clients

@@ -19,6 +19,7 @@ use crate::upstream::{self, framing, Protocol};
 
 use super::duration::{self, Dur};
 use super::scalar::{validated, Scalar};
+use super::telemetry::{RawAccessLog, RawRequestId, RawTracing};
 use super::{
     AbortConfig, AdminConfig, Apply, CanaryConfig, Config, ConfigError, DiscoveryConfig,
     KubernetesConfig, Limits, MinReady, PortRef, Retries, Timeouts,
@@ -58,6 +59,12 @@ pub(super) struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    request_id: RawRequestId,
+    #[serde(default)]
+    tracing: RawTracing,
 }
 
 /// Bounds on what clients may hold.
@@ -928,6 +935,10 @@ impl RawConfig {
         if self.reload.interval.0 < Duration::from_millis(10) {
             return Err(invalid("reload.interval", "must be at least 10ms"));
         }
+        let tracing = self
+            .tracing
+            .config()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         let token = self
             .admin
             .token(path)
@@ -1034,6 +1045,9 @@ impl RawConfig {
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,
             grpc_failures: self.grpc.failure_codes,
             grpc_retry_on: self.grpc.retry_on,
+            access_log: self.access_log.map(RawAccessLog::config),
+            request_id: self.request_id.config(),
+            tracing,
         })
     }
 }

@@ -355,6 +355,7 @@ impl Forwarder {
                 Charge::Attempt
             }
             Decision::RetryIfBudget | Decision::Answer => {
+                tries.budget_refused |= decision == Decision::RetryIfBudget;
                 let metrics = route.endpoint.metrics();
                 return Some(match failure.cause {
                     Cause::Status(response) | Cause::Grpc(response, _) => {

@@ -75,6 +75,13 @@ impl ErrorKind {
         )
     }
 
+    /// The kind an `x-tidegate-error` value names, if it is one of these.
+    pub(super) fn parse(name: &[u8]) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().as_bytes() == name)
+    }
+
     /// Index into per-kind handle arrays.
     pub(super) fn index(self) -> usize {
         self as usize

@@ -54,12 +54,13 @@ enum Prepared {
 }
 
 impl Outgoing {
-    /// The admitted request, with its Host (see [`request::admit`]), and the most its body may
-    /// bring (`limits.max_request_body`).
+    /// The admitted request, with its Host (see [`request::admit`]), the most its body may bring
+    /// (`limits.max_request_body`), and where to count its bytes (for the access log).
     pub(super) fn new(
         req: Request<Incoming>,
         host: Option<HeaderValue>,
         max_body: Option<u64>,
+        received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
         // gRPC calls are POSTs: other methods skip the header lookup.
         let grpc =
@@ -70,6 +71,9 @@ impl Outgoing {
             let mut body = ClientBody::new(body);
             if let Some(max) = max_body {
                 body.limit(max);
+            }
+            if let Some(received) = received {
+                body.count_into(received);
             }
             Either::Left(body)
         });

@@ -208,6 +208,8 @@ pub(super) struct Tries {
     retrying: Option<Retry>,
     /// The role the last counted failure happened in.
     failed_role: Role,
+    /// A retry was refused for lack of budget (the access log's `URX`).
+    pub(super) budget_refused: bool,
 }
 
 impl Default for Tries {
@@ -217,6 +219,7 @@ impl Default for Tries {
             tried: Vec::new(),
             retrying: None,
             failed_role: Role::Stable,
+            budget_refused: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub struct ClientBody {
     ended: Option<Arc<AtomicBool>>,
     /// What was passed on, to give back; `None` on every path but HTTP/2's.
     tape: Option<Box<Tape>>,
+    /// Bytes read from the client, counted for the access log (`None` when it is off).
+    received: Option<Arc<AtomicU64>>,
 }
 
 /// The frames a body passed on, and where it returns to if it is dropped unanswered.
@@ -115,6 +117,7 @@ impl ClientBody {
             waiting: false,
             ended: None,
             tape: None,
+            received: None,
         }
     }
 
@@ -134,6 +137,11 @@ impl ClientBody {
     }
 
     /// The body fails with [`TooLarge`] once more than `max` bytes of it have arrived.
+    /// Adds the length of every data frame read from the client to `received`.
+    pub fn count_into(&mut self, received: Arc<AtomicU64>) {
+        self.received = Some(received);
+    }
+
     pub fn limit(&mut self, max: u64) {
         self.allowed = Some((max, max));
     }
@@ -189,6 +197,10 @@ impl Body for ClientBody {
             this.waiting = false;
             if let Some(Ok(frame)) = &frame {
                 Self::allow(&mut this.allowed, frame)?;
+                if let (Some(received), Some(data)) = (&this.received, frame.data_ref()) {
+                    // Relaxed: a count read once the exchange has ended.
+                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
             if frame.is_none() || inner.is_end_stream() {
                 this.end();
@@ -265,6 +277,7 @@ impl Drop for ClientBody {
             timer: None,
             waiting: false,
             ended: None,
+            received: self.received.take(),
             tape: Some(Box::new(Tape {
                 replay: replay.into(),
                 replay_trailers,

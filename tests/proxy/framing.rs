@@ -322,8 +322,8 @@ async fn serve_script(mut socket: TcpStream, id: usize, script: Arc<Mutex<Script
     }
 }
 
-/// What a client saw: the raw response without its `date` line (or what arrived before the
-/// connection broke, marked).
+/// What a client saw: the raw response without its `date` and `x-request-id` lines (both differ
+/// per request), or what arrived before the connection broke, marked.
 async fn client_exchange(proxy: &RunningProxy, method: &str, path: &str, extra: &str) -> String {
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     let request =
@@ -355,8 +355,9 @@ async fn client_exchange(proxy: &RunningProxy, method: &str, path: &str, extra: 
         .split("\r\n")
         .filter(|line| {
             let line = line.to_ascii_lowercase();
-            let dropped =
-                line.starts_with("date:") || (own_error && line.starts_with("content-length:"));
+            let dropped = line.starts_with("date:")
+                || line.starts_with("x-request-id:")
+                || (own_error && line.starts_with("content-length:"));
             !dropped
         })
         .collect();

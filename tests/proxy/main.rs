@@ -6,6 +6,7 @@
 
 mod support;
 
+mod access_log;
 mod blame;
 mod canary;
 mod churn;
@@ -36,4 +37,5 @@ mod reload;
 mod requests;
 mod routing;
 mod tls;
+mod tracing;
 mod upstream;

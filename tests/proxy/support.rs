@@ -369,6 +369,8 @@ struct Launch {
     open_files: Option<(u64, u64)>,
     /// `TOKIO_WORKER_THREADS`, as the shipped manifests set it from the pod's CPU request.
     worker_threads: Option<&'static str>,
+    /// stdout is a pipe that nobody reads (a stalled log consumer); else /dev/null.
+    stdout_unread: bool,
 }
 
 impl TestProxy {
@@ -507,6 +509,13 @@ impl TestProxy {
         self
     }
 
+    /// Starts the proxy with its stdout a pipe that is never read: once the pipe's buffer is
+    /// full, every write to stdout blocks.
+    pub fn stdout_unread(mut self) -> Self {
+        self.launch.stdout_unread = true;
+        self
+    }
+
     /// Starts the proxy with `TOKIO_WORKER_THREADS` set to `value`.
     pub fn worker_threads(mut self, value: &'static str) -> Self {
         self.launch.worker_threads = Some(value);
@@ -614,7 +623,11 @@ impl RunningProxy {
                 "RUST_LOG",
                 std::env::var("TIDEGATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::null())
+            .stdout(if launch.stdout_unread {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tidegate");

@@ -1,0 +1,581 @@
+//! Access logs: one line per request, written once its response has ended, off the request path.
+//!
+//! The request's task formats the line and offers it to a bounded queue; one writer thread drains
+//! the queue to stdout or a file, flushing when it runs dry. A full queue (a stalled stdout, a slow
+//! disk) drops the line and counts it in `tidegate_access_log_dropped_total`: a log never stalls a
+//! request. tidegate's own 502/503/504 are logged at `warn` with the same fields whether or not
+//! access logs are on ([`OwnErrors`]), at most a few per second.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Uri, Version};
+use prometheus::IntCounter;
+
+use crate::snapshot::{Endpoint, Role};
+
+/// `access_log:` in the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessLogConfig {
+    pub format: Format,
+    pub target: Target,
+    /// Log the query string with the path (it may carry tokens or personal data).
+    pub include_query: bool,
+    /// Lines held for the writer at most; beyond, lines are dropped and counted.
+    pub buffer: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` pairs (logfmt), values with spaces or quotes quoted.
+    Text,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    /// Appended to; created if missing.
+    File(PathBuf),
+}
+
+/// What the writer thread is given.
+enum Message {
+    Line(String),
+    /// Flush, report on `done`, and stop.
+    Stop(mpsc::Sender<()>),
+}
+
+/// A running access log. Cheap to share; writing never blocks.
+pub struct AccessLog {
+    queue: SyncSender<Message>,
+    format: Format,
+    include_query: bool,
+    dropped: IntCounter,
+}
+
+/// Why the access log could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("access_log.path {path}: {source}")]
+pub struct AccessLogError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl AccessLog {
+    /// Opens the target and starts the writer thread.
+    pub fn start(
+        config: &AccessLogConfig,
+        dropped: IntCounter,
+    ) -> Result<Arc<Self>, AccessLogError> {
+        let sink: Box<dyn std::io::Write + Send> = match &config.target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| AccessLogError {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        let (queue, lines) = mpsc::sync_channel(config.buffer);
+        let failed = dropped.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(lines, sink, &failed))
+            .map_err(|source| AccessLogError {
+                path: PathBuf::from("(writer thread)"),
+                source,
+            })?;
+        Ok(Arc::new(Self {
+            queue,
+            format: config.format,
+            include_query: config.include_query,
+            dropped,
+        }))
+    }
+
+    /// Formats `record` and queues it; drops and counts it when the queue is full.
+    pub fn write(&self, record: &Record) {
+        let line = match self.format {
+            Format::Json => record.json(self.include_query),
+            Format::Text => record.text(self.include_query),
+        };
+        match self.queue.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Writes out what is queued and stops the writer, waiting at most `limit` (a stalled stdout
+    /// must not hold up the process's exit).
+    pub fn close(&self, limit: Duration) {
+        let (done, finished) = mpsc::channel();
+        if self.queue.try_send(Message::Stop(done)).is_ok() {
+            let _ = finished.recv_timeout(limit);
+        }
+    }
+}
+
+/// The writer thread: everything queued, flushed whenever the queue runs dry.
+fn write_lines(
+    lines: Receiver<Message>,
+    sink: Box<dyn std::io::Write + Send>,
+    failed: &IntCounter,
+) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let write = |out: &mut std::io::BufWriter<_>, line: String| {
+        if out.write_all(line.as_bytes()).is_err() {
+            failed.inc();
+        }
+    };
+    while let Ok(message) = lines.recv() {
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Line(line) => write(&mut out, line),
+                Message::Stop(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            next = lines.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+/// What tidegate did beyond passing the exchange through, named after Envoy's response flags
+/// where one fits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// `UH`: no endpoint could take the request (Envoy: no healthy upstream).
+    pub const NO_ENDPOINTS: Flags = Flags(1);
+    /// `UF`: connecting to the endpoint failed.
+    pub const CONNECT_FAILURE: Flags = Flags(1 << 1);
+    /// `UT`: the endpoint did not answer in time.
+    pub const UPSTREAM_TIMEOUT: Flags = Flags(1 << 2);
+    /// `UR`: the endpoint reset or closed the exchange.
+    pub const UPSTREAM_RESET: Flags = Flags(1 << 3);
+    /// `UPE`: the endpoint broke the protocol.
+    pub const UPSTREAM_PROTOCOL: Flags = Flags(1 << 4);
+    /// `DC`: the client went away before the response ended.
+    pub const CLIENT_ABORTED: Flags = Flags(1 << 5);
+    /// `URX`: a retry was refused for lack of retry budget (Envoy: retry limit exceeded).
+    pub const BUDGET_EXHAUSTED: Flags = Flags(1 << 6);
+    /// `RT`: the request went to more than one endpoint.
+    pub const RETRIED: Flags = Flags(1 << 7);
+    /// `EJ`: an ejected or unhealthy endpoint was passed over for this request.
+    pub const EJECTED_AVOIDED: Flags = Flags(1 << 8);
+    /// `CO`: the canary header chose the role (`always`/`never`).
+    pub const CANARY_OVERRIDE: Flags = Flags(1 << 9);
+    /// `ST`: the sticky cookie chose the version.
+    pub const STICKY: Flags = Flags(1 << 10);
+    /// `UO`: every endpoint with room was at its connection cap (Envoy: upstream overflow).
+    pub const SATURATED: Flags = Flags(1 << 11);
+
+    const NAMES: [(Flags, &'static str); 12] = [
+        (Flags::NO_ENDPOINTS, "UH"),
+        (Flags::CONNECT_FAILURE, "UF"),
+        (Flags::UPSTREAM_TIMEOUT, "UT"),
+        (Flags::UPSTREAM_RESET, "UR"),
+        (Flags::UPSTREAM_PROTOCOL, "UPE"),
+        (Flags::SATURATED, "UO"),
+        (Flags::CLIENT_ABORTED, "DC"),
+        (Flags::BUDGET_EXHAUSTED, "URX"),
+        (Flags::RETRIED, "RT"),
+        (Flags::EJECTED_AVOIDED, "EJ"),
+        (Flags::CANARY_OVERRIDE, "CO"),
+        (Flags::STICKY, "ST"),
+    ];
+
+    #[inline]
+    pub fn set(&mut self, flag: Flags) {
+        self.0 |= flag.0;
+    }
+
+    pub fn contains(self, flag: Flags) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    /// The flags as `UT,RT`, or `-` when there are none.
+    pub fn names(self) -> String {
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .filter(|(flag, _)| self.contains(*flag))
+            .map(|(_, name)| *name)
+            .collect();
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(",")
+        }
+    }
+}
+
+/// One request and its answer, as the access log and the own-error warning describe it.
+pub struct Record {
+    /// When the request arrived.
+    pub start: Instant,
+    pub request_id: Option<HeaderValue>,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub uri: Uri,
+    /// The request's Host (HTTP/1.1), for a request target without an authority.
+    pub host: Option<HeaderValue>,
+    pub version: Version,
+    pub status: u16,
+    pub grpc_status: Option<u16>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Until the response ended (or the client left).
+    pub duration: Duration,
+    /// The endpoint that served, or failed, last.
+    pub upstream: Option<Arc<Endpoint>>,
+    pub role: Option<Role>,
+    pub attempts: u32,
+    pub flags: Flags,
+    /// The W3C trace the request belongs to, as 32 hex digits.
+    pub trace_id: Option<String>,
+}
+
+impl Record {
+    fn authority(&self) -> &str {
+        match self.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        }
+    }
+
+    fn path(&self, include_query: bool) -> &str {
+        match (include_query, self.uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => self.uri.path(),
+        }
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
+        }
+    }
+
+    /// Wall-clock time of the request's arrival, RFC 3339 in UTC with microseconds.
+    fn timestamp(&self) -> String {
+        let arrived = SystemTime::now()
+            .checked_sub(self.start.elapsed())
+            .unwrap_or(UNIX_EPOCH);
+        rfc3339(arrived)
+    }
+
+    /// The fields in their order: (name, value), numbers unquoted in JSON.
+    fn fields(&self, include_query: bool) -> [(&'static str, Value<'_>); 18] {
+        fn text(s: Option<&str>) -> Value<'_> {
+            s.map_or(Value::Null, Value::Text)
+        }
+        let upstream = self.upstream.as_deref();
+        [
+            ("time", Value::Owned(self.timestamp())),
+            (
+                "request_id",
+                text(self.request_id.as_ref().and_then(|v| v.to_str().ok())),
+            ),
+            ("client", Value::Owned(self.client.to_string())),
+            ("method", Value::Text(self.method.as_str())),
+            ("authority", Value::Text(self.authority())),
+            ("path", Value::Text(self.path(include_query))),
+            ("protocol", Value::Text(self.protocol())),
+            ("status", Value::Number(u64::from(self.status))),
+            (
+                "grpc_status",
+                self.grpc_status
+                    .map_or(Value::Null, |c| Value::Number(u64::from(c))),
+            ),
+            ("bytes_received", Value::Number(self.bytes_received)),
+            ("bytes_sent", Value::Number(self.bytes_sent)),
+            (
+                "duration_ms",
+                Value::Millis(self.duration.as_secs_f64() * 1000.0),
+            ),
+            (
+                "upstream",
+                upstream.map_or(Value::Null, |e| Value::Owned(e.address().to_string())),
+            ),
+            (
+                "version",
+                upstream.map_or(Value::Null, |e| Value::Text(e.version().as_str())),
+            ),
+            ("role", text(self.role.map(Role::as_str))),
+            ("attempts", Value::Number(u64::from(self.attempts))),
+            ("flags", Value::Owned(self.flags.names())),
+            ("trace_id", text(self.trace_id.as_deref())),
+        ]
+    }
+
+    /// One JSON object and a newline.
+    pub fn json(&self, include_query: bool) -> String {
+        let mut line = String::with_capacity(384);
+        line.push('{');
+        for (i, (name, value)) in self.fields(include_query).iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            let _ = write!(line, "\"{name}\":");
+            match value {
+                Value::Null => line.push_str("null"),
+                Value::Number(n) => {
+                    let _ = write!(line, "{n}");
+                }
+                Value::Millis(ms) => {
+                    let _ = write!(line, "{ms:.3}");
+                }
+                Value::Text(s) => json_string(&mut line, s),
+                Value::Owned(s) => json_string(&mut line, s),
+            }
+        }
+        line.push_str("}\n");
+        line
+    }
+
+    /// One logfmt line: `key=value`, `-` for nothing, quoted where a value needs it.
+    pub fn text(&self, include_query: bool) -> String {
+        let mut line = String::with_capacity(320);
+        for (i, (name, value)) in self.fields(include_query).iter().enumerate() {
+            if i > 0 {
+                line.push(' ');
+            }
+            let _ = write!(line, "{name}=");
+            match value {
+                Value::Null => line.push('-'),
+                Value::Number(n) => {
+                    let _ = write!(line, "{n}");
+                }
+                Value::Millis(ms) => {
+                    let _ = write!(line, "{ms:.3}");
+                }
+                Value::Text(s) => logfmt_value(&mut line, s),
+                Value::Owned(s) => logfmt_value(&mut line, s),
+            }
+        }
+        line.push('\n');
+        line
+    }
+}
+
+enum Value<'a> {
+    Null,
+    Number(u64),
+    Millis(f64),
+    Text(&'a str),
+    Owned(String),
+}
+
+/// `s` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A logfmt value: bare when it is plain, else quoted with JSON's escapes.
+fn logfmt_value(out: &mut String, s: &str) {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if plain {
+        out.push_str(s);
+    } else {
+        json_string(out, s);
+    }
+}
+
+/// `time` as `2026-12-04T15:00:00.123456Z` (proleptic Gregorian, UTC; Howard Hinnant's
+/// days-to-civil algorithm, so no calendar crate is needed).
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// tidegate's own 502/503/504, logged at `warn` with the access log's fields whether or not
+/// access logs are on: at most [`OwnErrors::PER_SECOND`] lines a second, the rest counted and
+/// reported with the next line that gets through, so a storm cannot flood the log.
+pub struct OwnErrors {
+    /// The second (since `epoch`) the count below belongs to.
+    second: AtomicU64,
+    /// Lines in that second.
+    lines: AtomicU64,
+    /// Lines suppressed since the last one written.
+    suppressed: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for OwnErrors {
+    fn default() -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl OwnErrors {
+    pub const PER_SECOND: u64 = 10;
+
+    /// Logs `record` (an answer of tidegate's own, of `kind`) unless this second's lines are used up.
+    pub fn warn(&self, record: &Record, kind: &str) {
+        // Relaxed throughout: an approximate rate is enough; nothing is published through these.
+        let now = self.epoch.elapsed().as_secs();
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) >= Self::PER_SECOND {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        let upstream = record.upstream.as_deref();
+        tracing::warn!(
+            status = record.status,
+            error = kind,
+            request_id = record.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            client = %record.client,
+            method = %record.method,
+            authority = record.authority(),
+            path = record.uri.path(),
+            protocol = record.protocol(),
+            upstream = %upstream.map_or_else(|| "-".to_owned(), |e| e.address().to_string()),
+            version = upstream.map_or("-", |e| e.version().as_str()),
+            role = record.role.map_or("-", Role::as_str),
+            attempts = record.attempts,
+            flags = %record.flags.names(),
+            duration_ms = record.duration.as_secs_f64() * 1000.0,
+            trace_id = record.trace_id.as_deref().unwrap_or("-"),
+            suppressed,
+            "tidegate answered the request itself"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            start: Instant::now(),
+            request_id: Some(HeaderValue::from_static("abc")),
+            client: "127.0.0.1:5000".parse().unwrap(),
+            method: Method::POST,
+            uri: "/items?token=secret".parse().unwrap(),
+            host: Some(HeaderValue::from_static("shop.example")),
+            version: Version::HTTP_11,
+            status: 502,
+            grpc_status: None,
+            bytes_received: 12,
+            bytes_sent: 34,
+            duration: Duration::from_micros(1500),
+            upstream: None,
+            role: Some(Role::Canary),
+            attempts: 2,
+            flags: Flags(Flags::RETRIED.0 | Flags::UPSTREAM_RESET.0),
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_every_field_and_leave_the_query_out_unless_asked() {
+        let line = record().json(false);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/items");
+        assert_eq!(v["authority"], "shop.example");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["flags"], "UR,RT");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["role"], "canary");
+        assert!(v["upstream"].is_null() && v["grpc_status"].is_null());
+        assert_eq!(v.as_object().unwrap().len(), 18);
+        let with_query: serde_json::Value = serde_json::from_str(&record().json(true)).unwrap();
+        assert_eq!(with_query["path"], "/items?token=secret");
+    }
+
+    #[test]
+    fn text_lines_quote_what_needs_it() {
+        let mut r = record();
+        r.request_id = Some(HeaderValue::from_static("has space"));
+        let line = r.text(false);
+        assert!(line.contains("request_id=\"has space\""), "{line}");
+        assert!(line.contains(" status=502 "), "{line}");
+        assert!(line.contains(" upstream=- "), "{line}");
+        assert!(line.ends_with("trace_id=-\n"), "{line}");
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_and_control_characters() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\n\u{1}");
+        assert_eq!(out, r#""a\"b\\c\n\u0001""#);
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400) + Duration::from_micros(7);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000007Z");
+        let later = UNIX_EPOCH + Duration::from_secs(1_796_396_399);
+        assert_eq!(rfc3339(later), "2026-12-04T14:59:59.000000Z");
+    }
+}
