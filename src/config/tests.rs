@@ -323,3 +323,40 @@ fn client_connections_are_bounded() {
         );
     }
 }
+
+#[test]
+fn telemetry_defaults_and_errors_name_their_field() {
+    let c = parse(EXAMPLE).unwrap();
+    assert!(c.access_log.is_none(), "access logs are off by default");
+    let ids = c.request_id.expect("request IDs are on by default");
+    assert_eq!(ids.header.as_str(), "x-request-id");
+    assert!(ids.respond);
+    assert_eq!(c.tracing.start, crate::trace::Start::Never);
+    assert!(c.tracing.otlp.is_none());
+
+    let on = parse(&format!(
+        "{EXAMPLE}access_log: {{ format: text, path: /tmp/a.log }}\ntracing: {{ start: ratio, ratio: 0.25 }}\n"
+    ))
+    .unwrap();
+    let log = on.access_log.unwrap();
+    assert_eq!(log.format, crate::access_log::Format::Text);
+    assert_eq!(
+        log.target,
+        crate::access_log::Target::File("/tmp/a.log".into())
+    );
+    assert_eq!(on.tracing.start, crate::trace::Start::Ratio(0.25));
+
+    for (extra, field) in [
+        ("access_log: { format: xml }", "access_log.format"),
+        ("access_log: { buffer: 0 }", "access_log.buffer"),
+        ("request_id: { header: \"bad header\" }", "request_id.header"),
+        ("tracing: { start: sometimes }", "tracing.start"),
+        ("tracing: { start: ratio }", "tracing.ratio"),
+        ("tracing: { start: always, ratio: 0.5 }", "tracing.ratio"),
+        ("tracing: { ratio: 2 }", "tracing.ratio"),
+        ("tracing: { otlp_endpoint: \"collector:4318\" }", "tracing.otlp_endpoint"),
+    ] {
+        let (message, _) = error_of(&format!("{EXAMPLE}{extra}\n"));
+        assert!(message.contains(field), "{extra}: {message}");
+    }
+}
