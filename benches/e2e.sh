@@ -5,6 +5,8 @@
 #   E2E_SECONDS=5 E2E_ROUNDS=2 bash benches/e2e.sh
 #   E2E_PERF=/tmp/prof bash benches/e2e.sh   # also: perf record each proxy in one extra, uncounted run
 #   E2E_NO_BUILD=1 bash benches/e2e.sh        # use the target/release/tidegate already built
+#   E2E_TIDEGATE_YAML='access_log: { path: /tmp/e2e-access.log }' bash benches/e2e.sh
+#                                             # extra top-level keys for tidegate's config
 #
 # Two nginx backends answer `200 hello` on 127.0.0.2:18081 and 127.0.0.3:18081. The proxy under test
 # runs alone on CPU 0; wrk and the backends share CPU 1. For each proxy run the proxy's utime+stime
@@ -132,6 +134,7 @@ discovery:
     endpoints:
       - { address: "$BACKEND_A", version: v1 }
       - { address: "$BACKEND_B", version: v1 }
+${E2E_TIDEGATE_YAML:-}
 EOF
 RUST_LOG=warn taskset -c 0 "$repo/target/release/tidegate" proxy --config "$work/tidegate.yaml" \
     2>"$work/tidegate.log" &

@@ -65,6 +65,10 @@ pub struct Admin {
     pub commands: mpsc::Sender<Command>,
     /// Who may make mutating calls.
     pub guard: Guard,
+    /// Endpoints come from the config's static list: an empty one can only answer 503, so the
+    /// instance is not ready then (a Kubernetes Service may legitimately have no endpoints for a
+    /// while; the instance is ready once it has synced).
+    pub static_discovery: bool,
 }
 
 /// Who may make mutating admin calls.
@@ -143,17 +147,24 @@ impl Admin {
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                if self.snapshots.load().generation() > 0 {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                let snapshot = self.snapshots.load();
+                if snapshot.generation() == 0 {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no endpoint set loaded yet\n",
                     )
+                } else if self.static_discovery && snapshot.listed().is_empty() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the static endpoint list is empty: every request is answered 503\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             "/metrics" => {
                 self.record_ejections();
+                self.record_load();
                 let mut response = Response::new(Full::from(self.metrics.encode()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -186,6 +197,19 @@ impl Admin {
             }
         }
         self.metrics.set_ejected_counts(rows);
+    }
+
+    /// Requests in flight and open upstream connections, summed over the snapshot's endpoints
+    /// (counted here, at scrape time, so that the request path writes no shared gauge).
+    fn record_load(&self) {
+        let snapshot = self.snapshots.load();
+        let (mut in_flight, mut connections) = (0, 0);
+        for l in snapshot.listed() {
+            in_flight += l.endpoint.in_flight();
+            let pool = l.endpoint.pool();
+            connections += pool.h1_connections() + pool.h2_connections();
+        }
+        self.metrics.set_load(in_flight, connections);
     }
 
     /// `PUT /canary {"weight": N}` sets this instance's override; `DELETE /canary` clears it.

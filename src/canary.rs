@@ -27,6 +27,17 @@ pub enum WeightSource {
     Config,
 }
 
+/// As logs and the admin API say it: `admin`, `annotation`, `config`.
+impl std::fmt::Display for WeightSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightSource::Admin => "admin",
+            WeightSource::Annotation => "annotation",
+            WeightSource::Config => "config",
+        })
+    }
+}
+
 /// The settled canary intent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CanaryPolicy {

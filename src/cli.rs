@@ -23,7 +23,13 @@ use crate::{demo, loadtest, shutdown};
 )]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "TIDEGATE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -40,12 +46,13 @@ enum Command {
     /// Run the proxy until SIGTERM or SIGINT.
     Proxy {
         /// The YAML config file; re-read when it changes.
-        #[arg(long)]
+        #[arg(long, env = "TIDEGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Check a config file: exit 0 with a summary, or 2 naming what is wrong.
+    /// Check a config file: exit 0 with a summary (and warnings on stderr), or 2 naming what is
+    /// wrong.
     Validate {
-        #[arg(long)]
+        #[arg(long, env = "TIDEGATE_CONFIG")]
         config: PathBuf,
     },
     /// Watch a rolling update under load: a simulated Deployment, tidegate and the load tester in
@@ -166,6 +173,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 println!("{}", config.summary());
                 ExitCode::SUCCESS
             }
@@ -275,6 +285,9 @@ fn proxy(path: &Path) -> ExitCode {
     };
     warn_if_few_descriptors(config.limits.max_connections);
     block_on(async move {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let server = Server::bind(&config).await?;
         tracing::info!(
             listen = %server.local_addr(),
@@ -404,6 +417,7 @@ fn init_logging(format: LogFormat, default: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Flat: `{"timestamp":…,"level":…,"message":…,"status":502,…}`, as log pipelines index it.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -4,6 +4,7 @@
 //! string: addresses are `SocketAddr`, durations `Duration`, weights [`Weight`], versions [`Version`].
 
 mod duration;
+mod friendly;
 
 pub(crate) use duration::parse as parse_duration;
 mod raw;
@@ -84,6 +85,9 @@ pub struct Config {
     pub grpc_failures: Codes,
     /// The gRPC statuses of a trailers-only answer that are retried on another endpoint.
     pub grpc_retry_on: Codes,
+    /// A version's request series leave `/metrics` this long after its last endpoint left
+    /// (`metrics.forget_versions_after`).
+    pub forget_versions_after: Duration,
     /// One line per request; off when `None`. Takes effect on restart.
     pub access_log: Option<crate::access_log::AccessLogConfig>,
     /// Keep or give every request an ID; off when `None`. Takes effect on restart.
@@ -264,10 +268,17 @@ impl Config {
 
     /// Parses and validates YAML text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            line: e.location().map(|l| l.line()),
-            message: e.to_string(),
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (mut message, line) =
+                friendly::explain(&e.to_string(), e.location().map(|l| l.line()), text);
+            if let (Some(line), false) = (line, message.contains(" at line ")) {
+                let _ = write!(message, " at line {line}");
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+                line,
+            }
         })?;
         raw.validate(path)
     }
@@ -275,7 +286,7 @@ impl Config {
     /// A config with every documented default and the given discovery (for the embedded demo).
     pub fn with_discovery(discovery: DiscoveryConfig) -> Self {
         let mut config = Self::parse(
-            "discovery: { static: { endpoints: [] } }",
+            "discovery: { static: { endpoints: [], allow_empty: true } }",
             Path::new("<defaults>"),
         )
         .expect("the defaults are a valid config");
@@ -301,6 +312,22 @@ impl Config {
             grpc_failures: self.grpc_failures,
             grpc_retry_on: self.grpc_retry_on,
         }
+    }
+
+    /// What is valid but probably not meant: printed by `validate`, logged at start and reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(canary), DiscoveryConfig::Static { endpoints }) =
+            (&self.canary.version, &self.discovery)
+        {
+            if !endpoints.iter().any(|e| &e.version == canary) {
+                warnings.push(format!(
+                    "canary.version {canary} matches no endpoint in discovery.static.endpoints: \
+                     the canary gets no traffic"
+                ));
+            }
+        }
+        warnings
     }
 
     /// One line for `tidegate validate`.

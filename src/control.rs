@@ -113,7 +113,10 @@ impl Control {
                 },
                 command = commands.recv(), if commands_open => match command {
                     Some(Command::SetCanaryWeight(weight, reply)) => {
-                        tracing::info!(weight = ?weight.map(Weight::percent), "admin canary weight override");
+                        match weight {
+                            Some(weight) => tracing::info!(weight = weight.percent(), "admin canary weight override"),
+                            None => tracing::info!("admin canary weight override cleared"),
+                        }
                         self.policy.admin = weight;
                         let status = self.publish();
                         let _ = reply.send(status);
@@ -126,6 +129,9 @@ impl Control {
 
     fn apply_config(&mut self, config: Config) {
         warn_on_restart_only_changes(&self.config, &config);
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         self.policy.reconfigure(&config.canary);
         if let Some(update) = discovery::static_file::update(&config) {
             if matches!(self.config.discovery, DiscoveryConfig::Static { .. }) {
@@ -248,9 +254,9 @@ impl Control {
         tracing::info!(
             generation,
             endpoints = self.endpoints.len(),
-            canary = ?plan.canary,
-            split = ?plan.split,
-            source = ?plan.status.source,
+            canary = plan.canary.as_ref().map_or("none", |v| v.as_str()),
+            split = %plan.split,
+            source = %plan.status.source,
             "published snapshot"
         );
         let mut status = plan.status;

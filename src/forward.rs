@@ -144,7 +144,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
+        tracing::warn!(
+            timeout_s = options.drain_timeout.as_secs_f64(),
+            "drain timed out; closing remaining connections"
+        );
     }
 }
 

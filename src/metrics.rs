@@ -23,6 +23,48 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The version label used for requests answered by tidegate itself (nothing was routable).
 pub const UNROUTED: &str = "none";
 
+/// How long a version's series outlive its last endpoint unless configured.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Versions seen in snapshots, and when each that left did.
+#[derive(Default)]
+struct Departed {
+    known: std::collections::HashSet<String>,
+    since: std::collections::HashMap<String, std::time::Instant>,
+    forget_after: Option<Duration>,
+}
+
+/// Removes every series of `vec` whose `version` label is `version` (`labels`: the vec's label
+/// names in declaration order). The crate has no partial removal, so the series are found by
+/// collecting the family.
+fn remove_version<T>(vec: &prometheus::core::MetricVec<T>, labels: &[&str], version: &str)
+where
+    T: prometheus::core::MetricVecBuilder,
+{
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let pairs = metric.get_label();
+            if !pairs
+                .iter()
+                .any(|p| p.name() == "version" && p.value() == version)
+            {
+                continue;
+            }
+            let values: Vec<&str> = labels
+                .iter()
+                .map(|name| {
+                    pairs
+                        .iter()
+                        .find(|p| p.name() == *name)
+                        .map_or("", |p| p.value())
+                })
+                .collect();
+            let _ = vec.remove_label_values(&values);
+        }
+    }
+}
+
 /// The registry and every family in it.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +79,12 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
     client_connections: prometheus::IntGauge,
+    upstream_connections: IntGauge,
+    requests_in_flight: IntGauge,
+    /// Versions that left the snapshot, and since when: their series go at the first scrape after
+    /// `forget_after` (see [`Metrics::versions_live`]).
+    #[allow(clippy::disallowed_types)] // control plane only: each publish and each scrape
+    departed: std::sync::Mutex<Departed>,
     connections_rejected: IntCounter,
     tls_expiry: prometheus::IntGaugeVec,
     canary_weight: Gauge,
@@ -58,6 +106,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    #[allow(clippy::disallowed_types)] // `departed`: control plane only
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -139,13 +188,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric definition");
-        let client_connections = prometheus::IntGauge::with_opts(
+        let connections = IntGaugeVec::new(
             Opts::new(
                 "tidegate_connections",
-                "Connections open now, by side (client: accepted from clients, TLS handshakes \
-                 included).",
-            )
-            .const_label("side", "client"),
+                "Connections open now, by side: client (accepted from clients, TLS handshakes \
+                 included) and upstream (to the endpoints of the current snapshot, HTTP/1.1 in use \
+                 or idle and HTTP/2; counted at scrape time).",
+            ),
+            &["side"],
+        )
+        .expect("valid metric definition");
+        let client_connections = connections.with_label_values(&["client"]);
+        let upstream_connections = connections.with_label_values(&["upstream"]);
+        let requests_in_flight = IntGauge::new(
+            "tidegate_requests_in_flight",
+            "Requests at endpoints of the current snapshot now, from the send to the end of the \
+             response body (counted at scrape time).",
         )
         .expect("valid metric definition");
         let connections_rejected = IntCounter::new(
@@ -263,7 +321,8 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(config_reloads.clone()),
             Box::new(tls_reloads.clone()),
-            Box::new(client_connections.clone()),
+            Box::new(connections),
+            Box::new(requests_in_flight.clone()),
             Box::new(connections_rejected.clone()),
             Box::new(tls_expiry.clone()),
             Box::new(canary_weight.clone()),
@@ -277,6 +336,7 @@ impl Metrics {
             Box::new(access_log_dropped.clone()),
             Box::new(trace_spans.clone()),
             Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
                 .register(collector)
@@ -304,6 +364,9 @@ impl Metrics {
             config_reloads,
             tls_reloads,
             client_connections,
+            upstream_connections,
+            requests_in_flight,
+            departed: std::sync::Mutex::default(),
             connections_rejected,
             tls_expiry,
             canary_weight,
@@ -317,6 +380,65 @@ impl Metrics {
             access_log_dropped,
             trace_spans,
         }
+    }
+
+    /// Sets the gauges only a scrape can know: requests in flight at endpoints and open upstream
+    /// connections, summed over the current snapshot's endpoints.
+    pub fn set_load(&self, in_flight: usize, upstream_connections: usize) {
+        self.requests_in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        self.upstream_connections
+            .set(i64::try_from(upstream_connections).unwrap_or(i64::MAX));
+    }
+
+    /// How long a version's series outlive its last endpoint (10 minutes unless set).
+    pub fn set_forget_after(&self, after: Duration) {
+        self.lock_departed().forget_after = Some(after);
+    }
+
+    /// The versions of the snapshot just published: a version that left is remembered with the
+    /// time, one that came back is forgotten as departed.
+    pub fn versions_live<'a>(&self, live: impl IntoIterator<Item = &'a str>) {
+        let live: std::collections::HashSet<&str> = live.into_iter().collect();
+        let mut departed = self.lock_departed();
+        let Departed { known, since, .. } = &mut *departed;
+        let now = std::time::Instant::now();
+        for version in known.iter().filter(|v| !live.contains(v.as_str())) {
+            since.entry(version.clone()).or_insert(now);
+        }
+        since.retain(|version, _| !live.contains(version.as_str()));
+        known.extend(live.into_iter().map(str::to_owned));
+    }
+
+    /// Removes every request series of versions gone for longer than `forget_after`, so that a
+    /// year of rollouts does not grow `/metrics` without end. Runs at scrape time.
+    fn forget_departed(&self) {
+        let mut departed = self.lock_departed();
+        let after = departed.forget_after.unwrap_or(FORGET_AFTER);
+        let overdue: Vec<String> = departed
+            .since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= after)
+            .map(|(version, _)| version.clone())
+            .collect();
+        for version in overdue {
+            departed.since.remove(&version);
+            departed.known.remove(&version);
+            remove_version(
+                &self.requests,
+                &["version", "code", "role", "grpc_status"],
+                &version,
+            );
+            remove_version(&self.duration, &["version", "role"], &version);
+            tracing::info!(%version, "series of a departed version removed from /metrics");
+        }
+    }
+
+    #[allow(clippy::disallowed_types)] // see `departed`
+    fn lock_departed(&self) -> std::sync::MutexGuard<'_, Departed> {
+        self.departed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts access log lines dropped (see `access_log`).
@@ -461,6 +583,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every family.
     pub fn encode(&self) -> String {
+        self.forget_departed();
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

@@ -110,6 +110,7 @@ impl Server {
             tracing::warn!(admin = %config.admin.listen, "admin API listens beyond loopback without a token: mutating calls are refused");
         }
         let metrics = Arc::new(Metrics::new());
+        metrics.set_forget_after(config.forget_versions_after);
         let (publisher, snapshots) = Publisher::new(config.settings(), metrics.clone());
         let options = ServeOptions {
             header_read_timeout: config.timeouts.header_read,
@@ -174,6 +175,7 @@ impl Server {
             own_errors: OwnErrors::default(),
         });
         let config_checks = config.health_check.clone();
+        let static_discovery = matches!(config.discovery, DiscoveryConfig::Static { .. });
         let canary_stats = Arc::new(CanaryStats::default());
         let control = Control::start(
             config,
@@ -196,6 +198,7 @@ impl Server {
                 canary,
                 commands,
                 guard,
+                static_discovery,
             },
             shutdown.clone(),
         ));

@@ -257,6 +257,16 @@ pub enum Split {
     ByEndpointCount,
 }
 
+/// As logs say it: `weighted 10%`, `by endpoint count`.
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Split::Weighted(weight) => write!(f, "weighted {}%", weight.percent()),
+            Split::ByEndpointCount => f.write_str("by endpoint count"),
+        }
+    }
+}
+
 /// One entry of the snapshot's full listing, routable or not.
 #[derive(Clone, Debug)]
 pub struct Listed {

@@ -28,7 +28,7 @@ use super::{
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     listen: SocketAddr,
     #[serde(default)]
     admin: RawAdmin,
@@ -65,6 +65,25 @@ pub(super) struct RawConfig {
     request_id: RawRequestId,
     #[serde(default)]
     tracing: RawTracing,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// What `/metrics` keeps.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// A version's series are removed this long after its last endpoint left.
+    #[serde(default = "secs::<600>")]
+    forget_versions_after: Dur,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            forget_versions_after: secs::<600>(),
+        }
+    }
 }
 
 /// Bounds on what clients may hold.
@@ -373,6 +392,20 @@ fn max_response_headers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Err
     })
 }
 
+/// An IP address and port. A hostname gets the reason it is refused: tidegate routes to the
+/// addresses discovery gives it and never resolves names.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    validated(d, "an IP address and port", |s| match s {
+        Scalar::Str(s) => s.trim().parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{s:?} is not an IP address and port, such as 10.0.0.5:8080 or [::1]:8080 \
+                 (hostnames are not resolved)"
+            )
+        }),
+        _ => Err("must be an IP address and port, such as 10.0.0.5:8080".to_owned()),
+    })
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -380,7 +413,7 @@ fn default_listen() -> SocketAddr {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     listen: SocketAddr,
     #[serde(default, deserialize_with = "token")]
     token: Option<String>,
@@ -515,15 +548,41 @@ fn min_ready<'de, D: Deserializer<'de>>(d: D) -> Result<MinReady, D::Error> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RawStaticFields")]
 struct RawStatic {
-    #[serde(deserialize_with = "unique_endpoints")]
     endpoints: Vec<RawEndpoint>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStaticFields {
+    #[serde(deserialize_with = "unique_endpoints")]
+    endpoints: Vec<RawEndpoint>,
+    /// An empty list is meant (every request answered 503, `/readyz` not ready), not a mistake.
+    #[serde(default)]
+    allow_empty: bool,
+}
+
+impl TryFrom<RawStaticFields> for RawStatic {
+    type Error = &'static str;
+
+    fn try_from(fields: RawStaticFields) -> Result<Self, Self::Error> {
+        if fields.endpoints.is_empty() && !fields.allow_empty {
+            return Err(
+                "the static endpoint list is empty, so every request would be answered 503; \
+                        list at least one endpoint, or set allow_empty: true if that is meant",
+            );
+        }
+        Ok(Self {
+            endpoints: fields.endpoints,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawEndpoint {
+    #[serde(deserialize_with = "socket_addr")]
     address: SocketAddr,
     #[serde(deserialize_with = "version")]
     version: Version,
@@ -884,18 +943,41 @@ fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     })
 }
 
+/// The endpoint list, refusing a repeated address as soon as it is read, so that the parser's
+/// position (the error's line) is at the repeat rather than at the end of the list.
 fn unique_endpoints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEndpoint>, D::Error> {
-    let endpoints = Vec::<RawEndpoint>::deserialize(d)?;
-    let mut seen = HashSet::new();
-    for (i, e) in endpoints.iter().enumerate() {
-        if !seen.insert(e.address) {
-            return Err(serde::de::Error::custom(format!(
-                "endpoint {i} repeats address {}",
-                e.address
-            )));
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Vec<RawEndpoint>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of endpoints")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut endpoints: Vec<RawEndpoint> = Vec::new();
+            let mut seen = HashSet::new();
+            while let Some(endpoint) = seq.next_element::<RawEndpoint>()? {
+                if !seen.insert(endpoint.address) {
+                    let first = endpoints
+                        .iter()
+                        .position(|e| e.address == endpoint.address)
+                        .unwrap_or(0);
+                    return Err(serde::de::Error::custom(format!(
+                        "endpoint {} repeats the address {} of endpoint {first}",
+                        endpoints.len(),
+                        endpoint.address
+                    )));
+                }
+                endpoints.push(endpoint);
+            }
+            Ok(endpoints)
         }
     }
-    Ok(endpoints)
+    d.deserialize_seq(Unique)
 }
 
 impl RawConfig {
@@ -1045,6 +1127,7 @@ impl RawConfig {
             max_connections_per_endpoint: self.upstream.max_connections_per_endpoint,
             grpc_failures: self.grpc.failure_codes,
             grpc_retry_on: self.grpc.retry_on,
+            forget_versions_after: self.metrics.forget_versions_after.0,
             access_log: self.access_log.map(RawAccessLog::config),
             request_id: self.request_id.config(),
             tracing,

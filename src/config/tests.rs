@@ -80,9 +80,53 @@ fn out_of_range_values_are_rejected() {
 }
 
 #[test]
-fn duplicate_addresses_are_rejected() {
-    let (msg, _) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.2:8080"));
-    assert!(msg.contains("repeats address 127.0.0.2:8080"), "{msg}");
+fn duplicate_addresses_are_rejected_at_the_line_of_the_repeat() {
+    let (msg, line) = error_of(&EXAMPLE.replace("127.0.0.3:8080", "127.0.0.2:8080"));
+    assert!(
+        msg.contains("endpoint 1 repeats the address 127.0.0.2:8080 of endpoint 0"),
+        "{msg}"
+    );
+    let repeat = EXAMPLE
+        .lines()
+        .position(|l| l.contains("127.0.0.3:8080"))
+        .unwrap()
+        + 1;
+    assert_eq!(line, Some(repeat), "the repeat's line");
+}
+
+#[test]
+fn parser_jargon_becomes_the_problem_and_its_line() {
+    let static_list = "discovery: { static: { endpoints: [] } }\n";
+    let (msg, line) = error_of(static_list);
+    assert!(msg.contains("the list is empty"), "{msg}");
+    assert!(msg.contains("allow_empty: true"), "{msg}");
+    assert_eq!(line, Some(1));
+
+    let (msg, line) =
+        error_of("discovery:\n  static: { endpoints: [], allow_empty: true }\n  kubernetes: { service: web }\n");
+    assert!(msg.contains("name exactly one source"), "{msg}");
+    assert_eq!(line, Some(2));
+
+    let (msg, line) = error_of(&format!("listen: 127.0.0.1:1\n{EXAMPLE}"));
+    assert!(msg.contains("`listen` is set twice"), "{msg}");
+    assert!(line.is_some(), "{msg}");
+
+    let (msg, line) = error_of(
+        "discovery: { static: { endpoints: [ { address: \"127.0.0.1:80\", version: v1 }\n",
+    );
+    assert!(
+        msg.starts_with("YAML syntax: a `[` opened at line 1"),
+        "{msg}"
+    );
+    assert_eq!(line, Some(1));
+
+    let (msg, line) = error_of(&EXAMPLE.replace("\"127.0.0.2:8080\"", "\"web:8080\""));
+    assert!(
+        msg.contains("is not an IP address and port, such as 10.0.0.5:8080")
+            && msg.contains("hostnames are not resolved"),
+        "{msg}"
+    );
+    assert!(line.is_some());
 }
 
 #[test]
@@ -135,7 +179,7 @@ fn kubernetes_discovery_errors_name_the_field() {
 #[test]
 fn retry_policy_parses_and_rejects_unknown_causes() {
     let c = parse(
-        "discovery: { static: { endpoints: [] } }\nretries: { on: [502], budget_percent: 5 }",
+        "discovery: { static: { endpoints: [], allow_empty: true } }\nretries: { on: [502], budget_percent: 5 }",
     )
     .unwrap();
     let p = c.retries.policy;
@@ -144,17 +188,17 @@ fn retry_policy_parses_and_rejects_unknown_causes() {
         (false, true, false, 5)
     );
     let (msg, line) =
-        error_of("discovery: { static: { endpoints: [] } }\nretries: { on: [reset, 504] }");
+        error_of("discovery: { static: { endpoints: [], allow_empty: true } }\nretries: { on: [reset, 504] }");
     assert!(msg.contains("retries") && msg.contains("504"), "{msg}");
     assert_eq!(line, Some(2), "{msg}");
     let (msg, _) =
-        error_of("discovery: { static: { endpoints: [] } }\nretries: { budget_percent: 101 }");
+        error_of("discovery: { static: { endpoints: [], allow_empty: true } }\nretries: { budget_percent: 101 }");
     assert!(msg.contains("retries.budget_percent"), "{msg}");
 }
 
 #[test]
 fn defaults_are_secure_and_documented() {
-    let c = parse("discovery: { static: { endpoints: [] } }").unwrap();
+    let c = parse("discovery: { static: { endpoints: [], allow_empty: true } }").unwrap();
     assert!(
         c.admin.listen.ip().is_loopback(),
         "admin must default to loopback"
@@ -195,15 +239,15 @@ fn the_admin_token_can_come_from_a_file_beside_the_config() {
 
 #[test]
 fn the_response_header_limit_defaults_to_hypers_and_is_bounded() {
-    let c = parse("discovery: { static: { endpoints: [] } }").unwrap();
+    let c = parse("discovery: { static: { endpoints: [], allow_empty: true } }").unwrap();
     assert_eq!(c.max_response_headers, 100);
     let c =
-        parse("discovery: { static: { endpoints: [] } }\nupstream: { max_response_headers: 40 }")
+        parse("discovery: { static: { endpoints: [], allow_empty: true } }\nupstream: { max_response_headers: 40 }")
             .unwrap();
     assert_eq!(c.settings().max_response_headers, 40);
     for bad in ["0", "257", "1.5", "many"] {
         let (msg, line) = error_of(&format!(
-            "discovery: {{ static: {{ endpoints: [] }} }}\nupstream:\n  max_response_headers: {bad}"
+            "discovery: {{ static: {{ endpoints: [], allow_empty: true }} }}\nupstream:\n  max_response_headers: {bad}"
         ));
         assert!(msg.contains("upstream.max_response_headers"), "{msg}");
         assert_eq!(line, Some(3), "{msg}");
@@ -349,12 +393,18 @@ fn telemetry_defaults_and_errors_name_their_field() {
     for (extra, field) in [
         ("access_log: { format: xml }", "access_log.format"),
         ("access_log: { buffer: 0 }", "access_log.buffer"),
-        ("request_id: { header: \"bad header\" }", "request_id.header"),
+        (
+            "request_id: { header: \"bad header\" }",
+            "request_id.header",
+        ),
         ("tracing: { start: sometimes }", "tracing.start"),
         ("tracing: { start: ratio }", "tracing.ratio"),
         ("tracing: { start: always, ratio: 0.5 }", "tracing.ratio"),
         ("tracing: { ratio: 2 }", "tracing.ratio"),
-        ("tracing: { otlp_endpoint: \"collector:4318\" }", "tracing.otlp_endpoint"),
+        (
+            "tracing: { otlp_endpoint: \"collector:4318\" }",
+            "tracing.otlp_endpoint",
+        ),
     ] {
         let (message, _) = error_of(&format!("{EXAMPLE}{extra}\n"));
         assert!(message.contains(field), "{extra}: {message}");

@@ -483,7 +483,7 @@ impl State {
             slices::merge(self.slices.live.values(), self.config.port.as_ref());
         let skipped: HashSet<Skipped> = skipped.into_iter().collect();
         for s in skipped.difference(&self.skipped) {
-            tracing::warn!(skipped = ?s, "ignoring an EndpointSlice entry that cannot be used");
+            tracing::warn!(skipped = %s, reason = s.reason(), "ignoring an EndpointSlice entry that cannot be used");
             self.metrics.discovery_skipped(s.reason());
         }
         self.skipped = skipped;

@@ -61,6 +61,22 @@ impl Skipped {
     }
 }
 
+/// As the log says it: `slice web-abc: address type FQDN`.
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skipped::AddressType {
+                slice,
+                address_type,
+            } => write!(f, "slice {slice}: address type {address_type}"),
+            Skipped::NoPort { slice } => write!(f, "slice {slice}: no such port"),
+            Skipped::BadAddress { slice, address } => {
+                write!(f, "slice {slice}: address {address:?} is not an IP address")
+            }
+        }
+    }
+}
+
 /// Merges slices into one deduplicated endpoint set, sorted by address.
 pub fn merge<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,

@@ -241,8 +241,9 @@ fn every_family_has_help_and_a_conventional_name() {
         "every family is exposed: {families:?}"
     );
     for (name, kind) in &families {
+        // tidegate's own, and the standard process collector's (as every Prometheus client's).
         assert!(
-            name.starts_with("tidegate_"),
+            name.starts_with("tidegate_") || name.starts_with("process_"),
             "{name}: one namespace prefix"
         );
         assert!(
@@ -269,4 +270,53 @@ fn every_family_has_help_and_a_conventional_name() {
             );
         }
     }
+}
+
+#[test]
+fn process_metrics_are_exported() {
+    let text = every_family_exposed();
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} missing"
+        );
+    }
+}
+
+#[test]
+fn a_departed_versions_series_go_after_the_grace_period_and_not_before() {
+    let metrics = Metrics::new();
+    let series = |text: &str, version: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("version=\"{version}\"")))
+            .count()
+    };
+    for version in ["v1", "v2"] {
+        let m = metrics.version(&Version::new(version).unwrap());
+        m.count(200, Role::Stable);
+        m.count(503, Role::Canary);
+        m.observe(Duration::from_millis(1), Role::Stable);
+    }
+    metrics.versions_live(["v1", "v2"]);
+    metrics.set_forget_after(Duration::from_secs(3600));
+    metrics.versions_live(["v2"]);
+    let text = metrics.encode();
+    assert!(series(&text, "v1") > 0, "kept during the grace period");
+
+    metrics.set_forget_after(Duration::ZERO);
+    let text = metrics.encode();
+    assert_eq!(series(&text, "v1"), 0, "{text}");
+    assert!(series(&text, "v2") > 0, "live versions keep their series");
+
+    // A version that comes back is counted again.
+    let back = metrics.version(&Version::new("v1").unwrap());
+    metrics.versions_live(["v1", "v2"]);
+    back.count(200, Role::Stable);
+    assert!(series(&metrics.encode(), "v1") > 0);
 }

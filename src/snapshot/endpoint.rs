@@ -62,6 +62,11 @@ impl Endpoint {
         self.address
     }
 
+    /// The address by reference, for formatting without a copy.
+    pub fn address_ref(&self) -> &SocketAddr {
+        &self.address
+    }
+
     pub fn version(&self) -> &Version {
         &self.version
     }

@@ -142,6 +142,8 @@ impl Publisher {
         // which closes their idle upstream connections.
         self.endpoints = live;
         self.versions.retain(|v, _| live_versions.contains(v));
+        self.metrics
+            .versions_live(live_versions.iter().map(Version::as_str));
 
         self.record_gauges(&listed);
         let snapshot = Snapshot::build(

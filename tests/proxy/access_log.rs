@@ -166,7 +166,7 @@ async fn tidegate_own_errors_carry_flags_and_are_warned_even_with_access_logs_of
     assert_eq!(quiet.get("/y").await.unwrap().0, 502);
     let warning = wait_for_warning(&quiet, "tidegate answered the request itself").await;
     assert_eq!(warning["level"], "WARN");
-    let fields = &warning["fields"];
+    let fields = &warning;
     assert_eq!(fields["status"], 502);
     assert_eq!(fields["error"], "connect");
     assert_eq!(fields["flags"], "UF");
@@ -202,7 +202,7 @@ async fn wait_for_warning(proxy: &RunningProxy, message: &str) -> Value {
     wait_until("the warning", Duration::from_secs(5), || {
         found = proxy.logs().into_iter().find_map(|l| {
             let v: Value = serde_json::from_str(&l).ok()?;
-            (v["fields"]["message"] == message).then_some(v)
+            (v["message"] == message).then_some(v)
         });
         std::future::ready(found.is_some())
     })

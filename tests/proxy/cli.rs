@@ -74,7 +74,7 @@ fn invalid_config_exits_2_naming_the_field_and_line() {
 
     std::fs::write(
         &path,
-        "discovery: { static: { endpoints: [] } }\nlisten: 127.0.0.1:1\nlisten_backlog: 5\n",
+        "discovery: { static: { endpoints: [], allow_empty: true } }\nlisten: 127.0.0.1:1\nlisten_backlog: 5\n",
     )
     .unwrap();
     let out = tidegate(["validate", "--config"], &path);
@@ -170,7 +170,7 @@ fn runtime_of(proxy: &RunningProxy) -> (String, u64) {
         .into_iter()
         .find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (v["fields"]["message"] == "tidegate proxy started").then(|| v["fields"].clone())
+            (v["message"] == "tidegate proxy started").then(|| v.clone())
         })
         .expect("the start line");
     (
@@ -298,4 +298,150 @@ fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
     let started = started.expect("the start line");
     assert!(!started.contains('\u{1b}'), "{started:?}");
     assert!(started.contains(" INFO "), "{started:?}");
+}
+
+/// `tidegate validate` as an operator meets each footgun: exit 2 with the problem in the config's
+/// words and its line, never the parser's jargon.
+#[test]
+fn validate_names_each_footgun_and_its_line() {
+    let cases: [(&str, &str, &str); 6] = [
+        (
+            "discovery:\n  static:\n    endpoints: []\n",
+            "the static endpoint list is empty",
+            "line 2",
+        ),
+        (
+            "discovery:\n  static:\n    endpoints:\n      - { address: \"web:8080\", version: v1 }\n",
+            "is not an IP address and port, such as 10.0.0.5:8080",
+            "line 4",
+        ),
+        (
+            "discovery:\n  static:\n    endpoints:\n      - { address: \"127.0.0.2:80\", version: v1 }\n      - { address: \"127.0.0.3:80\", version: v1 }\n      - { address: \"127.0.0.2:80\", version: v2 }\n",
+            "endpoint 2 repeats the address 127.0.0.2:80 of endpoint 0",
+            "line 6",
+        ),
+        (
+            "discovery:\n  static: { endpoints: [ { address: \"127.0.0.2:80\", version: v1 } ] }\n  kubernetes: { service: web }\n",
+            "name exactly one source, `static` or `kubernetes`",
+            "line 2",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nlisten: 127.0.0.1:8081\ndiscovery: { static: { endpoints: [ { address: \"127.0.0.2:80\", version: v1 } ] } }\n",
+            "`listen` is set twice",
+            "line 2",
+        ),
+        (
+            "discovery: { static: { endpoints: [ { address: \"127.0.0.2:80\", version: v1 }\nretries: { connect_attempts: 2 }\n",
+            "a `[` opened at line 1",
+            "line 1",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    for (text, problem, line) in cases {
+        std::fs::write(&path, text).unwrap();
+        let out = tidegate(["validate", "--config"], &path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}\n{stderr}");
+        assert!(stderr.contains(problem), "{problem:?} in {stderr}");
+        assert!(stderr.contains(line), "{line:?} in {stderr}");
+        assert!(
+            !stderr.contains("expected map with a single key")
+                && !stderr.contains("duplicate field"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_canary_version_no_endpoint_has_is_a_warning_in_validate_and_in_the_log() {
+    let v1 = backend_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(
+        &path,
+        TestProxy::new()
+            .endpoint_at(v1, "v1")
+            .canary("v9", 10.0)
+            .render(),
+    )
+    .unwrap();
+    let out = tidegate(["validate", "--config"], &path);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: canary.version v9 matches no endpoint"),
+        "{stderr}"
+    );
+}
+
+/// A loopback address for a config that is only validated.
+fn backend_addr() -> std::net::SocketAddr {
+    "127.0.0.2:8080".parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_canary_warning_is_logged_at_start_and_reload() {
+    let v1 = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&v1])
+        .canary("v9", 10.0)
+        .start()
+        .await;
+    let warned = |proxy: &RunningProxy| {
+        proxy
+            .logs()
+            .iter()
+            .filter(|l| l.contains("canary.version v9 matches no endpoint"))
+            .count()
+    };
+    assert_eq!(warned(&proxy), 1, "at start");
+    proxy.rewrite_config(&TestProxy::new().endpoints(&[&v1]).canary("v9", 20.0));
+    proxy
+        .wait_until("warned again on reload", Duration::from_secs(10), || {
+            std::future::ready(warned(&proxy) >= 2)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn environment_variables_set_the_config_and_the_log_format() {
+    let v1 = backend("v1").run().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.yaml");
+    std::fs::write(&path, TestProxy::new().endpoints(&[&v1]).render()).unwrap();
+    let out = Command::new(binary())
+        .arg("validate")
+        .env("TIDEGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let help = Command::new(binary())
+        .args(["proxy", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("TIDEGATE_CONFIG"), "{help}");
+    assert!(help.contains("TIDEGATE_LOG_FORMAT"), "{help}");
+
+    let mut child = Command::new(binary())
+        .arg("proxy")
+        .env("TIDEGATE_CONFIG", &path)
+        .env("TIDEGATE_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr).lines().next()
+    });
+    let line = first.join().unwrap().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    // Flat: the event's fields beside the level, as log pipelines index them.
+    assert!(v.get("fields").is_none(), "{line}");
+    assert_eq!(v["message"], "tidegate proxy started", "{line}");
 }

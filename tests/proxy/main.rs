@@ -24,6 +24,7 @@ mod grpc_rollout;
 mod grpcio;
 mod h2_abuse;
 mod h2c;
+mod hygiene;
 mod image;
 pub mod kubernetes;
 mod limits;

@@ -126,9 +126,29 @@ async fn no_ready_endpoints_gives_503_with_the_reason() {
         Some(1.0)
     );
 
-    let empty = TestProxy::new().start().await;
+    // An empty static list (allowed explicitly): every request is a 503, so the instance must not
+    // call itself ready, or a load balancer would send it traffic.
+    let empty = TestProxy::new().start_unready().await;
     let (status, _, body) = empty.get("/").await.unwrap();
     assert_eq!((status.as_u16(), body.trim()), (503, "no ready endpoints"));
+    let (ready, reason) = empty.admin_get("/readyz").await.unwrap();
+    assert_eq!(ready, 503, "{reason}");
+    assert!(reason.contains("static endpoint list is empty"), "{reason}");
+    // Once the list has an endpoint (a reload), it is ready.
+    let up = backend("v1").run().await;
+    empty.rewrite_config(&TestProxy::new().endpoints(&[&up]));
+    empty
+        .wait_until(
+            "ready after the reload",
+            Duration::from_secs(10),
+            || async {
+                empty
+                    .admin_get("/readyz")
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            },
+        )
+        .await;
 }
 
 /// tidegate in front of `app` with a 300 ms request timeout.

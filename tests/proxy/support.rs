@@ -471,7 +471,11 @@ impl TestProxy {
         match &self.discovery {
             Some(discovery) => y.push_str(discovery),
             None => {
-                y.push_str("discovery:\n  static:\n    endpoints:\n");
+                y.push_str("discovery:\n  static:\n");
+                if self.endpoints.is_empty() {
+                    y.push_str("    allow_empty: true\n");
+                }
+                y.push_str("    endpoints:\n");
                 if self.endpoints.is_empty() {
                     y.push_str("      []\n");
                 }
@@ -653,14 +657,8 @@ impl RunningProxy {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if v["fields"]["message"] == "tidegate proxy started" {
-                let field = |k: &str| {
-                    v["fields"][k]
-                        .as_str()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap()
-                };
+            if v["message"] == "tidegate proxy started" {
+                let field = |k: &str| v[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
                 break (field("listen"), field("admin"));
             }
         };
