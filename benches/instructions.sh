@@ -5,7 +5,8 @@
 # optimise against; e2e.sh gives the wall-clock CPU comparison, kernel included. Loopback only
 # (127.0.0.2-3:18281, 127.0.0.1:18280/18283/18289); every process is stopped on exit; about 1 minute.
 # The proxy runs on one core (as in e2e.sh), so tidegate takes its single-threaded runtime.
-# Knobs: INSTR_SECONDS (10) of wrk load per proxy; INSTR_NO_BUILD=1.
+# Knobs: INSTR_SECONDS (10) of wrk load per proxy; INSTR_NO_BUILD=1; INSTR_TIDEGATE_YAML: extra
+# top-level keys for tidegate's config (e.g. 'access_log: { path: /dev/null }').
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${INSTR_SECONDS:-10}
@@ -49,6 +50,7 @@ cat >"$work/tidegate.yaml" <<CONF
 listen: 127.0.0.1:18280
 admin: { listen: 127.0.0.1:18289 }
 discovery: { static: { endpoints: [ { address: "127.0.0.2:18281", version: v1 }, { address: "127.0.0.3:18281", version: v1 } ] } }
+${INSTR_TIDEGATE_YAML:-}
 CONF
 nginx_conf proxy 'upstream b { server 127.0.0.2:18281; server 127.0.0.3:18281; keepalive 64; keepalive_requests 100000000; }
     server { listen 127.0.0.1:18283; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } }'

@@ -433,7 +433,12 @@ impl Forwarder {
             }
         }
         exchange.stamp(req.headers_mut());
-        let mut out = Outgoing::new(req, host, self.max_body, exchange.body_counter());
+        let counter = if hyper::body::Body::is_end_stream(req.body()) {
+            None // nothing to count: no allocation for a bodiless request
+        } else {
+            exchange.body_counter()
+        };
+        let mut out = Outgoing::new(req, host, self.max_body, counter);
         let mut rng = Rng::new();
         let mut tries = Tries::default();
         loop {
