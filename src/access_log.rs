@@ -300,6 +300,36 @@ pub struct Record {
 }
 
 impl Record {
+    /// A request as it arrives: nothing answered, sent or flagged yet.
+    pub fn arriving(
+        start: Instant,
+        client: SocketAddr,
+        method: Method,
+        uri: Uri,
+        host: Option<HeaderValue>,
+        version: Version,
+    ) -> Self {
+        Self {
+            start,
+            request_id: None,
+            client,
+            method,
+            uri,
+            host,
+            version,
+            status: 0,
+            grpc_status: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            role: None,
+            attempts: 0,
+            flags: Flags::default(),
+            trace_id: None,
+        }
+    }
+
     fn authority(&self) -> &str {
         match self.uri.authority() {
             Some(authority) => authority.as_str(),
@@ -708,25 +738,23 @@ mod tests {
     use super::*;
 
     fn record() -> Record {
-        Record {
-            start: Instant::now(),
-            request_id: Some(HeaderValue::from_static("abc")),
-            client: "127.0.0.1:5000".parse().unwrap(),
-            method: Method::POST,
-            uri: "/items?token=secret".parse().unwrap(),
-            host: Some(HeaderValue::from_static("shop.example")),
-            version: Version::HTTP_11,
-            status: 502,
-            grpc_status: None,
-            bytes_received: 12,
-            bytes_sent: 34,
-            duration: Duration::from_micros(1500),
-            upstream: None,
-            role: Some(Role::Canary),
-            attempts: 2,
-            flags: Flags(Flags::RETRIED.0 | Flags::UPSTREAM_RESET.0),
-            trace_id: None,
-        }
+        let mut record = Record::arriving(
+            Instant::now(),
+            "127.0.0.1:5000".parse().unwrap(),
+            Method::POST,
+            "/items?token=secret".parse().unwrap(),
+            Some(HeaderValue::from_static("shop.example")),
+            Version::HTTP_11,
+        );
+        record.request_id = Some(HeaderValue::from_static("abc"));
+        record.status = 502;
+        record.bytes_received = 12;
+        record.bytes_sent = 34;
+        record.duration = Duration::from_micros(1500);
+        record.role = Some(Role::Canary);
+        record.attempts = 2;
+        record.flags = Flags(Flags::RETRIED.0 | Flags::UPSTREAM_RESET.0);
+        record
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn duplicate_addresses_are_rejected_at_the_line_of_the_repeat() {
 fn parser_jargon_becomes_the_problem_and_its_line() {
     let static_list = "discovery: { static: { endpoints: [] } }\n";
     let (msg, line) = error_of(static_list);
-    assert!(msg.contains("the list is empty"), "{msg}");
+    assert!(msg.contains("the static endpoint list is empty"), "{msg}");
     assert!(msg.contains("allow_empty: true"), "{msg}");
     assert_eq!(line, Some(1));
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response};
@@ -61,25 +61,14 @@ impl<'t> Exchange<'t> {
         };
         Self {
             telemetry,
-            record: Record {
-                start: Instant::now(),
-                request_id: None,
+            record: Record::arriving(
+                Instant::now(),
                 client,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
+                req.method().clone(),
+                req.uri().clone(),
                 host,
-                version: req.version(),
-                status: 0,
-                grpc_status: None,
-                bytes_received: 0,
-                bytes_sent: 0,
-                duration: Duration::ZERO,
-                upstream: None,
-                role: None,
-                attempts: 0,
-                flags: Flags::default(),
-                trace_id: None,
-            },
+                req.version(),
+            ),
             span: None,
             received: None,
             answered: false,
@@ -182,28 +171,15 @@ impl<'t> Exchange<'t> {
     fn take_record(&mut self) -> Record {
         let start = self.record.start;
         let client = self.record.client;
-        std::mem::replace(
-            &mut self.record,
-            Record {
-                start,
-                request_id: None,
-                client,
-                method: http::Method::GET,
-                uri: http::Uri::default(),
-                host: None,
-                version: http::Version::HTTP_11,
-                status: 0,
-                grpc_status: None,
-                bytes_received: 0,
-                bytes_sent: 0,
-                duration: Duration::ZERO,
-                upstream: None,
-                role: None,
-                attempts: 0,
-                flags: Flags::default(),
-                trace_id: None,
-            },
-        )
+        let placeholder = Record::arriving(
+            start,
+            client,
+            http::Method::GET,
+            http::Uri::default(),
+            None,
+            http::Version::HTTP_11,
+        );
+        std::mem::replace(&mut self.record, placeholder)
     }
 }
 
