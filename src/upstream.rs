@@ -217,6 +217,7 @@ impl Pool {
                 stream: Some(stream),
                 address: self.address,
                 rewind: None,
+                heard: None,
             }));
             return Ok(Checkout { transport, reused });
         }

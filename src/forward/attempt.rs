@@ -316,6 +316,8 @@ impl Forwarder {
                 false,
                 false,
             ),
+            // As certain as a clean close of an idle connection: the endpoint never saw it.
+            SendError::Unprocessed(error) => (ProxyError::exchange(error), None, true, true),
         };
         self.count(&error);
         let may =

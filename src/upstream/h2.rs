@@ -10,10 +10,17 @@
 //! load; only a missing or dead connection makes a request wait, for the one connect that every
 //! request arriving meanwhile shares. A connection the peer closed (`GOAWAY`, then the end of its
 //! last stream) is replaced by the next request that finds it.
+//!
+//! Each connection notes whether the peer has sent it anything at all: a server sends its
+//! SETTINGS before anything else (RFC 9113 §3.4), so a stream that failed on a connection the peer
+//! never wrote to was never processed (a pod that closed its listener just after the kernel
+//! completed the handshake resets such connections), and may go elsewhere.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,6 +29,8 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Uri, Version};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::{connect_tcp, framing, ConnectError, RequestBody};
 
@@ -52,6 +61,8 @@ struct Slot {
     conn: tokio::sync::OnceCell<Result<Sender, Arc<ConnectError>>>,
     /// Streams checked out on this connection and not yet finished.
     streams: AtomicUsize,
+    /// The peer has sent at least one byte on the connection.
+    heard: Arc<AtomicBool>,
 }
 
 impl Slot {
@@ -82,6 +93,14 @@ pub struct Stream {
 
 /// Counts one stream on its connection while alive.
 pub struct StreamGuard(Arc<Slot>);
+
+impl StreamGuard {
+    /// Whether the peer has written anything on the stream's connection yet (see the module
+    /// documentation): once it has, a failed stream may have been processed.
+    pub fn heard_from_peer(&self) -> Arc<AtomicBool> {
+        self.0.heard.clone()
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -164,7 +183,8 @@ impl Pool {
         let connected = slot
             .conn
             .get_or_init(|| async {
-                tokio::time::timeout(connect_timeout, connect(address, connect_timeout))
+                let heard = slot.heard.clone();
+                tokio::time::timeout(connect_timeout, connect(address, connect_timeout, heard))
                     .await
                     .unwrap_or(Err(ConnectError::Timeout(connect_timeout)))
                     .map_err(Arc::new)
@@ -197,8 +217,15 @@ impl Pool {
     }
 }
 
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = connect_tcp(address, timeout).await?;
+async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    heard: Arc<AtomicBool>,
+) -> Result<Sender, ConnectError> {
+    let stream = Listening {
+        stream: connect_tcp(address, timeout).await?,
+        heard,
+    };
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
@@ -213,6 +240,58 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, Conne
         }
     });
     Ok(sender)
+}
+
+/// A connection's socket that notes the first byte the peer sends.
+struct Listening {
+    stream: TcpStream,
+    heard: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Listening {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.heard.load(Ordering::Relaxed) {
+            // Relaxed: read when a stream fails, on this connection's own tasks' side of it.
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Listening {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Whether a failed stream was never processed by the endpoint, so that sending it elsewhere

@@ -47,6 +47,8 @@ pub struct H2Attempt {
     pub(super) stream: Option<h2::Stream>,
     pub(super) address: SocketAddr,
     pub(super) rewind: Option<Box<Rewind>>,
+    /// Whether the endpoint had written anything on the stream's connection (set when sent).
+    pub(super) heard: Option<Arc<AtomicBool>>,
 }
 
 /// What rebuilds a streamed request whose stream was refused: its head as it was prepared (for
@@ -102,6 +104,10 @@ pub enum SendError {
     Hyper(hyper::Error, Option<Box<Request<RequestBody>>>),
     #[error("no response head in time")]
     Timeout,
+    /// hyper's client failed on an HTTP/2 connection the endpoint never wrote a byte on: it
+    /// processed nothing, and the request (kept in place) may go elsewhere.
+    #[error("{0}")]
+    Unprocessed(hyper::Error),
 }
 
 /// hyper's send.
@@ -227,8 +233,10 @@ impl<'a> tower_service::Service<Outbound<'a>> for Transport {
                     stream,
                     address,
                     rewind,
+                    heard,
                 } = &mut **attempt;
                 let h2::Stream { mut sender, guard } = stream.take().expect(ONCE);
+                *heard = Some(guard.heard_from_peer());
                 let (mut request, body_ended) = if out.in_place {
                     (copy_lean(&out), None)
                 } else {
@@ -266,9 +274,18 @@ impl Transport {
         let Transport::H2(attempt) = self else {
             return error;
         };
+        // The peer never wrote a byte on the connection, not even its SETTINGS: it processed
+        // nothing (it reset a connection its closing listener had let the kernel complete).
+        let silent = attempt
+            .heard
+            .as_ref()
+            .is_some_and(|heard| !heard.load(Ordering::Relaxed));
         let rewind = &mut attempt.rewind;
         let Some(rewind) = rewind.take() else {
-            return error;
+            return match error {
+                SendError::Hyper(error, None) if silent => SendError::Unprocessed(error),
+                other => other,
+            };
         };
         let Rewind { head, returned } = *rewind;
         match error {
@@ -276,7 +293,7 @@ impl Transport {
                 let body = unsent.into_body();
                 SendError::Hyper(error, Some(Box::new(head.map(|()| body))))
             }
-            SendError::Hyper(error, None) if h2::unprocessed(&error) => {
+            SendError::Hyper(error, None) if silent || h2::unprocessed(&error) => {
                 match tokio::time::timeout(RETURN_WAIT, returned).await {
                     Ok(Ok(body)) => {
                         let request = head.map(|()| Either::Left(body));

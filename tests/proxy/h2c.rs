@@ -496,3 +496,48 @@ async fn an_endpoint_that_goes_away_finishes_its_streams_and_new_ones_go_elsewhe
         assert_eq!(call.expect("in-flight streams finish").status(), 200);
     }
 }
+
+/// A pod whose listener is closing: the kernel completes the handshake, then the app resets the
+/// connection without a byte (no SETTINGS). Nothing was processed there, so every POST, streamed
+/// from an HTTP/2 client or kept in place from an HTTP/1.1 one, must go to the other endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_a_connection_the_endpoint_reset_unspoken_go_elsewhere() {
+    let resetting = TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
+    let dead = resetting.local_addr().unwrap();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let counted = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = resetting.accept().await {
+            // Let the client's preface and request arrive, then reset: unread data and a zero
+            // linger make the close an RST.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let good = h2c_echo("v2").await;
+    let proxy = TestProxy::new()
+        .h2c_endpoint_at(dead, "v1")
+        .h2c_endpoint_at(good.addr, "v2")
+        .yaml("outlier: null")
+        .start()
+        .await;
+    let mut h2 = h2_connection::<ClientBody>(proxy.addr).await;
+    for _ in 0..20 {
+        upload(&mut h2, &proxy, 2)
+            .await
+            .expect("a streamed POST goes to the endpoint that answers");
+        let post = Request::post(proxy.url("/upload"))
+            .body(full("kept in place"))
+            .unwrap();
+        let (status, _, body) = send(proxy.client(), post).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        resets.load(Ordering::Relaxed) > 0,
+        "the resetting endpoint was tried"
+    );
+}
