@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http::{HeaderName, HeaderValue};
 
 use crate::config::Config;
-use crate::loadtest::{parse_duration, parse_header, Plan, Protocol, Target, VersionFrom};
+use crate::loadtest::{
+    parse_body, parse_duration, parse_header, parse_method, Plan, Protocol, Target, VersionFrom,
+};
 use crate::server::{ConfigFile, Server};
 use crate::{demo, loadtest, shutdown};
 
@@ -126,6 +128,12 @@ struct LoadtestArgs {
     /// requests (Host, :authority) and TLS (SNI, the certificate's name) say: an ingress by its IP.
     #[arg(long, value_name = "IP:PORT")]
     connect_to: Option<std::net::SocketAddr>,
+    /// The request method.
+    #[arg(long, default_value = "GET", value_parser = parse_method)]
+    method: http::Method,
+    /// Every request's body: the text given, or a file's bytes with @FILE.
+    #[arg(long, value_name = "TEXT|@FILE", value_parser = parse_body)]
+    body: Option<bytes::Bytes>,
     /// An extra request header; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -218,6 +226,10 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
     plan.connections = args.connections;
     if args.http2 {
         plan.protocol = Protocol::Http2;
+    }
+    plan.method = args.method;
+    if let Some(body) = args.body {
+        plan.body = body;
     }
     plan.headers.extend(args.headers);
     if let Some(version_from) = args.version_from {

@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use plan::{
-    parse_duration, parse_header, Plan, PlanError, Protocol, Target, VersionFrom, VERSION_HEADER,
+    parse_body, parse_duration, parse_header, parse_method, Plan, PlanError, Protocol, Target,
+    VersionFrom, VERSION_HEADER,
 };
 pub use progress::Progress;
 pub use record::{ErrorKind, FailureCounts, FailureKind, Outcome, Record};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderMap, Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,7 +24,7 @@ use super::tally::Event;
 use super::tls::{Connector, Stream, TlsSetupError};
 use crate::shutdown::Shutdown;
 
-type H2 = http2::SendRequest<Empty<Bytes>>;
+type H2 = http2::SendRequest<Full<Bytes>>;
 type H2Reply = oneshot::Sender<Result<H2, ErrorKind>>;
 
 /// A closed-loop connection whose connect failed waits this long before its next request, so a
@@ -39,7 +39,10 @@ pub(super) struct Shared {
     /// For an `https://` target.
     tls: Option<Connector>,
     uri: Uri,
+    method: http::Method,
     headers: HeaderMap,
+    /// The same bytes on every request (`--body`); empty for none.
+    body: Bytes,
     version_from: VersionFrom,
     timeout: Duration,
     events: mpsc::UnboundedSender<Event>,
@@ -62,15 +65,19 @@ impl Shared {
             address,
             tls,
             uri: plan.target.uri(plan.protocol).clone(),
+            method: plan.method.clone(),
             headers: plan.request_headers(),
+            body: plan.body.clone(),
             version_from: plan.version_from.clone(),
             timeout: plan.timeout,
             events,
         })
     }
 
-    fn request(&self) -> Request<Empty<Bytes>> {
-        let mut request = Request::new(Empty::new());
+    fn request(&self) -> Request<Full<Bytes>> {
+        // A `Bytes` clone: the body is shared, not copied, per request.
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         request
@@ -166,7 +173,7 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
 /// An HTTP/1.1 connection. Dropping it aborts its task, which closes the socket: a request that
 /// timed out against a silent server leaves nothing behind.
 struct H1 {
-    sender: http1::SendRequest<Empty<Bytes>>,
+    sender: http1::SendRequest<Full<Bytes>>,
     task: tokio::task::AbortHandle,
 }
 

@@ -30,6 +30,13 @@ pub enum PlanError {
     Mark(String),
     #[error("invalid duration {0:?}: expected a number with a unit (250ms, 10s, 2m, 1h), above 0")]
     Duration(String),
+    #[error("invalid method {0:?}: expected an HTTP method such as GET, POST or PUT")]
+    Method(String),
+    #[error("cannot read the body file {path}: {source}")]
+    BodyFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An `http://` or `https://` URL split into what each protocol sends: HTTP/1.1 writes the path
@@ -191,8 +198,12 @@ pub struct Plan {
     /// HTTP/1.1 connections, or concurrent HTTP/2 streams: the most requests in flight at once.
     pub connections: NonZeroUsize,
     pub protocol: Protocol,
+    /// The request method (`--method`).
+    pub method: http::Method,
     /// Sent with every request; a `host` here replaces the URL's.
     pub headers: HeaderMap,
+    /// Sent as every request's body, with its `content-length` (`--body`); empty for none.
+    pub body: bytes::Bytes,
     pub version_from: VersionFrom,
     /// For one request from when it is sent (connect included) until its body is read. A request
     /// that could not even start within this long after its intended start is `overdue`.
@@ -213,7 +224,9 @@ impl Plan {
             duration: Duration::from_secs(10),
             connections: NonZeroUsize::new(32).expect("32 is not zero"),
             protocol: Protocol::Http1,
+            method: http::Method::GET,
             headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
             version_from: VersionFrom::default(),
             timeout: Duration::from_secs(5),
             verify: Verify::default(),
@@ -238,6 +251,44 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), PlanError> {
     let name = HeaderName::from_str(name.trim()).map_err(|_| bad())?;
     let value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
     Ok((name, value))
+}
+
+/// Parses an HTTP method, for `--method` (`CONNECT` is refused: it opens a tunnel, not a request).
+pub fn parse_method(s: &str) -> Result<http::Method, PlanError> {
+    let bad = || PlanError::Method(s.to_owned());
+    let method = http::Method::from_str(s.trim()).map_err(|_| bad())?;
+    if method == http::Method::CONNECT || s.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(method)
+}
+
+/// The largest `--body @FILE` read into memory.
+const MAX_BODY_FILE: u64 = 64 * 1024 * 1024;
+
+/// Parses `--body`: the text itself, or the bytes of a file with `@FILE` (at most 64 MiB).
+pub fn parse_body(s: &str) -> Result<bytes::Bytes, PlanError> {
+    let Some(path) = s.strip_prefix('@') else {
+        return Ok(bytes::Bytes::copy_from_slice(s.as_bytes()));
+    };
+    let error = |source| PlanError::BodyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    use std::io::Read;
+    std::fs::File::open(path)
+        .map_err(error)?
+        .take(MAX_BODY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(error)?;
+    if bytes.len() as u64 > MAX_BODY_FILE {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 64 MiB",
+        )));
+    }
+    Ok(bytes.into())
 }
 
 /// Parses a positive `<number><unit>` with unit `ms`, `s`, `m` or `h`, for `--duration` and

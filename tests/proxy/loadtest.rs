@@ -525,3 +525,119 @@ async fn report_and_json_describe_the_run() {
         );
     }
 }
+
+/// Every request a [`recording_server`] received: (method, body bytes).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A loopback server that records every request's method and body bytes, answering 200.
+async fn recording_server() -> (SocketAddr, Seen) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Default::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            sink.lock().unwrap().push((method, body.to_vec()));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_and_bodies_reach_the_server_byte_for_byte() {
+    let (addr, seen) = recording_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.bin");
+    // Binary, with bytes that are not UTF-8 and a newline: sent exactly as in the file.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let url = format!("http://{addr}/items");
+    let body_arg = format!("@{}", file.display());
+    for http2 in [false, true] {
+        seen.lock().unwrap().clear();
+        let mut list = vec![
+            url.as_str(),
+            "--rate",
+            "40",
+            "--duration",
+            "500ms",
+            "--method",
+            "PUT",
+            "--body",
+            body_arg.as_str(),
+            "--quiet",
+        ];
+        if http2 {
+            list.push("--http2");
+        }
+        let out = tidegate_loadtest(args(&list)).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let requests = seen.lock().unwrap().clone();
+        assert_eq!(requests.len(), 20, "40 req/s for 500 ms (http2: {http2})");
+        for (method, body) in &requests {
+            assert_eq!(method, "PUT");
+            assert!(
+                body == &bytes,
+                "the file's bytes, byte for byte (http2: {http2})"
+            );
+        }
+    }
+
+    // A text body, and a POST.
+    seen.lock().unwrap().clear();
+    let out = tidegate_loadtest(args(&[
+        &url,
+        "--rate",
+        "20",
+        "--duration",
+        "250ms",
+        "--method",
+        "POST",
+        "--body",
+        "{\"a\":1}",
+        "--quiet",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 5);
+    assert!(requests
+        .iter()
+        .all(|(m, b)| m == "POST" && b == b"{\"a\":1}"));
+
+    for bad in [
+        ["--method", "NOT A METHOD"],
+        ["--method", "CONNECT"],
+        ["--body", "@/no/such/file"],
+    ] {
+        let mut a = args(&[url.as_str()]);
+        a.extend(args(&bad));
+        let out = tidegate_loadtest(a).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
+    }
+}
