@@ -118,6 +118,30 @@ pub(super) async fn drive(
     stop.wait().now_or_never().is_some()
 }
 
+/// tokio's timer fires on millisecond ticks, and up to a tick late: a request woken by it alone
+/// would start up to a millisecond after its time, and that lateness would land in every
+/// latency. So the timer wakes the task this long before the intended start, and the rest is
+/// waited out by yielding (other tasks keep running), which starts requests within microseconds.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// Waits until `at` precisely (see [`SPIN`]); true if `stop` fired first.
+async fn wait_until(at: Instant, stop: &mut Shutdown) -> bool {
+    if let Some(early) = at.checked_sub(SPIN).filter(|e| *e > Instant::now()) {
+        tokio::select! {
+            biased;
+            _ = stop.wait() => return true,
+            _ = tokio::time::sleep_until(early.into()) => {}
+        }
+    }
+    while Instant::now() < at {
+        if stop.wait().now_or_never().is_some() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
 /// One connection's (or stream's) loop over the tickets it claims.
 async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
     let closed_loop = shared.schedule.total().is_none();
@@ -128,15 +152,12 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
         let Some(ticket) = shared.schedule.claim(shared.start.elapsed()) else {
             return;
         };
-        if !ticket.late {
-            let at = shared.start + ticket.intended;
-            tokio::select! {
-                biased;
-                _ = stop.wait() => return,
-                _ = tokio::time::sleep_until(at.into()) => {}
-            }
+        if !ticket.late && wait_until(shared.start + ticket.intended, &mut stop).await {
+            return;
         }
-        let (outcome, version) = if shared.start.elapsed() > ticket.intended + shared.timeout {
+        let sent = shared.start.elapsed();
+        let overdue = sent > ticket.intended + shared.timeout;
+        let (outcome, version) = if overdue {
             (Outcome::Error(ErrorKind::Overdue), None)
         } else {
             match tokio::time::timeout(shared.timeout, link.exchange(&shared)).await {
@@ -155,6 +176,8 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
         let record = Record {
             done,
             latency: done.saturating_sub(ticket.intended),
+            service: (!overdue).then(|| done.saturating_sub(sent)),
+            start_lag: (!ticket.late && !overdue).then(|| sent.saturating_sub(ticket.intended)),
             outcome,
             late: ticket.late,
             version,

@@ -122,8 +122,14 @@ impl serde::Serialize for FailureCounts {
 pub struct Record {
     /// Since the run started: when the outcome was known. The request counts in this second.
     pub done: Duration,
-    /// From the intended start to `done`.
+    /// From the intended start to `done`: what a user waiting on the schedule saw (no
+    /// coordinated omission).
     pub latency: Duration,
+    /// From the actual send to `done`: the service time alone. `None` for a request never sent.
+    pub service: Option<Duration>,
+    /// How long after its intended start an on-time request was actually sent: the scheduler's
+    /// own lateness, which must stay far below what is measured. `None` for late or unsent ones.
+    pub start_lag: Option<Duration>,
     pub outcome: Outcome,
     pub late: bool,
     /// The version that answered, if the response said.

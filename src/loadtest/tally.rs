@@ -103,6 +103,10 @@ pub(super) struct Tally {
     statuses: BTreeMap<u16, u64>,
     /// Microseconds, over every response.
     latency: Option<Histogram<u64>>,
+    /// Microseconds from the actual send, over every response.
+    service: Option<Histogram<u64>>,
+    /// Microseconds an on-time request started after its intended start, over every sent one.
+    start_lag: Option<Histogram<u64>>,
     seconds: Vec<SecondStats>,
     /// Latency histograms of the seconds not closed yet, from `seconds[first_open]` on.
     open: VecDeque<Histogram<u64>>,
@@ -115,6 +119,10 @@ pub(super) struct Tally {
 fn histogram() -> Histogram<u64> {
     // Auto-resizing with 3 significant digits: any latency fits, to within 0.1%.
     Histogram::new(3).expect("3 significant digits is in the supported range")
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Records `us`, growing the histogram as needed.
@@ -139,9 +147,15 @@ impl Tally {
             self.failures.add(kind);
             self.seconds[second].failures.add(kind);
         }
+        if let Some(lag) = record.start_lag {
+            sample(self.start_lag.get_or_insert_with(histogram), micros(lag));
+        }
         let Outcome::Status(status) = record.outcome else {
             return;
         };
+        if let Some(service) = record.service {
+            sample(self.service.get_or_insert_with(histogram), micros(service));
+        }
         self.responses += 1;
         *self.statuses.entry(status).or_default() += 1;
         let version = self.version_index(record.version);
@@ -155,7 +169,7 @@ impl Tally {
         }
         by_version[version] += 1;
 
-        let us = u64::try_from(record.latency.as_micros()).unwrap_or(u64::MAX);
+        let us = micros(record.latency);
         sample(self.latency.get_or_insert_with(histogram), us);
         if second >= self.first_open {
             while self.open.len() <= second - self.first_open {
@@ -263,13 +277,16 @@ impl Tally {
                 }
             })
             .collect();
-        let latency = self.latency.as_ref().map(|h| Percentiles {
+        let percentiles = |h: &Histogram<u64>| Percentiles {
             p50_ms: ms(h.value_at_quantile(0.5)),
             p90_ms: ms(h.value_at_quantile(0.9)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
-        });
+        };
+        let latency = self.latency.as_ref().map(percentiles);
+        let service = self.service.as_ref().map(percentiles);
+        let start_lag = self.start_lag.as_ref().map(percentiles);
         let width = self.versions.len();
         for second in &mut self.seconds {
             second.by_version.resize(width, 0);
@@ -289,6 +306,8 @@ impl Tally {
             failures: self.failures,
             statuses: self.statuses,
             latency,
+            service,
+            start_lag,
             versions,
             seconds: self.seconds,
             marks: self.marks,
@@ -315,6 +334,9 @@ mod tests {
         Record {
             done: Duration::from_millis(done_ms),
             latency: Duration::from_millis(latency_ms),
+            // Sent 1 ms late: service is the latency less that lag.
+            service: Some(Duration::from_millis(latency_ms.saturating_sub(1))),
+            start_lag: Some(Duration::from_millis(1)),
             outcome: Outcome::Status(status),
             late: false,
             version: Some(Bytes::from_static(version.as_bytes())),
@@ -331,6 +353,8 @@ mod tests {
         t.add(Record {
             done: Duration::from_millis(2600),
             latency: Duration::from_millis(1),
+            service: None,
+            start_lag: None,
             outcome: Outcome::Error(ErrorKind::Connect),
             late: true,
             version: None,
@@ -390,6 +414,14 @@ mod tests {
         assert!(
             near(Some(l.p50_ms), 50.0) && near(Some(l.p99_ms), 99.0) && near(Some(l.max_ms), 100.0),
             "{l:?}"
+        );
+        // Service time and the scheduler's lag are kept apart from the latency.
+        let service = s.service.unwrap();
+        assert!(near(Some(service.p50_ms), 49.0), "{service:?}");
+        let lag = s.start_lag.unwrap();
+        assert!(
+            near(Some(lag.p50_ms), 1.0) && near(Some(lag.max_ms), 1.0),
+            "{lag:?}"
         );
     }
 
