@@ -70,6 +70,8 @@ pub struct VersionSummary {
     /// The first and last second (from the start) in which it answered.
     pub first_second: u64,
     pub last_second: u64,
+    /// Its responses' latency from the intended start: the canary's tail beside stable's.
+    pub latency: Option<Percentiles>,
 }
 
 /// One second of the run; a request counts in the second its outcome was known.
@@ -247,7 +249,7 @@ impl fmt::Display for Summary {
             .max()
             .unwrap_or(0);
         for (i, v) in self.versions.iter().enumerate() {
-            writeln!(
+            write!(
                 f,
                 "  {}  {:width$}  {:>8} ({:5.1}%), {} 5xx, served {}s–{}s",
                 if i == 0 { "versions" } else { "        " },
@@ -258,6 +260,14 @@ impl fmt::Display for Summary {
                 v.first_second,
                 v.last_second,
             )?;
+            match &v.latency {
+                Some(l) => writeln!(
+                    f,
+                    ", p50 {:.2}ms p90 {:.2}ms p99 {:.2}ms max {:.2}ms",
+                    l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+                )?,
+                None => writeln!(f)?,
+            }
         }
         for mark in &self.marks {
             writeln!(f, "  at {:6.1}s  {}", mark.at_s, mark.label)?;

@@ -107,6 +107,9 @@ pub(super) struct Tally {
     service: Option<Histogram<u64>>,
     /// Microseconds an on-time request started after its intended start, over every sent one.
     start_lag: Option<Histogram<u64>>,
+    /// Latency (from the intended start) per version, indexed like `versions`: the canary's p99
+    /// beside stable's.
+    version_latency: Vec<Histogram<u64>>,
     seconds: Vec<SecondStats>,
     /// Latency histograms of the seconds not closed yet, from `seconds[first_open]` on.
     open: VecDeque<Histogram<u64>>,
@@ -171,6 +174,7 @@ impl Tally {
 
         let us = micros(record.latency);
         sample(self.latency.get_or_insert_with(histogram), us);
+        sample(&mut self.version_latency[version], us);
         if second >= self.first_open {
             while self.open.len() <= second - self.first_open {
                 let h = self.spare.pop().unwrap_or_else(histogram);
@@ -208,6 +212,7 @@ impl Tally {
         self.versions.push(name);
         self.by_version.push(0);
         self.version_failed.push(0);
+        self.version_latency.push(histogram());
         self.versions.len() - 1
     }
 
@@ -254,6 +259,13 @@ impl Tally {
     pub fn finish(mut self, info: RunInfo, elapsed: Duration, stopped_early: bool) -> Summary {
         // Every record has arrived: close the last, partial second too.
         self.close_until(elapsed + Duration::from_secs(1) + CLOSE_GRACE);
+        let percentiles = |h: &Histogram<u64>| Percentiles {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        };
         let versions = self
             .versions
             .iter()
@@ -274,16 +286,14 @@ impl Tally {
                     share: self.by_version[i] as f64 / self.responses.max(1) as f64,
                     first_second: first,
                     last_second: last,
+                    latency: self
+                        .version_latency
+                        .get(i)
+                        .filter(|h| !h.is_empty())
+                        .map(percentiles),
                 }
             })
             .collect();
-        let percentiles = |h: &Histogram<u64>| Percentiles {
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        };
         let latency = self.latency.as_ref().map(percentiles);
         let service = self.service.as_ref().map(percentiles);
         let start_lag = self.start_lag.as_ref().map(percentiles);

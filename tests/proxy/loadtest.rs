@@ -671,3 +671,62 @@ async fn requests_start_on_schedule_and_service_time_is_recorded_apart() {
         "service {service:?} is part of latency {latency:?}"
     );
 }
+
+/// A loopback app that answers every request after `delay`: a slow release.
+async fn slow_app(delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(pod_ip().into(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"This is v2")),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The reason to load-test a rollout: the canary's latency beside stable's. A canary 30 ms slower
+/// than stable must show it in its own percentiles, and stable's must not be dragged up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_attributed_to_the_version_that_served() {
+    let stable = backend("v1").run().await;
+    let canary = slow_app(Duration::from_millis(30)).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable])
+        .endpoint_at(canary, "v2")
+        .canary("v2", 30.0)
+        .yaml("expose_version_header: true")
+        .start()
+        .await;
+    let summary = run(plan(&proxy.url("/"), 200, Duration::from_secs(1), 16)).await;
+    assert_eq!(summary.failed, 0);
+    let latency = |name: &str| {
+        summary
+            .versions
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.latency)
+            .unwrap_or_else(|| panic!("{name} has latency: {:?}", summary.versions))
+    };
+    let (v1, v2) = (latency("v1"), latency("v2"));
+    assert!(v2.p50_ms >= 30.0, "the slow canary's median: {v2:?}");
+    assert!(v1.p99_ms < 30.0, "stable's tail is its own: {v1:?}");
+    assert!(v2.p99_ms > v1.p99_ms);
+    let printed = summary.to_string();
+    assert!(printed.contains("p99"), "{printed}");
+}
