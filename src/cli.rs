@@ -150,6 +150,10 @@ struct LoadtestArgs {
     /// Write the summary and the per-second series as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write every request as a CSV row to this file: intended and actual start, end, latency,
+    /// service time, outcome and version.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
     /// A labelled vertical line on the report's charts, such as `12s:set image v2`; repeatable.
     #[arg(long = "mark", value_name = "AT:LABEL", value_parser = loadtest::Mark::parse)]
     marks: Vec<loadtest::Mark>,
@@ -237,6 +241,7 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
     }
     plan.timeout = args.timeout;
     plan.connect_to = args.connect_to;
+    plan.csv = args.csv.clone();
     plan.verify = match (args.insecure, args.cacert) {
         (true, _) => loadtest::Verify::Insecure,
         (false, Some(file)) => loadtest::Verify::CaFile(file),
@@ -257,6 +262,9 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
     if let Some(path) = &args.json {
         summary.write_json(path)?;
         printed.push_str(&format!("  json      {}\n", path.display()));
+    }
+    if let Some(path) = &args.csv {
+        printed.push_str(&format!("  csv       {}\n", path.display()));
     }
     if let Some(path) = &args.report {
         loadtest::report::write(&summary, "tidegate loadtest", path)?;

@@ -23,6 +23,7 @@
 //! ```
 
 mod chart;
+mod csv;
 mod engine;
 pub mod plan;
 mod progress;
@@ -131,7 +132,16 @@ pub async fn start(plan: Plan, stop: Shutdown) -> Result<Running, LoadtestError>
         connections: plan.connections.get(),
         duration: plan.duration,
     };
-    let recorder = tokio::spawn(tally::record(received, live_tx, start, info));
+    let csv = match &plan.csv {
+        Some(path) => Some(
+            csv::Csv::create(path).map_err(|source| LoadtestError::Write {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let recorder = tokio::spawn(tally::record(received, live_tx, start, info, csv));
     let shared = Arc::new(engine::Shared::new(&plan, address, start, events.clone())?);
     let done = events.clone();
     let (protocol, connections) = (plan.protocol, plan.connections.get());

@@ -212,6 +212,8 @@ pub struct Plan {
     pub verify: Verify,
     /// Where to connect, instead of the URL's host resolved.
     pub connect_to: Option<SocketAddr>,
+    /// Every request as a CSV row (`--csv`).
+    pub csv: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -231,6 +233,7 @@ impl Plan {
             timeout: Duration::from_secs(5),
             verify: Verify::default(),
             connect_to: None,
+            csv: None,
         }
     }
 

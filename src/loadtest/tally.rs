@@ -67,19 +67,41 @@ pub(super) async fn record(
     live: watch::Sender<Live>,
     start: Instant,
     info: RunInfo,
+    mut csv: Option<super::csv::Csv>,
 ) -> Summary {
     let mut tally = Tally::default();
+    // A row per record (buffered: one small write per 64 KiB). A failed write stops the file, not
+    // the run; the summary says so.
+    let mut csv_failed = false;
+    let finish_csv = |csv: Option<super::csv::Csv>, failed: bool| {
+        if let Some(csv) = csv {
+            if csv.finish().is_err() || failed {
+                tracing::warn!("the --csv file is incomplete: a write failed");
+            }
+        }
+    };
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(Event::Record(record)) => tally.add(record),
+                Some(Event::Record(record)) => {
+                    if let Some(file) = &mut csv {
+                        if file.row(&record).is_err() {
+                            csv_failed = true;
+                        }
+                    }
+                    tally.add(record);
+                }
                 Some(Event::Mark(mark)) => tally.marks.push(mark),
                 Some(Event::Done { stopped_early }) => {
+                    finish_csv(csv.take(), csv_failed);
                     return tally.finish(info, start.elapsed(), stopped_early);
                 }
-                None => return tally.finish(info, start.elapsed(), true),
+                None => {
+                    finish_csv(csv.take(), csv_failed);
+                    return tally.finish(info, start.elapsed(), true);
+                }
             },
             _ = publish.tick() => {
                 let now = start.elapsed();

@@ -730,3 +730,56 @@ async fn latency_is_attributed_to_the_version_that_served() {
     let printed = summary.to_string();
     assert!(printed.contains("p99"), "{printed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_has_one_row_per_request_with_its_timings() {
+    let v1 = backend("v1").run().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("requests.csv");
+    let out = tidegate_loadtest(args(&[
+        &format!("http://{}/", v1.addr),
+        "--rate",
+        "100",
+        "--duration",
+        "500ms",
+        "--quiet",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("intended_ms,started_ms,done_ms,latency_ms,service_ms,outcome,version")
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            assert_eq!(cells.len(), 7, "{line}");
+            assert_eq!(cells[5], "200", "{line}");
+            cells[..5]
+                .iter()
+                .map(|c| c.parse::<f64>().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 50, "one row per request (100 req/s for 500 ms)");
+    assert_eq!(rows.len() as u64, v1.hits() as u64);
+    let mut intended: Vec<f64> = rows.iter().map(|r| r[0]).collect();
+    intended.sort_by(f64::total_cmp);
+    for (i, at) in intended.iter().enumerate() {
+        assert!(
+            (at - i as f64 * 10.0).abs() < 0.01,
+            "request {i} intended at {at} ms"
+        );
+    }
+    for r in &rows {
+        let (intended, started, done, latency, service) = (r[0], r[1], r[2], r[3], r[4]);
+        assert!(started >= intended - 0.01 && done >= started, "{r:?}");
+        assert!(
+            (done - intended - latency).abs() < 0.01 && (done - started - service).abs() < 0.01
+        );
+    }
+}
