@@ -157,6 +157,10 @@ struct LoadtestArgs {
     /// A labelled vertical line on the report's charts, such as `12s:set image v2`; repeatable.
     #[arg(long = "mark", value_name = "AT:LABEL", value_parser = loadtest::Mark::parse)]
     marks: Vec<loadtest::Mark>,
+    /// A limit the run must stay within, k6 style: p99<250ms, failures<0.1%, v2:p99<300ms
+    /// (one version's latency); repeatable. Exit 1 naming every threshold crossed.
+    #[arg(long = "threshold", value_name = "LIMIT", value_parser = loadtest::threshold::Threshold::parse)]
+    thresholds: Vec<loadtest::threshold::Threshold>,
     /// Exit 1 when more requests than this fail (5xx, connect, reset, timeout, overdue, other).
     #[arg(long, default_value_t = 0)]
     max_failures: u64,
@@ -272,6 +276,7 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
     }
     // A closed stdout (`| head`) must not turn a passing run into a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), printed.as_bytes());
+    summary.check_thresholds(&args.thresholds)?;
     summary.check(args.max_failures)
 }
 

@@ -32,6 +32,7 @@ pub mod report;
 mod schedule;
 mod summary;
 mod tally;
+pub mod threshold;
 mod tls;
 
 use std::net::SocketAddr;
@@ -83,6 +84,9 @@ pub enum LoadtestError {
     /// The run completed, but failed more requests than allowed: a CI gate's "no".
     #[error("{failed} requests failed, more than --max-failures {max}")]
     TooManyFailures { failed: u64, max: u64 },
+    /// The run completed, but crossed thresholds (`--threshold`): each one, with what was measured.
+    #[error("thresholds crossed: {}", .0.join("; "))]
+    Thresholds(Vec<String>),
 }
 
 /// A load test in progress. Dropping it does not stop the run; fire the `stop` given to
@@ -181,6 +185,18 @@ impl Running {
 }
 
 impl Summary {
+    /// `Err(Thresholds)` naming every threshold the run crossed.
+    pub fn check_thresholds(
+        &self,
+        thresholds: &[threshold::Threshold],
+    ) -> Result<(), LoadtestError> {
+        let crossed: Vec<String> = thresholds.iter().filter_map(|t| t.crossed(self)).collect();
+        match crossed.is_empty() {
+            true => Ok(()),
+            false => Err(LoadtestError::Thresholds(crossed)),
+        }
+    }
+
     /// `Err(TooManyFailures)` when more than `max` requests failed: the exit status of a CI gate.
     pub fn check(&self, max: u64) -> Result<(), LoadtestError> {
         match self.failed > max {

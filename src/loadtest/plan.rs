@@ -32,6 +32,11 @@ pub enum PlanError {
     Duration(String),
     #[error("invalid method {0:?}: expected an HTTP method such as GET, POST or PUT")]
     Method(String),
+    #[error(
+        "invalid threshold {0:?}: expected [VERSION:]p50|p90|p99|p99.9|max<DURATION or \
+         [VERSION:]failures<PERCENT%, such as p99<250ms, failures<0.1% or v2:p99<300ms"
+    )]
+    Threshold(String),
     #[error("cannot read the body file {path}: {source}")]
     BodyFile {
         path: String,

@@ -783,3 +783,55 @@ async fn csv_has_one_row_per_request_with_its_timings() {
         );
     }
 }
+
+/// `--threshold` gates a pipeline: a run within every limit exits 0; one that crosses any exits 1
+/// naming each crossed limit with what was measured; a malformed one is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_exit_1_naming_every_one_crossed() {
+    let stable = backend("v1").run().await;
+    let canary = slow_app(Duration::from_millis(30)).await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&stable])
+        .endpoint_at(canary, "v2")
+        .canary("v2", 30.0)
+        .yaml("expose_version_header: true")
+        .start()
+        .await;
+    let url = proxy.url("/");
+    let run_with = |thresholds: &[&str]| {
+        let mut a = args(&[
+            url.as_str(),
+            "--rate",
+            "100",
+            "--duration",
+            "500ms",
+            "--quiet",
+        ]);
+        for t in thresholds {
+            a.extend(args(&["--threshold", t]));
+        }
+        tidegate_loadtest(a)
+    };
+
+    let within = run_with(&["failures<1%", "v1:p99<25ms", "v2:p50>=0ms"]).await;
+    // `>=` is not a threshold operator: a usage error, before any load.
+    assert_eq!(within.status.code(), Some(2), "{within:?}");
+
+    let within = run_with(&["failures<1%", "v1:p99<25ms", "max<5s"]).await;
+    assert_eq!(
+        within.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&within.stderr)
+    );
+
+    let crossed = run_with(&["failures<1%", "v2:p50<10ms", "p99<5ms"]).await;
+    assert_eq!(crossed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&crossed.stderr);
+    assert!(stderr.contains("v2:p50<10ms: measured"), "{stderr}");
+    assert!(stderr.contains("p99<5ms: measured"), "{stderr}");
+    assert!(
+        !stderr.contains("failures<1%"),
+        "a threshold held is not named: {stderr}"
+    );
+}
