@@ -700,10 +700,9 @@ async fn slow_app(delay: Duration) -> SocketAddr {
     addr
 }
 
-/// The reason to load-test a rollout: the canary's latency beside stable's. A canary 30 ms slower
-/// than stable must show it in its own percentiles, and stable's must not be dragged up by it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_is_attributed_to_the_version_that_served() {
+/// Stable (`v1`, fast) and a canary (`v2`) 30 ms slower, 30% to the canary, behind tidegate with
+/// the version header on. The stable backend is returned to keep it alive.
+async fn slow_canary_behind_proxy() -> (Backend, RunningProxy) {
     let stable = backend("v1").run().await;
     let canary = slow_app(Duration::from_millis(30)).await;
     let proxy = TestProxy::new()
@@ -713,6 +712,14 @@ async fn latency_is_attributed_to_the_version_that_served() {
         .yaml("expose_version_header: true")
         .start()
         .await;
+    (stable, proxy)
+}
+
+/// The reason to load-test a rollout: the canary's latency beside stable's. A canary 30 ms slower
+/// than stable must show it in its own percentiles, and stable's must not be dragged up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_attributed_to_the_version_that_served() {
+    let (_stable, proxy) = slow_canary_behind_proxy().await;
     let summary = run(plan(&proxy.url("/"), 200, Duration::from_secs(1), 16)).await;
     assert_eq!(summary.failed, 0);
     let latency = |name: &str| {
@@ -788,15 +795,7 @@ async fn csv_has_one_row_per_request_with_its_timings() {
 /// naming each crossed limit with what was measured; a malformed one is a usage error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_exit_1_naming_every_one_crossed() {
-    let stable = backend("v1").run().await;
-    let canary = slow_app(Duration::from_millis(30)).await;
-    let proxy = TestProxy::new()
-        .endpoints(&[&stable])
-        .endpoint_at(canary, "v2")
-        .canary("v2", 30.0)
-        .yaml("expose_version_header: true")
-        .start()
-        .await;
+    let (_stable, proxy) = slow_canary_behind_proxy().await;
     let url = proxy.url("/");
     let run_with = |thresholds: &[&str]| {
         let mut a = args(&[
