@@ -12,7 +12,8 @@ use http::{HeaderName, HeaderValue};
 
 use crate::config::Config;
 use crate::loadtest::{
-    parse_body, parse_duration, parse_header, parse_method, Plan, Protocol, Target, VersionFrom,
+    parse_body, parse_duration, parse_header, parse_method, Plan, PlanError, Protocol, Stage,
+    Target, Template, VersionFrom,
 };
 use crate::server::{ConfigFile, Server};
 use crate::{demo, loadtest, shutdown};
@@ -102,9 +103,14 @@ struct DemoArgs {
 
 #[derive(clap::Args)]
 struct LoadtestArgs {
-    /// The http:// or https:// URL to send GET requests to.
-    #[arg(value_parser = Target::parse)]
-    url: Target,
+    /// The http:// or https:// URL to send requests to; several are sent in turn (round-robin),
+    /// and must share scheme, host and port.
+    #[arg(value_parser = Target::parse, required_unless_present = "targets")]
+    urls: Vec<Target>,
+    /// Requests from a file in vegeta's targets format (METHOD URL, header lines, an optional
+    /// @BODY-FILE line, a blank line between targets), sent in turn.
+    #[arg(long, value_name = "FILE", conflicts_with = "urls")]
+    targets: Option<PathBuf>,
     /// Requests started per second on a fixed schedule (late ones are counted, never skipped);
     /// 0 = closed loop, each connection sending back to back.
     #[arg(long, default_value_t = 100)]
@@ -112,6 +118,12 @@ struct LoadtestArgs {
     /// How long to start requests for (250ms, 60s, 2m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// A ramping open-loop rate instead of --rate/--duration, k6 style: DURATION:RATE stages,
+    /// each moving linearly from the previous target (0 at first), such as
+    /// 10s:100,30s:1000,10s:0; a 0s stage jumps.
+    #[arg(long, value_name = "STAGES", value_parser = |s: &str| Stage::parse_list(s).map(Stages),
+          conflicts_with_all = ["rate", "duration"])]
+    stages: Option<Stages>,
     /// Connections (with --http2: concurrent streams): the most requests in flight at once.
     #[arg(long, default_value = "32")]
     connections: NonZeroUsize,
@@ -169,6 +181,10 @@ struct LoadtestArgs {
     quiet: bool,
 }
 
+/// `--stages`, one value holding the whole list (clap would read a bare `Vec` as repeated flags).
+#[derive(Clone)]
+struct Stages(Vec<Stage>);
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
@@ -202,7 +218,13 @@ pub fn main() -> ExitCode {
         },
         Command::Proxy { config } => proxy(&config),
         Command::Demo(args) => run_demo(args),
-        Command::Loadtest(args) => block_on(run_loadtest(*args)),
+        Command::Loadtest(mut args) => match loadtest_plan(&mut args) {
+            Ok(plan) => block_on(run_loadtest(plan, *args)),
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
     }
 }
 
@@ -225,43 +247,64 @@ fn run_demo(args: DemoArgs) -> ExitCode {
     block_on(demo::run(options))
 }
 
-/// Runs the load (Ctrl-C or SIGTERM ends it early), prints the summary, writes the files, and
-/// fails when more requests failed than allowed.
-async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError> {
-    let mut plan = Plan::new(args.url);
+/// The plan the arguments describe; a bad targets file or mixed origins is a usage error (exit 2),
+/// like a bad flag.
+fn loadtest_plan(args: &mut LoadtestArgs) -> Result<Plan, PlanError> {
+    let templates = match &args.targets {
+        Some(path) => loadtest::read_targets(path)?,
+        None => args.urls.drain(..).map(Template::url).collect(),
+    };
+    let Some(first) = templates.first() else {
+        return Err(PlanError::Url {
+            url: String::new(),
+            reason: "no URL given".to_owned(),
+        });
+    };
+    let mut plan = Plan::new(first.target.clone());
     plan.rate = args.rate;
     plan.duration = args.duration;
+    plan.stages = args.stages.take().map(|s| s.0).unwrap_or_default();
     plan.connections = args.connections;
     if args.http2 {
         plan.protocol = Protocol::Http2;
     }
-    plan.method = args.method;
-    if let Some(body) = args.body {
+    plan.method = args.method.clone();
+    if let Some(body) = args.body.take() {
         plan.body = body;
     }
-    plan.headers.extend(args.headers);
-    if let Some(version_from) = args.version_from {
+    if templates.len() > 1 || args.targets.is_some() {
+        plan.set_templates(templates, args.targets.is_none())?;
+    }
+    plan.headers.extend(args.headers.drain(..));
+    if let Some(version_from) = args.version_from.take() {
         plan.version_from = version_from;
     }
     plan.timeout = args.timeout;
     plan.connect_to = args.connect_to;
     plan.csv = args.csv.clone();
-    plan.verify = match (args.insecure, args.cacert) {
+    plan.verify = match (args.insecure, args.cacert.take()) {
         (true, _) => loadtest::Verify::Insecure,
         (false, Some(file)) => loadtest::Verify::CaFile(file),
         (false, None) => loadtest::Verify::System,
     };
+    Ok(plan)
+}
 
+/// Runs the load (Ctrl-C or SIGTERM ends it early), prints the summary, writes the files, and
+/// fails when more requests failed than allowed.
+async fn run_loadtest(plan: Plan, args: LoadtestArgs) -> Result<(), loadtest::LoadtestError> {
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
         shutdown::signal().await;
         trigger.fire();
     });
+    let length = plan.length();
     let running = loadtest::start(plan, stop).await?;
-    let progress = loadtest::Progress::start(running.live(), args.duration, args.quiet);
+    let progress = loadtest::Progress::start(running.live(), length, args.quiet);
     let mut summary = running.finish().await?;
     progress.finish().await;
     summary.marks.extend(args.marks);
+    let judged = summary.judge(&args.thresholds);
     let mut printed = summary.to_string();
     if let Some(path) = &args.json {
         summary.write_json(path)?;
@@ -276,7 +319,7 @@ async fn run_loadtest(args: LoadtestArgs) -> Result<(), loadtest::LoadtestError>
     }
     // A closed stdout (`| head`) must not turn a passing run into a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), printed.as_bytes());
-    summary.check_thresholds(&args.thresholds)?;
+    judged?;
     summary.check(args.max_failures)
 }
 

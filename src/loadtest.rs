@@ -44,8 +44,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use plan::{
-    parse_body, parse_duration, parse_header, parse_method, Plan, PlanError, Protocol, Target,
-    VersionFrom, VERSION_HEADER,
+    parse_body, parse_duration, parse_header, parse_method, parse_targets, read_targets, Plan,
+    PlanError, Protocol, Stage, Target, Template, VersionFrom, VERSION_HEADER,
 };
 pub use progress::Progress;
 pub use record::{ErrorKind, FailureCounts, FailureKind, Outcome, Record};
@@ -132,9 +132,13 @@ pub async fn start(plan: Plan, stop: Shutdown) -> Result<Running, LoadtestError>
     let info = RunInfo {
         target: plan.target.to_string(),
         protocol: plan.protocol.as_str(),
-        rate: plan.rate,
+        rate: match plan.stages.is_empty() {
+            true => plan.rate,
+            false => 0,
+        },
+        stages: plan.stages.clone(),
         connections: plan.connections.get(),
-        duration: plan.duration,
+        duration: plan.length(),
     };
     let csv = match &plan.csv {
         Some(path) => Some(
@@ -185,12 +189,21 @@ impl Running {
 }
 
 impl Summary {
-    /// `Err(Thresholds)` naming every threshold the run crossed.
-    pub fn check_thresholds(
-        &self,
-        thresholds: &[threshold::Threshold],
-    ) -> Result<(), LoadtestError> {
-        let crossed: Vec<String> = thresholds.iter().filter_map(|t| t.crossed(self)).collect();
+    /// Judges the run against `thresholds`, keeping each verdict in the summary (for the JSON and
+    /// the report); `Err(Thresholds)` naming every one crossed.
+    pub fn judge(&mut self, thresholds: &[threshold::Threshold]) -> Result<(), LoadtestError> {
+        self.thresholds = thresholds.iter().map(|t| t.judge(self)).collect();
+        self.check_thresholds()
+    }
+
+    /// `Err(Thresholds)` naming every threshold in the summary that the run crossed.
+    pub fn check_thresholds(&self) -> Result<(), LoadtestError> {
+        let crossed: Vec<String> = self
+            .thresholds
+            .iter()
+            .filter(|v| !v.passed)
+            .map(ToString::to_string)
+            .collect();
         match crossed.is_empty() {
             true => Ok(()),
             false => Err(LoadtestError::Thresholds(crossed)),

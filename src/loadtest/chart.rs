@@ -127,15 +127,24 @@ pub(super) fn stacked(
     Ok(svg)
 }
 
-/// One line per series; seconds without a value leave a gap.
+/// A horizontal limit line (a threshold), labelled.
+pub(super) struct Limit {
+    pub y: f64,
+    pub label: String,
+    pub color: RGBColor,
+}
+
+/// One line per series; seconds without a value leave a gap; `limits` as dashed horizontal lines.
 pub(super) fn lines(
     summary: &Summary,
     series: &[Series],
+    limits: &[Limit],
     unit: &str,
 ) -> Result<String, LoadtestError> {
     let top = series
         .iter()
         .flat_map(|s| s.values.iter().copied())
+        .chain(limits.iter().map(|l| l.y))
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
     let mut svg = String::new();
@@ -169,10 +178,117 @@ pub(super) fn lines(
                     .map_err(chart_error)?;
             }
         }
+        limit_lines(&mut chart, limits, x_end(summary))?;
         marks(&mut chart, summary, y_end(top))?;
         root.present().map_err(chart_error)?;
     }
     Ok(svg)
+}
+
+/// Where percentile `p` (0–100) sits on the distribution plot's x axis: the number of nines,
+/// `-log10(1 − p/100)`, so 90% is 1, 99% is 2, 99.9% is 3; 100% (the max) at [`NINES`].
+fn nines(p: f64) -> f64 {
+    match p >= 100.0 {
+        true => NINES,
+        false => (-(1.0 - p / 100.0).log10()).min(NINES),
+    }
+}
+
+/// The distribution plot's right end: 99.9999%.
+const NINES: f64 = 6.0;
+
+/// Latency by percentile, HDR style: the x axis stretches the tail (90%, 99%, 99.9%... evenly
+/// spaced), so a canary's p99.9 is as visible as its median. `curves` hold (percentile, ms) points.
+pub(super) fn distribution(
+    curves: &[(Series, &[(f64, f64)])],
+    limits: &[Limit],
+) -> Result<String, LoadtestError> {
+    let top = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .chain(limits.iter().map(|l| l.y))
+        .fold(0.0, f64::max);
+    // The tail as far as the largest run resolves it, plus a decade for the max.
+    let right = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().rev().nth(1).map(|p| nines(p.0) + 1.0))
+        .fold(1.0, f64::max)
+        .min(NINES);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..right, 0.0..y_end(top))
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4))
+            .x_labels(right as usize + 1)
+            .x_desc("percentile")
+            .y_desc("ms")
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 17))
+            .x_label_formatter(&|x| {
+                let percent = 100.0 * (1.0 - 10f64.powf(-x));
+                let decimals = (x.round() as usize).saturating_sub(2);
+                format!("{percent:.decimals$}%")
+            })
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()
+            .map_err(chart_error)?;
+        for (s, points) in curves {
+            // The max (the last point) one decade past the deepest percentile this run resolves.
+            let (last, rest) = match points.split_last() {
+                Some(split) => split,
+                None => continue,
+            };
+            let deepest = rest.last().map_or(0.0, |p| nines(p.0));
+            let line = rest
+                .iter()
+                .map(|(p, ms)| (nines(*p), *ms))
+                .chain(std::iter::once(((deepest + 1.0).min(right), last.1)));
+            chart
+                .draw_series(LineSeries::new(line, s.color.stroke_width(2)))
+                .map_err(chart_error)?;
+        }
+        limit_lines(&mut chart, limits, right)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+/// Dashed horizontal lines, each labelled at its right end.
+fn limit_lines(
+    chart: &mut Chart<'_, '_>,
+    limits: &[Limit],
+    x_end: f64,
+) -> Result<(), LoadtestError> {
+    for limit in limits {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, limit.y), (x_end, limit.y)],
+                8,
+                4,
+                limit.color.stroke_width(2),
+            ))
+            .map_err(chart_error)?;
+        let style = TextStyle::from((FONT, 16).into_font())
+            .color(&limit.color)
+            .pos(Pos::new(HPos::Right, VPos::Bottom));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{} ", limit.label),
+                (x_end, limit.y),
+                style,
+            )))
+            .map_err(chart_error)?;
+    }
+    Ok(())
 }
 
 type Chart<'a, 'b> = ChartContext<

@@ -38,11 +38,8 @@ pub(super) struct Shared {
     address: SocketAddr,
     /// For an `https://` target.
     tls: Option<Connector>,
-    uri: Uri,
-    method: http::Method,
-    headers: HeaderMap,
-    /// The same bytes on every request (`--body`); empty for none.
-    body: Bytes,
+    /// What request `n` sends: `requests[n % len]` (method, URI, headers, body).
+    requests: Vec<(http::Method, Uri, HeaderMap, Bytes)>,
     version_from: VersionFrom,
     timeout: Duration,
     events: mpsc::UnboundedSender<Event>,
@@ -61,25 +58,26 @@ impl Shared {
         };
         Ok(Self {
             start,
-            schedule: Schedule::new(plan.rate, plan.duration),
+            schedule: Schedule::new(plan.rate, plan.duration, &plan.stages),
             address,
             tls,
-            uri: plan.target.uri(plan.protocol).clone(),
-            method: plan.method.clone(),
-            headers: plan.request_headers(),
-            body: plan.body.clone(),
+            requests: plan.requests(),
             version_from: plan.version_from.clone(),
             timeout: plan.timeout,
             events,
         })
     }
 
-    fn request(&self) -> Request<Full<Bytes>> {
+    /// Request `n` of the run.
+    fn request(&self, n: u64) -> Request<Full<Bytes>> {
+        // `requests` is never empty: a plan always has at least its one target.
+        let i = usize::try_from(n % self.requests.len().max(1) as u64).unwrap_or(0);
+        let (method, uri, headers, body) = &self.requests[i];
         // A `Bytes` clone: the body is shared, not copied, per request.
-        let mut request = Request::new(Full::new(self.body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers.clone();
         request
     }
 }
@@ -160,7 +158,7 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
         let (outcome, version) = if overdue {
             (Outcome::Error(ErrorKind::Overdue), None)
         } else {
-            match tokio::time::timeout(shared.timeout, link.exchange(&shared)).await {
+            match tokio::time::timeout(shared.timeout, link.exchange(&shared, ticket.n)).await {
                 Ok(Ok((status, version))) => (Outcome::Status(status), version),
                 Ok(Err(kind)) => {
                     link.close();
@@ -219,7 +217,11 @@ enum Link {
 
 impl Link {
     /// Sends one request and reads the whole response: its status and version.
-    async fn exchange(&mut self, shared: &Shared) -> Result<(u16, Option<Bytes>), ErrorKind> {
+    async fn exchange(
+        &mut self,
+        shared: &Shared,
+        n: u64,
+    ) -> Result<(u16, Option<Bytes>), ErrorKind> {
         let response = match self {
             Link::H1(slot) => {
                 let kept = match slot.take() {
@@ -231,7 +233,7 @@ impl Link {
                     Some(h1) => h1,
                     None => connect_h1(shared).await?,
                 };
-                let response = h1.sender.send_request(shared.request()).await;
+                let response = h1.sender.send_request(shared.request(n)).await;
                 *slot = Some(h1);
                 response
             }
@@ -244,7 +246,7 @@ impl Link {
                         rx.await.map_err(|_| ErrorKind::Other)??
                     }
                 };
-                let response = current.send_request(shared.request()).await;
+                let response = current.send_request(shared.request(n)).await;
                 *sender = Some(current);
                 response
             }

@@ -42,6 +42,23 @@ pub enum PlanError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "invalid stages {0:?}: expected DURATION:RATE[,DURATION:RATE...], such as \
+         10s:100,30s:1000,10s:0"
+    )]
+    Stages(String),
+    #[error("targets line {line}: {reason}")]
+    Targets { line: usize, reason: String },
+    #[error(
+        "{url} is not on {first}: every URL of one run goes to the same scheme, host and port \
+         (one set of connections)"
+    )]
+    MixedOrigins { url: String, first: String },
+    #[error("cannot read the targets file {path}: {source}")]
+    TargetsFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An `http://` or `https://` URL split into what each protocol sends: HTTP/1.1 writes the path
@@ -119,6 +136,13 @@ impl Target {
 
     pub(super) fn host(&self) -> &HeaderValue {
         &self.host
+    }
+
+    /// Whether both go to the same place over the same connections.
+    fn same_origin(&self, other: &Target) -> bool {
+        self.authority == other.authority
+            && self.tls_name.is_some() == other.tls_name.is_some()
+            && self.host == other.host
     }
 }
 
@@ -219,6 +243,77 @@ pub struct Plan {
     pub connect_to: Option<SocketAddr>,
     /// Every request as a CSV row (`--csv`).
     pub csv: Option<std::path::PathBuf>,
+    /// Non-empty: the open-loop rate ramps through these instead of holding `rate` for
+    /// `duration` (see [`Plan::length`]).
+    pub stages: Vec<Stage>,
+    /// Non-empty: the requests to send, in turn (request `n` sends `templates[n % len]`), instead
+    /// of `method` to `target` with `body`. Each one also carries `headers`. Check them with
+    /// [`Plan::set_templates`].
+    templates: Vec<Template>,
+}
+
+/// One step of a ramping open-loop rate (`--stages 10s:100,30s:1000,10s:0`): the rate moves
+/// linearly to `target` requests per second over `duration`, from the previous stage's target
+/// (0 before the first). A `0s` stage jumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Stage {
+    #[serde(rename = "duration_s", serialize_with = "seconds")]
+    pub duration: Duration,
+    pub target: u32,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Stage {
+    /// Parses `DURATION:RATE[,DURATION:RATE...]`; the stages must start at least one request.
+    pub fn parse_list(s: &str) -> Result<Vec<Stage>, PlanError> {
+        let bad = || PlanError::Stages(s.to_owned());
+        let stages = s
+            .split(',')
+            .map(|part| {
+                let (duration, target) = part.trim().split_once(':').ok_or_else(bad)?;
+                Ok(Stage {
+                    duration: crate::config::parse_duration(duration.trim()).ok_or_else(bad)?,
+                    target: target.trim().parse().map_err(|_| bad())?,
+                })
+            })
+            .collect::<Result<Vec<_>, PlanError>>()?;
+        let mut from = 0;
+        let starts_any = stages.iter().any(|stage| {
+            let moving = !stage.duration.is_zero() && (from > 0 || stage.target > 0);
+            from = stage.target;
+            moving
+        });
+        match starts_any {
+            true => Ok(stages),
+            false => Err(bad()),
+        }
+    }
+}
+
+/// One kind of request a run sends: a line of `--targets` or one of several URLs.
+#[derive(Clone, Debug)]
+pub struct Template {
+    pub method: http::Method,
+    pub target: Target,
+    /// Added to the plan's headers, replacing same-named ones.
+    pub headers: HeaderMap,
+    /// `None`: the plan's body.
+    pub body: Option<bytes::Bytes>,
+}
+
+impl Template {
+    /// `target` with the plan's method, headers and body.
+    pub fn url(target: Target) -> Self {
+        Self {
+            method: http::Method::GET,
+            target,
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
 }
 
 impl Plan {
@@ -239,16 +334,76 @@ impl Plan {
             verify: Verify::default(),
             connect_to: None,
             csv: None,
+            stages: Vec::new(),
+            templates: Vec::new(),
         }
     }
 
-    /// The headers each request carries: the extra ones, plus `Host` for HTTP/1.1.
-    pub(super) fn request_headers(&self) -> HeaderMap {
-        let mut headers = self.headers.clone();
-        if self.protocol == Protocol::Http1 && !headers.contains_key(HOST) {
-            headers.insert(HOST, self.target.host().clone());
+    /// How long requests are started for: the stages' sum, or `duration`.
+    pub fn length(&self) -> Duration {
+        match self.stages.is_empty() {
+            true => self.duration,
+            false => self.stages.iter().map(|s| s.duration).sum(),
         }
-        headers
+    }
+
+    /// Sends `templates` in turn (round-robin). They must all go to `target`'s scheme, host and
+    /// port, since every connection is to there; an empty list restores the single request.
+    /// With `method_from_plan`, each template uses the plan's method (several URLs on the command
+    /// line) rather than its own (a targets file).
+    pub fn set_templates(
+        &mut self,
+        templates: Vec<Template>,
+        method_from_plan: bool,
+    ) -> Result<(), PlanError> {
+        if let Some(other) = templates
+            .iter()
+            .find(|t| !t.target.same_origin(&self.target))
+        {
+            return Err(PlanError::MixedOrigins {
+                url: other.target.to_string(),
+                first: self.target.to_string(),
+            });
+        }
+        self.templates = templates;
+        if method_from_plan {
+            for template in &mut self.templates {
+                template.method = self.method.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// What request `n % len` sends, each with its headers complete: the templates, or the one
+    /// request `method` `target` `body`.
+    pub(super) fn requests(&self) -> Vec<(http::Method, Uri, HeaderMap, bytes::Bytes)> {
+        let single = [Template {
+            method: self.method.clone(),
+            ..Template::url(self.target.clone())
+        }];
+        let templates = match self.templates.is_empty() {
+            true => &single[..],
+            false => &self.templates,
+        };
+        templates
+            .iter()
+            .map(|t| {
+                let mut headers = self.headers.clone();
+                for (name, value) in &t.headers {
+                    headers.insert(name, value.clone());
+                }
+                if self.protocol == Protocol::Http1 && !headers.contains_key(HOST) {
+                    headers.insert(HOST, t.target.host().clone());
+                }
+                let body = t.body.clone().unwrap_or_else(|| self.body.clone());
+                (
+                    t.method.clone(),
+                    t.target.uri(self.protocol).clone(),
+                    headers,
+                    body,
+                )
+            })
+            .collect()
     }
 }
 
@@ -299,6 +454,67 @@ pub fn parse_body(s: &str) -> Result<bytes::Bytes, PlanError> {
     Ok(bytes.into())
 }
 
+/// Parses a targets file in vegeta's format: targets separated by blank lines, each a
+/// `METHOD URL` line, then `Name: value` header lines, then an optional `@FILE` body line (the
+/// path as given, from the current directory); `#` starts a comment line.
+pub fn parse_targets(text: &str) -> Result<Vec<Template>, PlanError> {
+    let mut templates = Vec::new();
+    let mut current: Option<Template> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let bad = |reason: String| PlanError::Targets {
+            line: i + 1,
+            reason,
+        };
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.is_empty() {
+            templates.extend(current.take());
+            continue;
+        }
+        let Some(template) = &mut current else {
+            let (method, url) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| bad(format!("expected METHOD URL, found {line:?}")))?;
+            current = Some(Template {
+                method: parse_method(method).map_err(|e| bad(e.to_string()))?,
+                ..Template::url(Target::parse(url.trim()).map_err(|e| bad(e.to_string()))?)
+            });
+            continue;
+        };
+        if template.body.is_some() {
+            return Err(bad(
+                "nothing may follow the @FILE body line; end the target with a blank line"
+                    .to_owned(),
+            ));
+        }
+        if line.starts_with('@') {
+            template.body = Some(parse_body(line).map_err(|e| bad(e.to_string()))?);
+        } else {
+            let (name, value) = parse_header(line).map_err(|e| bad(e.to_string()))?;
+            template.headers.append(name, value);
+        }
+    }
+    templates.extend(current);
+    match templates.is_empty() {
+        true => Err(PlanError::Targets {
+            line: text.lines().count(),
+            reason: "no targets".to_owned(),
+        }),
+        false => Ok(templates),
+    }
+}
+
+/// [`parse_targets`] on a file's contents (`--targets FILE`).
+pub fn read_targets(path: &std::path::Path) -> Result<Vec<Template>, PlanError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::TargetsFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_targets(&text)
+}
+
 /// Parses a positive `<number><unit>` with unit `ms`, `s`, `m` or `h`, for `--duration` and
 /// `--timeout`.
 pub fn parse_duration(s: &str) -> Result<Duration, PlanError> {
@@ -341,12 +557,101 @@ mod tests {
     #[test]
     fn host_header_only_for_http1_and_never_overrides_the_user() {
         let mut plan = Plan::new(Target::parse("http://127.0.0.1:1/").unwrap());
-        assert_eq!(plan.request_headers()[HOST], "127.0.0.1:1");
+        let host = |plan: &Plan| plan.requests()[0].2.get(HOST).cloned();
+        assert_eq!(host(&plan).unwrap(), "127.0.0.1:1");
         plan.headers.insert(HOST, HeaderValue::from_static("web"));
-        assert_eq!(plan.request_headers()[HOST], "web");
+        assert_eq!(host(&plan).unwrap(), "web");
         plan.headers.clear();
         plan.protocol = Protocol::Http2;
-        assert!(!plan.request_headers().contains_key(HOST));
+        assert_eq!(host(&plan), None);
+    }
+
+    #[test]
+    fn stages_parse_and_must_start_something() {
+        let stages = Stage::parse_list("10s:100, 30s:1000,0s:5,500ms:0").unwrap();
+        let got: Vec<_> = stages.iter().map(|s| (s.duration, s.target)).collect();
+        assert_eq!(
+            got,
+            [
+                (Duration::from_secs(10), 100),
+                (Duration::from_secs(30), 1000),
+                (Duration::ZERO, 5),
+                (Duration::from_millis(500), 0)
+            ]
+        );
+        for bad in [
+            "",
+            "10s",
+            "10s:-1",
+            "x:10",
+            "10s:0",
+            "0s:100",
+            "10s:100;5s:0",
+        ] {
+            assert!(Stage::parse_list(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn a_targets_file_in_vegetas_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = dir.path().join("thing.json");
+        std::fs::write(&body, b"{\"a\":1}").unwrap();
+        let text = format!(
+            "# comment\nGET http://127.0.0.1:1/a?x=1\nX-Account: 8\n\n\nPOST http://127.0.0.1:1/things\n\
+             Content-Type: application/json\n@{}\n\nDELETE http://127.0.0.1:1/b\n",
+            body.display()
+        );
+        let t = parse_targets(&text).unwrap();
+        let got: Vec<_> = t
+            .iter()
+            .map(|t| (t.method.as_str(), t.target.uri(Protocol::Http1).to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("GET", "/a?x=1".to_owned()),
+                ("POST", "/things".to_owned()),
+                ("DELETE", "/b".to_owned())
+            ]
+        );
+        assert_eq!(t[0].headers["x-account"], "8");
+        assert_eq!(t[1].body.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(t[2].body, None);
+
+        let mut plan = Plan::new(Target::parse("http://127.0.0.1:1/").unwrap());
+        plan.headers
+            .insert("x-account", HeaderValue::from_static("global"));
+        plan.body = bytes::Bytes::from_static(b"plan");
+        plan.set_templates(t, false).unwrap();
+        let requests = plan.requests();
+        assert_eq!(requests.len(), 3);
+        assert_eq!(requests[0].2["x-account"], "8", "the target's header wins");
+        assert_eq!(requests[2].2["x-account"], "global");
+        assert_eq!(&requests[2].3[..], b"plan", "no @FILE: the plan's body");
+    }
+
+    #[test]
+    fn bad_targets_name_their_line() {
+        for (text, line) in [
+            ("GET http://127.0.0.1:1/\nbad header\n", 2),
+            ("\n\nFETCH\n", 3),
+            ("GET ftp://x/\n", 1),
+            ("GET http://127.0.0.1:1/\n@/no/such/file\n", 2),
+            ("GET http://127.0.0.1:1/\n@/dev/null\nX-A: b\n", 3),
+            ("# nothing\n", 1),
+        ] {
+            match parse_targets(text) {
+                Err(PlanError::Targets { line: got, .. }) => assert_eq!(got, line, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        let mut plan = Plan::new(Target::parse("http://127.0.0.1:1/").unwrap());
+        let elsewhere = Template::url(Target::parse("http://127.0.0.1:2/").unwrap());
+        assert!(matches!(
+            plan.set_templates(vec![elsewhere], true),
+            Err(PlanError::MixedOrigins { .. })
+        ));
     }
 
     #[test]

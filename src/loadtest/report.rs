@@ -7,7 +7,9 @@ use std::path::Path;
 
 use plotters::style::RGBColor;
 
-use super::chart::{lines, stacked, Series, FAILURE_COLORS, P50_COLOR, P99_COLOR, PALETTE};
+use super::chart::{
+    distribution, lines, stacked, Limit, Series, FAILURE_COLORS, P50_COLOR, P99_COLOR, PALETTE,
+};
 use super::record::FailureKind;
 use super::summary::{write_file, Summary};
 use super::LoadtestError;
@@ -67,6 +69,66 @@ pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
         },
     ];
 
+    let p99_by_version: Vec<Series> = summary
+        .versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Series {
+            name: &v.name,
+            color: PALETTE[i % PALETTE.len()],
+            values: summary
+                .seconds
+                .iter()
+                .map(|s| {
+                    s.p99_by_version
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+        })
+        .collect();
+    let limits: Vec<Limit> = summary
+        .thresholds
+        .iter()
+        .filter_map(|v| {
+            Some(Limit {
+                y: v.latency_limit_ms?,
+                label: format!(
+                    "{} {}",
+                    v.threshold,
+                    if v.passed { "passed" } else { "CROSSED" }
+                ),
+                color: if v.passed { PASSED } else { CROSSED },
+            })
+        })
+        .collect();
+    let all = Series {
+        name: "all",
+        color: ALL_COLOR,
+        values: Vec::new(),
+    };
+    let mut curves: Vec<(Series, &[(f64, f64)])> = vec![(all, &summary.distribution)];
+    if summary.versions.len() > 1 {
+        for (i, v) in summary.versions.iter().enumerate() {
+            let series = Series {
+                name: &v.name,
+                color: PALETTE[i % PALETTE.len()],
+                values: Vec::new(),
+            };
+            curves.push((series, &v.distribution));
+        }
+    }
+    let curve_legend: Vec<Series> = curves
+        .iter()
+        .map(|(s, _)| Series {
+            name: s.name,
+            color: s.color,
+            values: Vec::new(),
+        })
+        .collect();
+
     let mut page = String::with_capacity(64 * 1024);
     head(&mut page, summary, title);
     chart_section(
@@ -85,12 +147,28 @@ pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
         &mut page,
         "Latency per second (from intended start)",
         &latency,
-        lines(summary, &latency, "ms")?,
+        lines(summary, &latency, &[], "ms")?,
+    );
+    chart_section(
+        &mut page,
+        "p99 per second by version (thresholds dashed)",
+        &p99_by_version,
+        lines(summary, &p99_by_version, &limits, "ms")?,
+    );
+    chart_section(
+        &mut page,
+        "Latency distribution by percentile (HDR: the tail stretched)",
+        &curve_legend,
+        distribution(&curves, &limits)?,
     );
     tables(&mut page, summary);
     page.push_str("</body>\n</html>\n");
     Ok(page)
 }
+
+const PASSED: RGBColor = RGBColor(0x2e, 0x7d, 0x32);
+const CROSSED: RGBColor = RGBColor(0xc6, 0x28, 0x28);
+const ALL_COLOR: RGBColor = RGBColor(0x22, 0x22, 0x22);
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -132,7 +210,7 @@ td:first-child, th:first-child {{ text-align: left; }}
 <body>
 <h1>{title}</h1>
 <p class="sub">{target} · {protocol} · {load}{early}</p>
-<p class="headline">{requests} requests, <span class="{class}">{failed} failed</span>, {late} late · p99 {p99}</p>
+<p class="headline">{requests} requests, <span class="{class}">{failed} failed</span>, {late} late · p99 {p99}{thresholds}</p>
 "#,
         target = escape(&summary.target),
         protocol = summary.protocol,
@@ -149,6 +227,17 @@ td:first-child, th:first-child {{ text-align: left; }}
         p99 = summary
             .latency
             .map_or("–".to_owned(), |l| format!("{:.2} ms", l.p99_ms)),
+        thresholds = match summary.thresholds.iter().filter(|v| !v.passed).count() {
+            _ if summary.thresholds.is_empty() => String::new(),
+            0 => format!(
+                " · <span class=\"good\">all {} thresholds passed</span>",
+                summary.thresholds.len()
+            ),
+            crossed => format!(
+                " · <span class=\"bad\">{crossed} of {} thresholds crossed</span>",
+                summary.thresholds.len()
+            ),
+        },
     );
 }
 
@@ -195,13 +284,20 @@ fn tables(page: &mut String, summary: &Summary) {
         let _ = write!(page, "<td>{n}</td>");
     }
     page.push_str("</tr>\n</table>\n");
-    if let Some(l) = &summary.latency {
-        let _ = writeln!(
-            page,
-            "<table>\n<tr><th>latency</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>\n\
-             <tr><td>ms</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>\n</table>",
-            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
-        );
+    latency_table(page, summary);
+    if !summary.thresholds.is_empty() {
+        page.push_str("<table>\n<tr><th>threshold</th><th>measured</th><th>result</th></tr>\n");
+        for v in &summary.thresholds {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                escape(&v.threshold),
+                escape(&v.measured),
+                if v.passed { "good" } else { "bad" },
+                if v.passed { "passed" } else { "crossed" }
+            );
+        }
+        page.push_str("</table>\n");
     }
     page.push_str("<table>\n<tr><th>version</th><th>responses</th><th>share</th><th>5xx</th><th>served from</th><th>until</th></tr>\n");
     for v in &summary.versions {
@@ -238,6 +334,41 @@ fn tables(page: &mut String, summary: &Summary) {
     }
 }
 
+/// Latency in ms from the intended start (and service time), for the run and each version.
+fn latency_table(page: &mut String, summary: &Summary) {
+    let rows = [
+        ("all (latency)", summary.latency),
+        ("all (service)", summary.service),
+    ]
+    .into_iter()
+    .chain(
+        summary
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.latency)),
+    );
+    page.push_str(
+        "<table>\n<tr><th>latency, ms</th><th>min</th><th>p50</th><th>p90</th><th>p99</th>\
+         <th>p99.9</th><th>max</th></tr>\n",
+    );
+    for (name, l) in rows {
+        let Some(l) = l else { continue };
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td>\
+             <td>{:.3}</td></tr>",
+            escape(name),
+            l.min_ms,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms
+        );
+    }
+    page.push_str("</table>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -251,6 +382,7 @@ mod tests {
             target: "http://127.0.0.1:1/?a=<b>".to_owned(),
             protocol: "HTTP/1.1",
             rate: 10,
+            stages: Vec::new(),
             connections: 1,
             duration: Duration::ZERO,
         };
@@ -258,14 +390,14 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_responses_still_renders_three_charts() {
+    fn a_run_without_responses_still_renders_every_chart() {
         let mut summary = empty_run();
         summary.marks.push(Mark {
             at_s: 0.5,
             label: "<start>".to_owned(),
         });
         let page = render(&summary, "empty & fine").unwrap();
-        assert_eq!(page.matches("<svg").count(), 3);
+        assert_eq!(page.matches("<svg").count(), 5);
         assert!(page.contains("no responses") && page.contains("no failures"));
         assert!(page.contains("empty &amp; fine") && page.contains("?a=&lt;b&gt;"));
         assert!(

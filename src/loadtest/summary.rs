@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::plan::{parse_duration, PlanError};
+use super::plan::{parse_duration, PlanError, Stage};
 use super::record::FailureCounts;
 use super::LoadtestError;
 
@@ -17,8 +17,10 @@ use super::LoadtestError;
 pub struct Summary {
     pub target: String,
     pub protocol: &'static str,
-    /// Planned requests per second; 0 = closed loop.
+    /// Planned requests per second; 0 = closed loop (or stages).
     pub rate: u32,
+    /// The ramping rate's stages, when the run had them (then `rate` is 0).
+    pub stages: Vec<Stage>,
     pub connections: usize,
     /// Planned duration.
     pub duration_s: f64,
@@ -37,6 +39,8 @@ pub struct Summary {
     pub statuses: BTreeMap<u16, u64>,
     /// Over every response, measured from each request's intended start; `None` without any.
     pub latency: Option<Percentiles>,
+    /// The latency distribution: (percentile 0–100, ms) points, denser towards the tail.
+    pub distribution: Vec<(f64, f64)>,
     /// Over every response, measured from the actual send: the service time alone.
     pub service: Option<Percentiles>,
     /// How late on-time requests actually started (the load generator's own accuracy).
@@ -45,11 +49,14 @@ pub struct Summary {
     pub versions: Vec<VersionSummary>,
     pub seconds: Vec<SecondStats>,
     pub marks: Vec<Mark>,
+    /// Each `--threshold` and how the run fared (filled by [`Summary::judge`]).
+    pub thresholds: Vec<super::threshold::Verdict>,
 }
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Percentiles {
+    pub min_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -72,6 +79,8 @@ pub struct VersionSummary {
     pub last_second: u64,
     /// Its responses' latency from the intended start: the canary's tail beside stable's.
     pub latency: Option<Percentiles>,
+    /// Its latency distribution, as [`Summary::distribution`].
+    pub distribution: Vec<(f64, f64)>,
 }
 
 /// One second of the run; a request counts in the second its outcome was known.
@@ -89,6 +98,8 @@ pub struct SecondStats {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
+    /// Each version's p99 in this second, indexed like `by_version` (`None`: it did not answer).
+    pub p99_by_version: Vec<Option<f64>>,
 }
 
 impl SecondStats {
@@ -148,9 +159,22 @@ impl Summary {
         }
     }
 
-    /// "500 req/s for 60s" or "closed loop for 60s".
+    /// "500 req/s for 60s", "closed loop for 60s" or "0→100→1000→0 req/s over 10s, 30s, 10s
+    /// (50s)".
     pub fn load_description(&self) -> String {
         let what = match self.rate {
+            _ if !self.stages.is_empty() => {
+                let mut rates = String::from("0");
+                for stage in &self.stages {
+                    rates.push_str(&format!("→{}", stage.target));
+                }
+                let lengths: Vec<String> = self
+                    .stages
+                    .iter()
+                    .map(|s| format!("{}s", trim(s.duration.as_secs_f64())))
+                    .collect();
+                format!("{rates} req/s over {} (ramping)", lengths.join(", "))
+            }
             0 => "closed loop".to_owned(),
             rate => format!("{rate} req/s"),
         };
@@ -229,8 +253,9 @@ impl fmt::Display for Summary {
             if let Some(l) = percentiles {
                 writeln!(
                     f,
-                    "  {label:<9} p50 {:.2}ms, p90 {:.2}ms, p99 {:.2}ms, p99.9 {:.2}ms, max {:.2}ms",
-                    l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+                    "  {label:<9} min {:.2}ms, p50 {:.2}ms, p90 {:.2}ms, p99 {:.2}ms, p99.9 {:.2}ms, \
+                     max {:.2}ms",
+                    l.min_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
                 )?;
             }
         }
@@ -271,6 +296,16 @@ impl fmt::Display for Summary {
         }
         for mark in &self.marks {
             writeln!(f, "  at {:6.1}s  {}", mark.at_s, mark.label)?;
+        }
+        for (i, verdict) in self.thresholds.iter().enumerate() {
+            writeln!(
+                f,
+                "  {}  {} {} (measured {})",
+                if i == 0 { "threshold" } else { "         " },
+                if verdict.passed { "passed" } else { "CROSSED" },
+                verdict.threshold,
+                verdict.measured
+            )?;
         }
         Ok(())
     }

@@ -45,6 +45,7 @@ pub(super) struct RunInfo {
     pub target: String,
     pub protocol: &'static str,
     pub rate: u32,
+    pub stages: Vec<super::plan::Stage>,
     pub connections: usize,
     pub duration: Duration,
 }
@@ -134,11 +135,46 @@ pub(super) struct Tally {
     version_latency: Vec<Histogram<u64>>,
     seconds: Vec<SecondStats>,
     /// Latency histograms of the seconds not closed yet, from `seconds[first_open]` on.
-    open: VecDeque<Histogram<u64>>,
+    open: VecDeque<OpenSecond>,
     first_open: usize,
     /// Histograms of closed seconds, cleared, for reuse.
     spare: Vec<Histogram<u64>>,
     marks: Vec<Mark>,
+}
+
+/// A second's latencies until it is closed: all of them, and each version's.
+struct OpenSecond {
+    all: Histogram<u64>,
+    by_version: Vec<Histogram<u64>>,
+}
+
+/// Quantiles of the latency distribution plot: dense in the tail, HDR style.
+const DISTRIBUTION: [f64; 16] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999,
+    0.999995, 0.999999,
+];
+
+/// A histogram's [`Percentiles`], and its points at each of [`DISTRIBUTION`].
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    Percentiles {
+        min_ms: ms(h.min()),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+    }
+}
+
+fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    // Past the last recorded quantile (1 − 1/len) the points would only repeat the max.
+    let resolved = 1.0 - 1.0 / h.len().max(1) as f64;
+    DISTRIBUTION
+        .iter()
+        .take_while(|q| **q <= resolved.max(0.5))
+        .map(|q| (q * 100.0, ms(h.value_at_quantile(*q))))
+        .chain(std::iter::once((100.0, ms(h.max()))))
+        .collect()
 }
 
 fn histogram() -> Histogram<u64> {
@@ -199,10 +235,19 @@ impl Tally {
         sample(&mut self.version_latency[version], us);
         if second >= self.first_open {
             while self.open.len() <= second - self.first_open {
-                let h = self.spare.pop().unwrap_or_else(histogram);
-                self.open.push_back(h);
+                let all = self.spare.pop().unwrap_or_else(histogram);
+                self.open.push_back(OpenSecond {
+                    all,
+                    by_version: Vec::new(),
+                });
             }
-            sample(&mut self.open[second - self.first_open], us);
+            let open = &mut self.open[second - self.first_open];
+            sample(&mut open.all, us);
+            while open.by_version.len() <= version {
+                open.by_version
+                    .push(self.spare.pop().unwrap_or_else(histogram));
+            }
+            sample(&mut open.by_version[version], us);
         }
         // A record for a closed second counts above, but is not in that second's percentiles.
     }
@@ -245,17 +290,25 @@ impl Tally {
             usize::try_from(now.saturating_sub(CLOSE_GRACE).as_secs()).unwrap_or(usize::MAX);
         self.cover(closed);
         while self.first_open < closed {
-            let h = self.open.pop_front();
-            if let (Some(h), Some(stats)) = (&h, self.seconds.get_mut(self.first_open)) {
+            let open = self.open.pop_front();
+            if let (Some(open), Some(stats)) = (&open, self.seconds.get_mut(self.first_open)) {
+                let h = &open.all;
                 if !h.is_empty() {
                     stats.p50_ms = Some(ms(h.value_at_quantile(0.5)));
                     stats.p99_ms = Some(ms(h.value_at_quantile(0.99)));
                     stats.max_ms = Some(ms(h.max()));
                 }
+                stats.p99_by_version = open
+                    .by_version
+                    .iter()
+                    .map(|h| (!h.is_empty()).then(|| ms(h.value_at_quantile(0.99))))
+                    .collect();
             }
-            if let Some(mut h) = h {
-                h.reset();
-                self.spare.push(h);
+            if let Some(open) = open {
+                for mut h in std::iter::once(open.all).chain(open.by_version) {
+                    h.reset();
+                    self.spare.push(h);
+                }
             }
             self.first_open += 1;
         }
@@ -281,13 +334,6 @@ impl Tally {
     pub fn finish(mut self, info: RunInfo, elapsed: Duration, stopped_early: bool) -> Summary {
         // Every record has arrived: close the last, partial second too.
         self.close_until(elapsed + Duration::from_secs(1) + CLOSE_GRACE);
-        let percentiles = |h: &Histogram<u64>| Percentiles {
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        };
         let versions = self
             .versions
             .iter()
@@ -313,6 +359,12 @@ impl Tally {
                         .get(i)
                         .filter(|h| !h.is_empty())
                         .map(percentiles),
+                    distribution: self
+                        .version_latency
+                        .get(i)
+                        .filter(|h| !h.is_empty())
+                        .map(distribution)
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -322,11 +374,13 @@ impl Tally {
         let width = self.versions.len();
         for second in &mut self.seconds {
             second.by_version.resize(width, 0);
+            second.p99_by_version.resize(width, None);
         }
         Summary {
             target: info.target,
             protocol: info.protocol,
             rate: info.rate,
+            stages: info.stages,
             connections: info.connections,
             duration_s: info.duration.as_secs_f64(),
             elapsed_s: elapsed.as_secs_f64(),
@@ -338,11 +392,13 @@ impl Tally {
             failures: self.failures,
             statuses: self.statuses,
             latency,
+            distribution: self.latency.as_ref().map(distribution).unwrap_or_default(),
             service,
             start_lag,
             versions,
             seconds: self.seconds,
             marks: self.marks,
+            thresholds: Vec::new(),
         }
     }
 }
@@ -357,6 +413,7 @@ mod tests {
             target: "http://127.0.0.1:1/".to_owned(),
             protocol: "HTTP/1.1",
             rate: 10,
+            stages: Vec::new(),
             connections: 1,
             duration: Duration::from_secs(3),
         }

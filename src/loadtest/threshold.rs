@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::plan::PlanError;
 use super::summary::{Percentiles, Summary};
 
@@ -107,8 +109,21 @@ impl Threshold {
         })
     }
 
-    /// `None` when `summary` is within the limit, else what was measured.
-    pub fn crossed(&self, summary: &Summary) -> Option<String> {
+    /// How `summary` fares against this limit.
+    pub fn judge(&self, summary: &Summary) -> Verdict {
+        let verdict = |measured: Option<(f64, &str)>, passed: bool| Verdict {
+            threshold: self.to_string(),
+            measured: measured.map_or_else(
+                || "no responses to measure".to_owned(),
+                |(value, unit)| format!("{value:.3}{unit}"),
+            ),
+            passed,
+            latency_limit_ms: match self.measure {
+                Measure::Latency(_, limit) => Some(limit.as_secs_f64() * 1000.0),
+                Measure::Failures(_) => None,
+            },
+            version: self.version.clone(),
+        };
         let (value, limit, unit) = match self.measure {
             Measure::Failures(limit) => {
                 let (failed, requests) = match &self.version {
@@ -132,7 +147,7 @@ impl Threshold {
                     None => summary.latency,
                 };
                 let Some(percentiles) = percentiles else {
-                    return Some(format!("{self}: no responses to measure"));
+                    return verdict(None, false);
                 };
                 (
                     quantile.of(&percentiles),
@@ -146,7 +161,27 @@ impl Threshold {
         } else {
             value < limit
         };
-        (!within).then(|| format!("{self}: measured {value:.3}{unit}"))
+        verdict(Some((value, unit)), within)
+    }
+}
+
+/// One threshold's outcome, kept in the summary (JSON, report) and named on exit when crossed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// As given: `v2:p99<300ms`.
+    pub threshold: String,
+    /// `12.345ms`, `0.100%`, or why nothing could be measured.
+    pub measured: String,
+    pub passed: bool,
+    /// A latency threshold's limit, for the report's charts.
+    pub latency_limit_ms: Option<f64>,
+    /// The version it is about, when not the whole run.
+    pub version: Option<String>,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: measured {}", self.threshold, self.measured)
     }
 }
 

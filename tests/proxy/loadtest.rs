@@ -517,7 +517,7 @@ async fn report_and_json_describe_the_run() {
     ] {
         assert!(page.contains(needle), "the report shows {needle:?}");
     }
-    assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    assert_eq!(page.matches("<svg").count(), 5, "five charts");
     for external in ["src=\"http", "href=\"http", "url(http", "<script", "<link"] {
         assert!(
             !page.contains(external),
@@ -526,10 +526,21 @@ async fn report_and_json_describe_the_run() {
     }
 }
 
-/// Every request a [`recording_server`] received: (method, body bytes).
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+/// One request a [`recording_server`] received.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    /// Path and query.
+    path: String,
+    /// `x-target`, when sent.
+    tag: Option<String>,
+    body: Vec<u8>,
+}
 
-/// A loopback server that records every request's method and body bytes, answering 200.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Received>>>;
+
+/// A loopback server that records every request's method, path, `x-target` header and body
+/// bytes, answering 200.
 async fn recording_server() -> (SocketAddr, Seen) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -545,8 +556,18 @@ async fn recording_server() -> (SocketAddr, Seen) {
                         let sink = sink.clone();
                         async move {
                             let method = req.method().to_string();
+                            let path = req.uri().to_string();
+                            let tag = req
+                                .headers()
+                                .get("x-target")
+                                .map(|v| v.to_str().unwrap().to_owned());
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            sink.lock().unwrap().push((method, body.to_vec()));
+                            sink.lock().unwrap().push(Received {
+                                method,
+                                path,
+                                tag,
+                                body: body.to_vec(),
+                            });
                             Ok::<_, std::convert::Infallible>(http::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
                             ))
@@ -599,7 +620,7 @@ async fn methods_and_bodies_reach_the_server_byte_for_byte() {
         );
         let requests = seen.lock().unwrap().clone();
         assert_eq!(requests.len(), 20, "40 req/s for 500 ms (http2: {http2})");
-        for (method, body) in &requests {
+        for Received { method, body, .. } in &requests {
             assert_eq!(method, "PUT");
             assert!(
                 body == &bytes,
@@ -628,7 +649,7 @@ async fn methods_and_bodies_reach_the_server_byte_for_byte() {
     assert_eq!(requests.len(), 5);
     assert!(requests
         .iter()
-        .all(|(m, b)| m == "POST" && b == b"{\"a\":1}"));
+        .all(|r| r.method == "POST" && r.body == b"{\"a\":1}"));
 
     for bad in [
         ["--method", "NOT A METHOD"],
@@ -734,6 +755,43 @@ async fn latency_is_attributed_to_the_version_that_served() {
     assert!(v2.p50_ms >= 30.0, "the slow canary's median: {v2:?}");
     assert!(v1.p99_ms < 30.0, "stable's tail is its own: {v1:?}");
     assert!(v2.p99_ms > v1.p99_ms);
+    assert!(
+        v1.min_ms > 0.0 && v2.min_ms >= 30.0,
+        "min latency: {v1:?} {v2:?}"
+    );
+    // Second by second too: every second the canary answered in, its p99 is its own 30 ms.
+    let canary = summary
+        .versions
+        .iter()
+        .position(|v| v.name == "v2")
+        .unwrap();
+    let stable = summary
+        .versions
+        .iter()
+        .position(|v| v.name == "v1")
+        .unwrap();
+    let mut seconds_with_both = 0;
+    for second in &summary.seconds {
+        if let (Some(Some(v2)), Some(Some(v1))) = (
+            second.p99_by_version.get(canary),
+            second.p99_by_version.get(stable),
+        ) {
+            assert!(
+                *v2 >= 30.0 && v1 < v2,
+                "second {}: {v1} vs {v2}",
+                second.second
+            );
+            seconds_with_both += 1;
+        }
+    }
+    assert!(seconds_with_both >= 1, "{:?}", summary.seconds);
+    // The distribution plot's points: percentiles rising to 100, latencies never falling.
+    let d = &summary.versions[canary].distribution;
+    assert_eq!(d.last().map(|p| p.0), Some(100.0));
+    assert!(
+        d.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{d:?}"
+    );
     let printed = summary.to_string();
     assert!(printed.contains("p99"), "{printed}");
 }
@@ -797,7 +855,7 @@ async fn csv_has_one_row_per_request_with_its_timings() {
 async fn thresholds_exit_1_naming_every_one_crossed() {
     let (_stable, proxy) = slow_canary_behind_proxy().await;
     let url = proxy.url("/");
-    let run_with = |thresholds: &[&str]| {
+    let run_with = |thresholds: &[&str], extra: &[&str]| {
         let mut a = args(&[
             url.as_str(),
             "--rate",
@@ -809,14 +867,15 @@ async fn thresholds_exit_1_naming_every_one_crossed() {
         for t in thresholds {
             a.extend(args(&["--threshold", t]));
         }
+        a.extend(args(extra));
         tidegate_loadtest(a)
     };
 
-    let within = run_with(&["failures<1%", "v1:p99<25ms", "v2:p50>=0ms"]).await;
+    let within = run_with(&["failures<1%", "v1:p99<25ms", "v2:p50>=0ms"], &[]).await;
     // `>=` is not a threshold operator: a usage error, before any load.
     assert_eq!(within.status.code(), Some(2), "{within:?}");
 
-    let within = run_with(&["failures<1%", "v1:p99<25ms", "max<5s"]).await;
+    let within = run_with(&["failures<1%", "v1:p99<25ms", "max<5s"], &[]).await;
     assert_eq!(
         within.status.code(),
         Some(0),
@@ -824,8 +883,50 @@ async fn thresholds_exit_1_naming_every_one_crossed() {
         String::from_utf8_lossy(&within.stderr)
     );
 
-    let crossed = run_with(&["failures<1%", "v2:p50<10ms", "p99<5ms"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (html, json) = (dir.path().join("r.html"), dir.path().join("r.json"));
+    let files = [
+        "--report",
+        html.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let crossed = run_with(&["failures<1%", "v2:p50<10ms", "p99<5ms"], &files).await;
     assert_eq!(crossed.status.code(), Some(1));
+    // The files are still written, and say which thresholds held.
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let verdicts: Vec<(&str, bool)> = data["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["threshold"].as_str().unwrap(),
+                v["passed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("failures<1%", true),
+            ("v2:p50<10ms", false),
+            ("p99<5ms", false)
+        ]
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("2 of 3 thresholds crossed"), "the headline");
+    assert!(
+        page.contains("<td>v2:p50&lt;10ms</td>")
+            && page.contains("<td class=\"bad\">crossed</td>")
+            && page.contains("<td class=\"good\">passed</td>"),
+        "the thresholds table"
+    );
+    assert!(
+        page.contains("v2:p50&lt;10ms CROSSED"),
+        "drawn on the charts"
+    );
     let stderr = String::from_utf8_lossy(&crossed.stderr);
     assert!(stderr.contains("v2:p50<10ms: measured"), "{stderr}");
     assert!(stderr.contains("p99<5ms: measured"), "{stderr}");
@@ -833,4 +934,150 @@ async fn thresholds_exit_1_naming_every_one_crossed() {
         !stderr.contains("failures<1%"),
         "a threshold held is not named: {stderr}"
     );
+}
+
+/// `--stages` ramps the open-loop rate linearly between targets: 0 → 400/s over 2 s, a second at
+/// 400/s, down to 0 over 1 s. Each second's requests are the rate's integral over it (100, 300,
+/// 400, 200), within 5%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_ramp_the_rate_second_by_second() {
+    let v1 = backend("v1").run().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let out = tidegate_loadtest(args(&[
+        &format!("http://{}/", v1.addr),
+        "--stages",
+        "2s:400,1s:400,1s:0",
+        "--connections",
+        "16",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("0→400→400→0 req/s over 2s, 1s, 1s"),
+        "{stdout}"
+    );
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(data["requests"], 1000);
+    assert_eq!(data["failed"], 0);
+    assert_eq!(data["stages"][1]["target"], 400);
+    let per_second: Vec<u64> = data["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .collect();
+    for (second, want) in [100u64, 300, 400, 200].into_iter().enumerate() {
+        let got = per_second[second];
+        assert!(
+            got.abs_diff(want) * 20 <= want,
+            "second {second}: {got} requests, the ramp says {want} ({per_second:?})"
+        );
+    }
+
+    // `--stages` replaces --rate and --duration; a ramp that starts nothing is refused.
+    for bad in [
+        &["--stages", "1s:10", "--rate", "5"][..],
+        &["--stages", "10s:0"],
+        &["--stages", "fast"],
+    ] {
+        let mut a = args(&[&format!("http://{}/", v1.addr)]);
+        a.extend(args(bad));
+        assert_eq!(tidegate_loadtest(a).await.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+/// Several URLs are sent in turn; a vegeta targets file gives each request its own method,
+/// headers and body, and they reach the server byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_and_a_targets_file_are_sent_round_robin() {
+    let (addr, seen) = recording_server().await;
+    let out = tidegate_loadtest(args(&[
+        &format!("http://{addr}/a"),
+        &format!("http://{addr}/b?x=1"),
+        "--method",
+        "PATCH",
+        "--rate",
+        "40",
+        "--duration",
+        "500ms",
+        "--quiet",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(requests.len(), 20);
+    let to = |path: &str| requests.iter().filter(|r| r.path == path).count();
+    assert_eq!((to("/a"), to("/b?x=1")), (10, 10), "{requests:?}");
+    assert!(requests.iter().all(|r| r.method == "PATCH"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..=255u8).rev().cycle().take(700).collect();
+    let body_file = dir.path().join("new.bin");
+    std::fs::write(&body_file, &body).unwrap();
+    let targets = dir.path().join("targets.txt");
+    std::fs::write(
+        &targets,
+        format!(
+            "# vegeta's format\nGET http://{addr}/items\nX-Target: list\n\n\
+             POST http://{addr}/items\nX-Target: create\nContent-Type: application/octet-stream\n\
+             @{}\n\nDELETE http://{addr}/items/7\nX-Target: delete\n",
+            body_file.display()
+        ),
+    )
+    .unwrap();
+    let out = tidegate_loadtest(args(&[
+        "--targets",
+        targets.to_str().unwrap(),
+        "--rate",
+        "60",
+        "--duration",
+        "500ms",
+        "--quiet",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(requests.len(), 30);
+    for (tag, method, path, want_body) in [
+        ("list", "GET", "/items", &b""[..]),
+        ("create", "POST", "/items", &body[..]),
+        ("delete", "DELETE", "/items/7", &b""[..]),
+    ] {
+        let of_tag: Vec<_> = requests
+            .iter()
+            .filter(|r| r.tag.as_deref() == Some(tag))
+            .collect();
+        assert_eq!(of_tag.len(), 10, "{tag}: a third of the requests");
+        for r in of_tag {
+            assert_eq!((r.method.as_str(), r.path.as_str()), (method, path));
+            assert!(r.body == want_body, "{tag}: the body byte for byte");
+        }
+    }
+
+    // A target on another host and a broken file are usage errors, named, before any load.
+    std::fs::write(
+        &targets,
+        format!("GET http://{addr}/\n\nGET http://127.0.0.1:1/\n"),
+    )
+    .unwrap();
+    let out = tidegate_loadtest(args(&["--targets", targets.to_str().unwrap(), "--quiet"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "{out:?}"
+    );
+    std::fs::write(&targets, format!("GET http://{addr}/\nno colon here\n")).unwrap();
+    let out = tidegate_loadtest(args(&["--targets", targets.to_str().unwrap(), "--quiet"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("targets line 2"),
+        "{out:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
 }
