@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod alarm;
 mod chart;
 mod csv;
 mod engine;

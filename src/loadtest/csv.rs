@@ -25,7 +25,7 @@ impl Csv {
     /// One request's row. A request never sent (`overdue`, a failed connect) has no start.
     pub(super) fn row(&mut self, record: &Record) -> std::io::Result<()> {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let intended = record.done.saturating_sub(record.latency);
+        let intended = record.intended;
         let started = record.service.map(|s| record.done.saturating_sub(s));
         let outcome = match record.outcome {
             Outcome::Status(status) => status.to_string(),

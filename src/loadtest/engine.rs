@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::alarm::Alarm;
 use super::plan::{Plan, Protocol, VersionFrom, BODY_LIMIT, STREAMS_PER_H2_CONNECTION};
 use super::record::{classify, version_from_body, version_from_header, ErrorKind, Outcome, Record};
 use super::schedule::Schedule;
@@ -116,33 +117,38 @@ pub(super) async fn drive(
     stop.wait().now_or_never().is_some()
 }
 
-/// tokio's timer fires on millisecond ticks, and up to a tick late: a request woken by it alone
-/// would start up to a millisecond after its time, and that lateness would land in every
-/// latency. So the timer wakes the task this long before the intended start, and the rest is
-/// waited out by yielding (other tasks keep running), which starts requests within microseconds.
-const SPIN: Duration = Duration::from_millis(2);
-
-/// Waits until `at` precisely (see [`SPIN`]); true if `stop` fired first.
-async fn wait_until(at: Instant, stop: &mut Shutdown) -> bool {
-    if let Some(early) = at.checked_sub(SPIN).filter(|e| *e > Instant::now()) {
-        tokio::select! {
-            biased;
-            _ = stop.wait() => return true,
-            _ = tokio::time::sleep_until(early.into()) => {}
+/// Waits until `at` (to the microsecond with an [`Alarm`]; to tokio's millisecond tick without
+/// one); true if `stop` fired first.
+async fn wait_until(at: Instant, alarm: Option<&Alarm>, stop: &mut Shutdown) -> bool {
+    let wait = async {
+        let precise = match alarm {
+            Some(alarm) => alarm.wait_until(at).await.is_ok(),
+            None => false,
+        };
+        if !precise {
+            tokio::time::sleep_until(at.into()).await;
         }
+    };
+    tokio::select! {
+        biased;
+        _ = stop.wait() => true,
+        _ = wait => false,
     }
-    while Instant::now() < at {
-        if stop.wait().now_or_never().is_some() {
-            return true;
-        }
-        tokio::task::yield_now().await;
-    }
-    false
 }
 
 /// One connection's (or stream's) loop over the tickets it claims.
 async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
     let closed_loop = shared.schedule.total().is_none();
+    // Without a timerfd (its creation failed: out of file descriptors) requests start up to a
+    // millisecond late, and the summary's start lag says so.
+    let alarm = match closed_loop {
+        true => None,
+        false => Alarm::new()
+            .inspect_err(|error| tracing::warn!(%error, "no timerfd: requests may start late"))
+            .ok(),
+    };
+    // When this connection's latest request ended.
+    let mut busy_until = Duration::ZERO;
     loop {
         if stop.wait().now_or_never().is_some() {
             return;
@@ -150,7 +156,9 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
         let Some(ticket) = shared.schedule.claim(shared.start.elapsed()) else {
             return;
         };
-        if !ticket.late && wait_until(shared.start + ticket.intended, &mut stop).await {
+        if !ticket.late
+            && wait_until(shared.start + ticket.intended, alarm.as_ref(), &mut stop).await
+        {
             return;
         }
         let sent = shared.start.elapsed();
@@ -171,15 +179,24 @@ async fn connection(shared: Arc<Shared>, mut link: Link, mut stop: Shutdown) {
             }
         };
         let done = shared.start.elapsed();
+        // Waiting for this connection's previous request to end is the system's doing and
+        // counts; from then (or from the intended start, if it had ended by then) to the send is
+        // the generator's own lag, and does not.
+        let ready = busy_until.max(ticket.intended);
         let record = Record {
+            intended: ticket.intended,
             done,
-            latency: done.saturating_sub(ticket.intended),
+            latency: match overdue {
+                true => done.saturating_sub(ticket.intended),
+                false => done.saturating_sub(sent) + ready.saturating_sub(ticket.intended),
+            },
             service: (!overdue).then(|| done.saturating_sub(sent)),
-            start_lag: (!ticket.late && !overdue).then(|| sent.saturating_sub(ticket.intended)),
+            start_lag: (!ticket.late && !overdue).then(|| sent.saturating_sub(ready)),
             outcome,
             late: ticket.late,
             version,
         };
+        busy_until = done;
         // The recorder outlives every connection task; a send can only fail if it panicked.
         let _ = shared.events.send(Event::Record(record));
         if closed_loop && outcome == Outcome::Error(ErrorKind::Connect) {

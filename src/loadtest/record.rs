@@ -120,10 +120,14 @@ impl serde::Serialize for FailureCounts {
 /// One request, as the engine hands it to the recorder.
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// Since the run started: when the request was meant to start.
+    pub intended: Duration,
     /// Since the run started: when the outcome was known. The request counts in this second.
     pub done: Duration,
-    /// From the intended start to `done`: what a user waiting on the schedule saw (no
-    /// coordinated omission).
+    /// From the intended start to `done`, less the load generator's own wake-up lag: what a user
+    /// arriving on the schedule saw. Time waiting for a busy connection counts (no coordinated
+    /// omission); the microseconds between a free connection's timer firing late and the send do
+    /// not (they are `start_lag`).
     pub latency: Duration,
     /// From the actual send to `done`: the service time alone. `None` for a request never sent.
     pub service: Option<Duration>,

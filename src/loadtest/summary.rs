@@ -37,7 +37,8 @@ pub struct Summary {
     pub late: u64,
     pub failures: FailureCounts,
     pub statuses: BTreeMap<u16, u64>,
-    /// Over every response, measured from each request's intended start; `None` without any.
+    /// Over every response, from each request's intended start (as [`super::Record::latency`]);
+    /// `None` without any.
     pub latency: Option<Percentiles>,
     /// The latency distribution: (percentile 0–100, ms) points, denser towards the tail.
     pub distribution: Vec<(f64, f64)>,
@@ -263,7 +264,8 @@ impl fmt::Display for Summary {
             writeln!(
                 f,
                 "  schedule  started {:.3}ms after their time at p50, {:.3}ms at p99 (latency counts \
-                 from the intended start; service from the actual send)",
+                 from the intended start, waits for a busy connection included, this lag not; \
+                 service from the actual send)",
                 l.p50_ms, l.p99_ms
             )?;
         }

@@ -421,6 +421,7 @@ mod tests {
 
     fn response(done_ms: u64, latency_ms: u64, status: u16, version: &'static str) -> Record {
         Record {
+            intended: Duration::from_millis(done_ms.saturating_sub(latency_ms)),
             done: Duration::from_millis(done_ms),
             latency: Duration::from_millis(latency_ms),
             // Sent 1 ms late: service is the latency less that lag.
@@ -440,6 +441,7 @@ mod tests {
         t.add(response(1200, 1, 200, "v2"));
         t.add(response(2500, 1, 503, "v2"));
         t.add(Record {
+            intended: Duration::from_millis(2599),
             done: Duration::from_millis(2600),
             latency: Duration::from_millis(1),
             service: None,

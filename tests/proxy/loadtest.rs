@@ -831,6 +831,10 @@ async fn csv_has_one_row_per_request_with_its_timings() {
         })
         .collect();
     assert_eq!(rows.len(), 50, "one row per request (100 req/s for 500 ms)");
+    assert!(
+        rows.iter().any(|r| r[1] - r[0] >= 0.001),
+        "some start lag, so the row check below can tell it apart: {rows:?}"
+    );
     assert_eq!(rows.len() as u64, v1.hits() as u64);
     let mut intended: Vec<f64> = rows.iter().map(|r| r[0]).collect();
     intended.sort_by(f64::total_cmp);
@@ -843,9 +847,11 @@ async fn csv_has_one_row_per_request_with_its_timings() {
     for r in &rows {
         let (intended, started, done, latency, service) = (r[0], r[1], r[2], r[3], r[4]);
         assert!(started >= intended - 0.01 && done >= started, "{r:?}");
-        assert!(
-            (done - intended - latency).abs() < 0.01 && (done - started - service).abs() < 0.01
-        );
+        assert!((done - started - service).abs() < 0.01, "{r:?}");
+        // 32 connections for 100 req/s: every request had a free connection waiting for it, so
+        // its latency is its service time; the generator's own wake-up lag (started − intended)
+        // is not charged to the server.
+        assert!((latency - service).abs() < 0.01, "{r:?}");
     }
 }
 
