@@ -34,7 +34,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use http_body_util::{Either, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -48,9 +48,6 @@ pub type RequestBody = Either<ClientBody, Full<Bytes>>;
 
 /// One HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<RequestBody>;
-
-/// Idle connections kept per endpoint; more are closed when they become idle.
-const MAX_IDLE: usize = 64;
 
 /// `upstream.max_connections_per_endpoint` unless configured: HTTP/1.1 connections to one endpoint,
 /// in use and idle. nginx's default `worker_connections` is 512 for everything a worker does; a
@@ -160,10 +157,13 @@ pub struct Pool {
     address: SocketAddr,
     protocol: Protocol,
     h2: h2::Pool,
-    /// Allocated on first use: most endpoints of a large snapshot never see a connection from
-    /// this instance, and building a snapshot should not pay for their queues.
-    idle: OnceLock<ArrayQueue<Sender>>,
-    idle_h1: OnceLock<ArrayQueue<h1::Connection>>,
+    /// Idle connections. Unbounded queues, because each connection holds a permit of `limit`:
+    /// there are never more than `max_connections` of them, in use and idle, and every one that
+    /// ends an exchange is kept (a fixed, smaller idle cap closed and reopened a quarter of the
+    /// connections at 256 concurrent requests). Empty queues allocate nothing: most endpoints of
+    /// a large snapshot never see a connection from this instance.
+    idle: SegQueue<Sender>,
+    idle_h1: SegQueue<h1::Connection>,
     /// Open HTTP/1.1 connections; shared with them, as each gives its permit back when it closes
     /// (a hyper connection's task may outlive the pool).
     limit: OnceLock<Arc<Limit>>,
@@ -183,8 +183,8 @@ impl Pool {
             address,
             protocol,
             h2: h2::Pool::default(),
-            idle: OnceLock::new(),
-            idle_h1: OnceLock::new(),
+            idle: SegQueue::new(),
+            idle_h1: SegQueue::new(),
             limit: OnceLock::new(),
         }
     }
@@ -258,7 +258,7 @@ impl Pool {
 
     /// A usable idle lean-path connection; unusable ones met on the way are closed.
     fn idle_h1(&self) -> Option<h1::Connection> {
-        while let Some(conn) = self.idle_h1.get().and_then(ArrayQueue::pop) {
+        while let Some(conn) = self.idle_h1.pop() {
             if conn.is_usable() {
                 return Some(conn);
             }
@@ -268,11 +268,7 @@ impl Pool {
 
     /// Returns a lean-path connection whose exchange completed.
     pub fn put_h1(&self, conn: h1::Connection) {
-        // Full pool: the rejected connection is dropped, which closes it (and wakes a waiter).
-        let _ = self
-            .idle_h1
-            .get_or_init(|| ArrayQueue::new(MAX_IDLE))
-            .push(conn);
+        self.idle_h1.push(conn);
         self.wake();
     }
 
@@ -321,8 +317,8 @@ impl Pool {
     }
 
     /// Closes one idle connection of `queue`, if it holds any.
-    fn close_one<C>(&self, queue: &OnceLock<ArrayQueue<C>>) {
-        drop(queue.get().and_then(ArrayQueue::pop));
+    fn close_one<C>(&self, queue: &SegQueue<C>) {
+        drop(queue.pop());
     }
 
     /// A connection went idle: a request waiting at the cap may take it.
@@ -330,10 +326,6 @@ impl Pool {
         if let Some(limit) = self.limit.get() {
             limit.wake();
         }
-    }
-
-    fn queue(&self) -> &ArrayQueue<Sender> {
-        self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE))
     }
 
     async fn checkout_hyper(
@@ -358,7 +350,7 @@ impl Pool {
 
     /// A ready idle hyper connection; unusable ones met on the way are released.
     fn idle_hyper(&self) -> Option<Sender> {
-        while let Some(sender) = self.idle.get().and_then(ArrayQueue::pop) {
+        while let Some(sender) = self.idle.pop() {
             if sender.is_ready() {
                 return Some(sender);
             }
@@ -370,8 +362,7 @@ impl Pool {
     /// Returns a connection that finished its exchange and is ready for the next one.
     pub fn put(&self, sender: Sender) {
         if sender.is_ready() {
-            // Full pool: the rejected connection is dropped, which closes it.
-            let _ = self.queue().push(sender);
+            self.idle.push(sender);
             self.wake();
         }
     }
@@ -380,12 +371,8 @@ impl Pool {
     /// HTTP/2 connection takes no new streams and closes after its last one.
     pub fn close_idle(&self) {
         self.h2.close();
-        if let Some(queue) = self.idle.get() {
-            while queue.pop().is_some() {}
-        }
-        if let Some(queue) = self.idle_h1.get() {
-            while queue.pop().is_some() {}
-        }
+        while self.idle.pop().is_some() {}
+        while self.idle_h1.pop().is_some() {}
     }
 
     /// Open HTTP/2 connections.
@@ -395,7 +382,7 @@ impl Pool {
 
     /// Idle connections currently pooled.
     pub fn idle(&self) -> usize {
-        self.idle.get().map_or(0, ArrayQueue::len) + self.idle_h1.get().map_or(0, ArrayQueue::len)
+        self.idle.len() + self.idle_h1.len()
     }
 
     /// Open HTTP/1.1 connections, in use and idle (a hyper connection until its task has ended).

@@ -87,6 +87,44 @@ async fn fifty_http2_streams_share_at_most_the_capped_number_of_upstream_connect
     );
 }
 
+/// Every connection that ends its exchange is kept idle, up to the endpoint's cap: a second wave of
+/// 150 concurrent requests reuses the 150 connections the first one opened. (A fixed idle cap of 64
+/// closed 86 of them and the second wave opened them again: at 256 concurrent requests that was a
+/// connect and a close for a quarter of all requests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_concurrent_requests_reuses_every_connection_the_last_one_opened() {
+    let backend = backend("v1").run().await;
+    let proxy = TestProxy::new()
+        .endpoints(&[&backend])
+        .yaml(PATIENT)
+        .start()
+        .await;
+    let first = concurrent_streams(&proxy, 150, "/slow?ms=300").await;
+    assert_eq!(
+        (first.ok, first.failures.len()),
+        (150, 0),
+        "{:?}",
+        first.failures
+    );
+    let opened = backend.connections();
+    assert!(
+        opened >= 100,
+        "150 slow requests at once need many connections: {opened}"
+    );
+    let second = concurrent_streams(&proxy, 150, "/slow?ms=300").await;
+    assert_eq!(
+        (second.ok, second.failures.len()),
+        (150, 0),
+        "{:?}",
+        second.failures
+    );
+    assert_eq!(
+        backend.connections(),
+        opened,
+        "the second wave finds every connection of the first idle"
+    );
+}
+
 /// A pod whose every answer takes `delay`: holds each connection it is given. Counts connections.
 async fn slow_pod(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind((pod_ip(), 0)).await.unwrap();
