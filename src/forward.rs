@@ -270,16 +270,23 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
     }
 }
 
+/// The header-line limit hyper applies when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The client-side HTTP/1.1 and HTTP/2 server settings. The CONTINUATION flood (CVE-2024-27316
 /// family) is bounded by the header list size: h2 stops decoding a header block beyond it.
 fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    // hyper's own limit is 100 header lines, kept in an uninitialised array on the stack; any other
+    // limit makes it build (and fill) a vector of that size for every request head.
+    if limits.max_request_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_request_headers);
+    }
+    http1
         // One write of head and body copied together: for the small responses that dominate, the
         // copy is cheaper than assembling an iovec array per response (about 400 instructions).
         .writev(false)
-        .max_headers(limits.max_request_headers)
         // The read buffer's cap, so the request head's: hyper answers 431 to a head beyond it.
         .max_buf_size(limits.max_request_head_size as usize)
         // `timeouts.header_read` is kept by the connection's IO (see `head_deadline`).

@@ -444,3 +444,31 @@ async fn an_open_files_limit_below_max_connections_is_warned_about() {
         "raised from 1,024 to 4,096: room for 1,000"
     );
 }
+
+/// The default limit of 100 header lines is hyper's own (kept without a per-request vector): a
+/// head of 100 lines passes tidegate's parser and is forwarded (the test backend, also hyper, then
+/// refuses the 100-odd lines it gets with tidegate's own headers added: that answer carries `via`); one
+/// of 101 lines is refused by tidegate's parser, before any service (no `via`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_header_limit_is_100_lines() {
+    let app = backend("v1").run().await;
+    let proxy = TestProxy::new().endpoints(&[&app]).start().await;
+    for (lines, status, past_the_parser) in
+        [(50, "200", true), (100, "431", true), (101, "431", false)]
+    {
+        // `Host` is one of the lines.
+        let extra: String = (1..lines).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET / HTTP/1.1\r\nHost: shop\r\n{extra}\r\n");
+        let answer = exchange(&mut socket, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{lines} lines: {answer}"
+        );
+        assert_eq!(
+            answer.contains("via: 1.1 tidegate"),
+            past_the_parser,
+            "{lines} lines: {answer}"
+        );
+    }
+}
