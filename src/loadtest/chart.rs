@@ -69,6 +69,28 @@ fn y_end(max: f64) -> f64 {
     }
 }
 
+/// An SVG chart of the standard size over `x` × `y`, painted by `paint`.
+fn canvas(
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    paint: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), LoadtestError>,
+) -> Result<String, LoadtestError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)
+            .map_err(chart_error)?;
+        paint(&mut chart)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
 /// Stacked areas, first series at the bottom, drawn as steps (a bucket holds one whole second).
 pub(super) fn stacked(
     summary: &Summary,
@@ -89,17 +111,8 @@ pub(super) fn stacked(
     let top = cumulative
         .last()
         .map_or(0.0, |c| c.iter().copied().fold(0.0, f64::max));
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_end(summary), 0.0..y_end(top))
-            .map_err(chart_error)?;
-        axes(&mut chart, unit, y_end(top))?;
+    canvas(0.0..x_end(summary), 0.0..y_end(top), |chart| {
+        axes(chart, unit, y_end(top))?;
         // Top layer first: each lower layer is painted over the one above it.
         for (s, values) in series.iter().zip(&cumulative).rev() {
             let steps =
@@ -121,10 +134,9 @@ pub(super) fn stacked(
                 )))
                 .map_err(chart_error)?;
         }
-        marks(&mut chart, summary, y_end(top))?;
-        root.present().map_err(chart_error)?;
-    }
-    Ok(svg)
+        marks(chart, summary, y_end(top))?;
+        Ok(())
+    })
 }
 
 /// A horizontal limit line (a threshold), labelled.
@@ -147,17 +159,8 @@ pub(super) fn lines(
         .chain(limits.iter().map(|l| l.y))
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_end(summary), 0.0..y_end(top))
-            .map_err(chart_error)?;
-        axes(&mut chart, unit, y_end(top))?;
+    canvas(0.0..x_end(summary), 0.0..y_end(top), |chart| {
+        axes(chart, unit, y_end(top))?;
         for s in series {
             // Split at gaps so a second without responses is not bridged by a straight line.
             let points: Vec<(f64, f64)> = s
@@ -178,11 +181,10 @@ pub(super) fn lines(
                     .map_err(chart_error)?;
             }
         }
-        limit_lines(&mut chart, limits, x_end(summary))?;
-        marks(&mut chart, summary, y_end(top))?;
-        root.present().map_err(chart_error)?;
-    }
-    Ok(svg)
+        limit_lines(chart, limits, x_end(summary))?;
+        marks(chart, summary, y_end(top))?;
+        Ok(())
+    })
 }
 
 /// Where percentile `p` (0–100) sits on the distribution plot's x axis: the number of nines,
@@ -214,16 +216,7 @@ pub(super) fn distribution(
         .flat_map(|(_, points)| points.iter().rev().nth(1).map(|p| nines(p.0) + 1.0))
         .fold(1.0, f64::max)
         .min(NINES);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..right, 0.0..y_end(top))
-            .map_err(chart_error)?;
+    canvas(0.0..right, 0.0..y_end(top), |chart| {
         chart
             .configure_mesh()
             .max_light_lines(0)
@@ -256,10 +249,9 @@ pub(super) fn distribution(
                 .draw_series(LineSeries::new(line, s.color.stroke_width(2)))
                 .map_err(chart_error)?;
         }
-        limit_lines(&mut chart, limits, right)?;
-        root.present().map_err(chart_error)?;
-    }
-    Ok(svg)
+        limit_lines(chart, limits, right)?;
+        Ok(())
+    })
 }
 
 /// Dashed horizontal lines, each labelled at its right end.

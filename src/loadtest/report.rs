@@ -11,7 +11,7 @@ use super::chart::{
     distribution, lines, stacked, Limit, Series, FAILURE_COLORS, P50_COLOR, P99_COLOR, PALETTE,
 };
 use super::record::FailureKind;
-use super::summary::{write_file, Summary};
+use super::summary::{write_file, SecondStats, Summary};
 use super::LoadtestError;
 
 /// Writes [`render`]'s page to `path`.
@@ -21,20 +21,7 @@ pub fn write(summary: &Summary, title: &str, path: &Path) -> Result<(), Loadtest
 
 /// The report page for `summary`, titled `title`.
 pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
-    let versions: Vec<Series> = summary
-        .versions
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Series {
-            name: &v.name,
-            color: PALETTE[i % PALETTE.len()],
-            values: summary
-                .seconds
-                .iter()
-                .map(|s| s.version(i) as f64)
-                .collect(),
-        })
-        .collect();
+    let versions = by_version(summary, |s, i| s.version(i) as f64);
     let failures: Vec<Series> = FailureKind::ALL
         .iter()
         .filter(|kind| summary.failures.get(**kind) > 0)
@@ -69,26 +56,13 @@ pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
         },
     ];
 
-    let p99_by_version: Vec<Series> = summary
-        .versions
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Series {
-            name: &v.name,
-            color: PALETTE[i % PALETTE.len()],
-            values: summary
-                .seconds
-                .iter()
-                .map(|s| {
-                    s.p99_by_version
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .unwrap_or(f64::NAN)
-                })
-                .collect(),
-        })
-        .collect();
+    let p99_by_version = by_version(summary, |s, i| {
+        s.p99_by_version
+            .get(i)
+            .copied()
+            .flatten()
+            .unwrap_or(f64::NAN)
+    });
     let limits: Vec<Limit> = summary
         .thresholds
         .iter()
@@ -104,29 +78,16 @@ pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
             })
         })
         .collect();
-    let all = Series {
-        name: "all",
-        color: ALL_COLOR,
-        values: Vec::new(),
-    };
-    let mut curves: Vec<(Series, &[(f64, f64)])> = vec![(all, &summary.distribution)];
+    let mut curves: Vec<(Series, &[(f64, f64)])> =
+        vec![(legend("all", ALL_COLOR), &summary.distribution)];
     if summary.versions.len() > 1 {
         for (i, v) in summary.versions.iter().enumerate() {
-            let series = Series {
-                name: &v.name,
-                color: PALETTE[i % PALETTE.len()],
-                values: Vec::new(),
-            };
-            curves.push((series, &v.distribution));
+            curves.push((legend(&v.name, PALETTE[i % PALETTE.len()]), &v.distribution));
         }
     }
     let curve_legend: Vec<Series> = curves
         .iter()
-        .map(|(s, _)| Series {
-            name: s.name,
-            color: s.color,
-            values: Vec::new(),
-        })
+        .map(|(s, _)| legend(s.name, s.color))
         .collect();
 
     let mut page = String::with_capacity(64 * 1024);
@@ -164,6 +125,32 @@ pub fn render(summary: &Summary, title: &str) -> Result<String, LoadtestError> {
     tables(&mut page, summary);
     page.push_str("</body>\n</html>\n");
     Ok(page)
+}
+
+/// One series per version, in the versions' colours, with `value(second, version index)`.
+fn by_version<'a>(
+    summary: &'a Summary,
+    value: impl Fn(&SecondStats, usize) -> f64,
+) -> Vec<Series<'a>> {
+    summary
+        .versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Series {
+            name: &v.name,
+            color: PALETTE[i % PALETTE.len()],
+            values: summary.seconds.iter().map(|s| value(s, i)).collect(),
+        })
+        .collect()
+}
+
+/// A legend entry with no per-second values.
+fn legend(name: &str, color: RGBColor) -> Series<'_> {
+    Series {
+        name,
+        color,
+        values: Vec::new(),
+    }
 }
 
 const PASSED: RGBColor = RGBColor(0x2e, 0x7d, 0x32);
