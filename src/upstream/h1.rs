@@ -16,9 +16,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use crate::deadline::Deadline;
 
@@ -55,9 +56,8 @@ pub struct Connection(Box<Io>);
 /// A connection's state.
 pub struct Io {
     stream: TcpStream,
-    /// `buf[..filled]` is data read and not yet consumed; the rest is initialised read space.
+    /// Data read and not yet consumed; its spare capacity is the read space (never zero-filled).
     buf: BytesMut,
-    filled: usize,
     /// Scratch space for encoding request heads, kept across requests.
     head: Vec<u8>,
     /// Scratch space for the response head's header positions.
@@ -87,7 +87,6 @@ impl Connection {
         Self(Box::new(Io {
             stream,
             buf: BytesMut::new(),
-            filled: 0,
             head: Vec::new(),
             spans: Vec::new(),
             deadline: Deadline::default(),
@@ -98,7 +97,7 @@ impl Connection {
     /// Whether an idle connection can take a request: the peer has not closed it (and sent
     /// nothing unasked). Costs no syscall unless the socket has become readable since.
     pub(super) fn is_usable(&self) -> bool {
-        if self.filled > 0 {
+        if !self.buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -116,14 +115,13 @@ impl Connection {
 impl Io {
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.len() - self.filled < READ_SPACE / 2 {
-            self.buf.resize(self.filled + READ_SPACE, 0);
+        if self.buf.capacity() - self.buf.len() < READ_SPACE / 2 {
+            // Back at the front of the same allocation once no response head still shares it (the
+            // usual case: the previous one has been sent on), so a busy connection keeps reading
+            // into the same few cache lines; a fresh allocation otherwise.
+            self.buf.reserve(READ_SPACE);
         }
-        let mut read = ReadBuf::new(&mut self.buf[self.filled..]);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
-        let n = read.filled().len();
-        self.filled += n;
-        Poll::Ready(Ok(n))
+        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     /// Writes the encoded head (and body) from `*written` on, or fails at the deadline.
@@ -168,13 +166,11 @@ impl Io {
 
     /// Takes `n` consumed bytes off the front of the buffer.
     fn take(&mut self, n: usize) -> Bytes {
-        self.filled -= n;
         self.buf.split_to(n).freeze()
     }
 
     /// Drops `n` bytes off the front of the buffer.
     fn skip(&mut self, n: usize) {
-        self.filled -= n;
         let _ = self.buf.split_to(n);
     }
 }
@@ -249,7 +245,7 @@ impl Future for Exchange {
         loop {
             if std::mem::take(&mut this.unparsed) {
                 let io: &mut Io = conn;
-                let buf = &io.buf[..io.filled];
+                let buf = &io.buf[..];
                 let parsed = parse_head(buf, this.head_request, &mut io.spans, this.max_headers)?;
                 match parsed {
                     // This path never asks for an upgrade.
@@ -258,14 +254,14 @@ impl Future for Exchange {
                     }
                     Some(head) if head.status.is_informational() => {
                         conn.skip(head.len);
-                        this.unparsed = conn.filled > 0;
+                        this.unparsed = !conn.buf.is_empty();
                         continue;
                     }
                     Some(head) => {
                         let conn = this.conn.take().expect("checked above");
                         return Poll::Ready(respond(conn, head));
                     }
-                    None if conn.filled >= MAX_HEAD => {
+                    None if conn.buf.len() >= MAX_HEAD => {
                         return Poll::Ready(Err(ExchangeError::Invalid("response head too large")))
                     }
                     None => {}
@@ -666,21 +662,21 @@ impl ResponseBody {
             match &mut self.framing {
                 Framing::Empty | Framing::Length(0) => return Poll::Ready(None),
                 Framing::Length(remaining) => {
-                    if conn.filled > 0 {
+                    if !conn.buf.is_empty() {
                         let n = usize::try_from(*remaining)
                             .unwrap_or(usize::MAX)
-                            .min(conn.filled);
+                            .min(conn.buf.len());
                         *remaining -= n as u64;
                         return Poll::Ready(Some(Ok(Frame::data(conn.take(n)))));
                     }
                 }
                 Framing::Close => {
-                    if conn.filled > 0 {
-                        let all = conn.filled;
+                    if !conn.buf.is_empty() {
+                        let all = conn.buf.len();
                         return Poll::Ready(Some(Ok(Frame::data(conn.take(all)))));
                     }
                 }
-                Framing::Chunked(state) => match state.decode(&conn.buf[..conn.filled]) {
+                Framing::Chunked(state) => match state.decode(&conn.buf[..]) {
                     Decoded::Data { skip, len } => {
                         conn.skip(skip);
                         return Poll::Ready(Some(Ok(Frame::data(conn.take(len)))));
