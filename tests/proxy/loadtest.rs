@@ -53,6 +53,12 @@ async fn closed_address() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A `--json` file, parsed.
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the JSON file"))
+        .expect("valid JSON")
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -483,8 +489,7 @@ async fn report_and_json_describe_the_run() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    let data = read_json(&json);
     let requests = data["requests"].as_u64().unwrap();
     assert_eq!(requests, 300);
     assert_eq!(requests, (v1.hits() + v2.hits()) as u64);
@@ -900,8 +905,7 @@ async fn thresholds_exit_1_naming_every_one_crossed() {
     let crossed = run_with(&["failures<1%", "v2:p50<10ms", "p99<5ms"], &files).await;
     assert_eq!(crossed.status.code(), Some(1));
     // The files are still written, and say which thresholds held.
-    let data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let data = read_json(&json);
     let verdicts: Vec<(&str, bool)> = data["thresholds"]
         .as_array()
         .unwrap()
@@ -967,8 +971,7 @@ async fn stages_ramp_the_rate_second_by_second() {
         stdout.contains("0→400→400→0 req/s over 2s, 1s, 1s"),
         "{stdout}"
     );
-    let data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let data = read_json(&json);
     assert_eq!(data["requests"], 1000);
     assert_eq!(data["failed"], 0);
     assert_eq!(data["stages"][1]["target"], 400);
