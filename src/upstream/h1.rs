@@ -370,9 +370,14 @@ struct Head {
 /// value then shares the head's bytes instead of being copied into an allocation of its own.
 type Span = [u16; 4];
 
+/// Room for the headers the proxy adds to a response on its way to the client (`Via`, the request
+/// ID, the version, a sticky cookie), so adding them does not grow the map's entry vector (a
+/// reallocation and a copy of every entry, per response).
+const ADDED_RESPONSE_HEADERS: usize = 4;
+
 /// The headers at `spans`, their values sharing `head`'s bytes.
 fn header_map(spans: &[Span], head: &Bytes) -> Result<HeaderMap, ExchangeError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_RESPONSE_HEADERS);
     for [ns, ne, vs, ve] in spans {
         let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
         let name = header_name(&head[ns..ne])?;
