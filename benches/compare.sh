@@ -141,15 +141,7 @@ PID[haproxy]=$!
 pids+=("${PID[haproxy]}")
 
 start_tidegate() { # NAME WORKERS LISTEN ADMIN CPUS
-    cat >"$work/$1.yaml" <<EOF
-listen: $3
-admin: { listen: $4 }
-discovery:
-  static:
-    endpoints:
-      - { address: "$BACKEND_A", version: v1 }
-      - { address: "$BACKEND_B", version: v1 }
-EOF
+    write_tidegate_config "$work/$1.yaml" "$3" "$4"
     TOKIO_WORKER_THREADS=$2 RUST_LOG=warn taskset -c "$5" "$tidegate_bin" proxy \
         --config "$work/$1.yaml" 2>"$work/$1.log" &
     PID[$1]=$!

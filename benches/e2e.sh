@@ -126,16 +126,7 @@ start_nginx proxy 0 "
     }"
 nginx_pid=$started_pid
 
-cat >"$work/tidegate.yaml" <<EOF
-listen: $TIDEGATE
-admin: { listen: $TIDEGATE_ADMIN }
-discovery:
-  static:
-    endpoints:
-      - { address: "$BACKEND_A", version: v1 }
-      - { address: "$BACKEND_B", version: v1 }
-${E2E_TIDEGATE_YAML:-}
-EOF
+write_tidegate_config "$work/tidegate.yaml" "$TIDEGATE" "$TIDEGATE_ADMIN" "${E2E_TIDEGATE_YAML:-}"
 RUST_LOG=warn taskset -c 0 "$repo/target/release/tidegate" proxy --config "$work/tidegate.yaml" \
     2>"$work/tidegate.log" &
 tidegate_pid=$!

@@ -169,16 +169,7 @@ start_nginx proxy 0 "
     }"
 nginx_pid=$started_pid
 
-cat >"$work/tidegate.yaml" <<EOF
-listen: $TIDEGATE
-admin: { listen: $TIDEGATE_ADMIN }
-upstream: { protocol: h2c }
-discovery:
-  static:
-    endpoints:
-      - { address: "$BACKEND_A", version: v1 }
-      - { address: "$BACKEND_B", version: v1 }
-EOF
+write_tidegate_config "$work/tidegate.yaml" "$TIDEGATE" "$TIDEGATE_ADMIN" "upstream: { protocol: h2c }"
 RUST_LOG=warn taskset -c 0 "$repo/target/release/tidegate" proxy --config "$work/tidegate.yaml" \
     2>"$work/tidegate.log" &
 tidegate_pid=$!

@@ -76,6 +76,21 @@ CONF
     pids+=("$started_pid")
 }
 
+# write_tidegate_config FILE LISTEN ADMIN [EXTRA_YAML]: a tidegate config serving LISTEN from the two
+# static backends BACKEND_A and BACKEND_B (set by the bench), with EXTRA_YAML's top-level keys added.
+write_tidegate_config() {
+    cat >"$1" <<EOF
+listen: $2
+admin: { listen: $3 }
+discovery:
+  static:
+    endpoints:
+      - { address: "$BACKEND_A", version: v1 }
+      - { address: "$BACKEND_B", version: v1 }
+${4:-}
+EOF
+}
+
 # Sum of utime+stime in clock ticks over the given PIDs (each /proc/PID/stat covers all threads).
 cpu_ticks() {
     local total=0 pid stat rest

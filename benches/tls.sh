@@ -209,16 +209,8 @@ start_nginx proxy 0 "
 nginx_pid=$started_pid
 
 # Paths relative to the config file's directory.
-cat >"$work/tidegate.yaml" <<EOF
-listen: $TIDEGATE
-admin: { listen: $TIDEGATE_ADMIN }
-tls: { cert_file: cert.pem, key_file: key.pem }
-discovery:
-  static:
-    endpoints:
-      - { address: "$BACKEND_A", version: v1 }
-      - { address: "$BACKEND_B", version: v1 }
-EOF
+write_tidegate_config "$work/tidegate.yaml" "$TIDEGATE" "$TIDEGATE_ADMIN" \
+    "tls: { cert_file: cert.pem, key_file: key.pem }"
 RUST_LOG=warn taskset -c 0 "$repo/target/release/tidegate" proxy --config "$work/tidegate.yaml" \
     2>"$work/tidegate.log" &
 tidegate_pid=$!
