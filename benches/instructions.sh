@@ -6,7 +6,9 @@
 # (127.0.0.2-3:18281, 127.0.0.1:18280/18283/18289); every process is stopped on exit; about 1 minute.
 # The proxy runs on one core (as in e2e.sh), so tidegate takes its single-threaded runtime.
 # Knobs: INSTR_SECONDS (10) of wrk load per proxy; INSTR_NO_BUILD=1; INSTR_TIDEGATE_YAML: extra
-# top-level keys for tidegate's config (e.g. 'access_log: { path: /dev/null }').
+# top-level keys for tidegate's config (e.g. 'access_log: { path: /dev/null }'); INSTR_KEEP=DIR keeps
+# the callgrind profiles there, for callgrind_annotate; INSTR_PROFILE=release-lines profiles a build
+# with line tables (Cargo.toml), so `callgrind_annotate --auto=yes` can show source lines.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${INSTR_SECONDS:-10}
@@ -23,7 +25,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-[ -n "${INSTR_NO_BUILD:-}" ] || (cd "$repo" && cargo build --release --quiet --bin tidegate)
+profile=${INSTR_PROFILE:-release}
+[ -n "${INSTR_NO_BUILD:-}" ] || (cd "$repo" && cargo build --profile "$profile" --quiet --bin tidegate)
 
 nginx_conf() { # NAME BODY
     mkdir -p "$work/$1/logs"
@@ -66,8 +69,9 @@ measure() { # NAME URL STOP_SIGNAL COMMAND...
     local requests ir
     requests=$(awk '/requests in/ {print $1}' "$work/$name.wrk")
     ir=$(awk '/^summary:/ {print $2}' "$work/$name.cg")
+    [ -z "${INSTR_KEEP:-}" ] || { mkdir -p "$INSTR_KEEP" && cp "$work/$name.cg" "$INSTR_KEEP/"; }
     printf '%-9s %8d requests  %7d instructions/request (user space, startup included)\n' \
         "$name" "$requests" $((ir / requests))
 }
-RUST_LOG=warn measure tidegate http://127.0.0.1:18280/ INT "$repo/target/release/tidegate" proxy --config "$work/tidegate.yaml"
+RUST_LOG=warn measure tidegate http://127.0.0.1:18280/ INT "$repo/target/$profile/tidegate" proxy --config "$work/tidegate.yaml"
 measure nginx http://127.0.0.1:18283/ QUIT nginx -p "$work/proxy" -c "$work/proxy/nginx.conf"
