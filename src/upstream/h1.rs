@@ -388,26 +388,27 @@ fn header_map(spans: &[Span], head: &Bytes) -> Result<HeaderMap, ExchangeError> 
     Ok(headers)
 }
 
-/// A response header's name. The names most responses carry, spelt as servers send them (title
-/// case or lower case), are recognised by length and first letter and confirmed by comparing bytes,
-/// which skips `HeaderName::from_bytes`'s general lower-casing parse; anything else takes it.
+/// A response header's name (token characters, as httparse accepts). The names most responses
+/// carry are recognised by length and first letter and confirmed a word at a time in any case
+/// ([`token_is`]), which skips `HeaderName::from_bytes`'s general lower-casing parse; anything
+/// else takes it.
 fn header_name(name: &[u8]) -> Result<HeaderName, ExchangeError> {
-    let likely: Option<(HeaderName, &[u8])> = match (name.len(), name.first()) {
-        (4, Some(b'D' | b'd')) => Some((header::DATE, b"Date")),
-        (4, Some(b'E' | b'e')) => Some((header::ETAG, b"ETag")),
-        (4, Some(b'V' | b'v')) => Some((header::VARY, b"Vary")),
-        (6, Some(b'S' | b's')) => Some((header::SERVER, b"Server")),
-        (8, Some(b'L' | b'l')) => Some((header::LOCATION, b"Location")),
-        (10, Some(b'S' | b's')) => Some((header::SET_COOKIE, b"Set-Cookie")),
-        (12, Some(b'C' | b'c')) => Some((header::CONTENT_TYPE, b"Content-Type")),
-        (13, Some(b'C' | b'c')) => Some((header::CACHE_CONTROL, b"Cache-Control")),
-        (13, Some(b'L' | b'l')) => Some((header::LAST_MODIFIED, b"Last-Modified")),
-        (14, Some(b'C' | b'c')) => Some((header::CONTENT_LENGTH, b"Content-Length")),
-        (16, Some(b'C' | b'c')) => Some((header::CONTENT_ENCODING, b"Content-Encoding")),
+    let likely: Option<(HeaderName, &[u8])> = match (name.len(), name.first().map(|b| b | 0x20)) {
+        (4, Some(b'd')) => Some((header::DATE, b"date")),
+        (4, Some(b'e')) => Some((header::ETAG, b"etag")),
+        (4, Some(b'v')) => Some((header::VARY, b"vary")),
+        (6, Some(b's')) => Some((header::SERVER, b"server")),
+        (8, Some(b'l')) => Some((header::LOCATION, b"location")),
+        (10, Some(b's')) => Some((header::SET_COOKIE, b"set-cookie")),
+        (12, Some(b'c')) => Some((header::CONTENT_TYPE, b"content-type")),
+        (13, Some(b'c')) => Some((header::CACHE_CONTROL, b"cache-control")),
+        (13, Some(b'l')) => Some((header::LAST_MODIFIED, b"last-modified")),
+        (14, Some(b'c')) => Some((header::CONTENT_LENGTH, b"content-length")),
+        (16, Some(b'c')) => Some((header::CONTENT_ENCODING, b"content-encoding")),
         _ => None,
     };
     match likely {
-        Some((known, title)) if name == title || name == known.as_str().as_bytes() => Ok(known),
+        Some((known, lower)) if token_is(name, lower) => Ok(known),
         _ => {
             HeaderName::from_bytes(name).map_err(|_| ExchangeError::Invalid("invalid header name"))
         }
@@ -589,20 +590,50 @@ enum Special {
 }
 
 impl Special {
+    /// `name` is a header name as httparse accepts it (token characters only).
     fn of(name: &[u8]) -> Option<Special> {
-        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-        match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+        let is = |known: &[u8]| token_is(name, known);
+        match (name.len(), name.first().map(|b| b | 0x20)) {
             (14, Some(b'c')) if is(b"content-length") => Some(Special::ContentLength),
             (17, Some(b't')) if is(b"transfer-encoding") => Some(Special::TransferEncoding),
             (10, Some(b'c')) if is(b"connection") => Some(Special::Connection),
             (10, Some(b'k')) if is(b"keep-alive") => Some(Special::KeepAlive),
             (2, Some(b't')) if is(b"te") => Some(Special::OtherHopByHop),
             (7, Some(b'u')) if is(b"upgrade") => Some(Special::OtherHopByHop),
-            (7.., Some(b'p')) if name[..6].eq_ignore_ascii_case(b"proxy-") => {
-                Some(Special::OtherHopByHop)
-            }
+            (7.., Some(b'p')) if token_is(&name[..6], b"proxy-") => Some(Special::OtherHopByHop),
             _ => None,
         }
+    }
+}
+
+/// Whether `token` (token characters, RFC 9110 §5.6.2) is `lower` (lowercase letters and `-`)
+/// in any case, eight bytes at a time: every response header name goes through here. Setting bit
+/// 0x20 lowercases an uppercase letter, and turns no other token character into a lowercase letter
+/// or `-`, so the comparison is exact.
+fn token_is(token: &[u8], lower: &[u8]) -> bool {
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    let n = token.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return token.iter().zip(lower).all(|(t, l)| t | 0x20 == *l);
+    }
+    let word = |bytes: &[u8], at: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    // Words at 0, 8, ... and a last one ending at `n` (overlapping the one before it).
+    let mut at = 0;
+    loop {
+        if word(token, at) | LOWER != word(lower, at) {
+            return false;
+        }
+        if at + 8 == n {
+            return true;
+        }
+        at = (at + 8).min(n - 8);
     }
 }
 
@@ -812,6 +843,53 @@ pub(crate) fn read_response(
 mod tests {
     use super::*;
 
+    #[test]
+    fn header_names_compare_as_case_insensitive_tokens() {
+        const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~0123456789\
+            ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let known: [&[u8]; 7] = [
+            b"content-length",
+            b"transfer-encoding",
+            b"connection",
+            b"keep-alive",
+            b"te",
+            b"upgrade",
+            b"proxy-",
+        ];
+        // Every one-character change of every name, in every case, agrees with the byte-wise
+        // comparison it stands for.
+        for name in known {
+            for at in 0..name.len() {
+                for &c in TCHAR {
+                    let mut token = name.to_vec();
+                    token[at] = c;
+                    let upper = token.to_ascii_uppercase();
+                    for token in [token, upper] {
+                        assert_eq!(
+                            token_is(&token, name),
+                            token.eq_ignore_ascii_case(name),
+                            "{:?} vs {:?}",
+                            String::from_utf8_lossy(&token),
+                            String::from_utf8_lossy(name)
+                        );
+                    }
+                }
+            }
+            assert!(!token_is(&name[1..], name), "shorter");
+        }
+        assert_eq!(Special::of(b"Content-Length"), Some(Special::ContentLength));
+        assert_eq!(
+            Special::of(b"TRANSFER-ENCODING"),
+            Some(Special::TransferEncoding)
+        );
+        assert_eq!(
+            Special::of(b"Proxy-Authenticate"),
+            Some(Special::OtherHopByHop)
+        );
+        assert_eq!(Special::of(b"Content-Type"), None);
+        assert_eq!(Special::of(b"Keep-Alive"), Some(Special::KeepAlive));
+    }
+
     fn head(raw: &str, method: Method) -> Head {
         parse_head(raw.as_bytes(), method == Method::HEAD, &mut Vec::new(), 100)
             .unwrap()
@@ -838,6 +916,7 @@ mod tests {
             "Vary",
             "Server",
             "SERVER",
+            "sErVeR",
             "Location",
             "Set-Cookie",
             "Content-Type",
