@@ -16,7 +16,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for bench in pick publish discovery; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+    && for bench in pick publish metrics discovery; do echo 'fn main() {}' > "benches/$bench.rs"; done \
     && cargo build --release --locked --bin tidegate \
     && rm -rf src benches target/release/.fingerprint/tidegate-* target/release/deps/tidegate-* \
         target/release/deps/libtidegate-*

@@ -3,22 +3,28 @@
 //! Label handles are resolved when an endpoint's version group or a server starts, or on first use,
 //! never per request: the request path only calls `inc()` and `observe()`. The one exception is a
 //! gRPC call answered with an HTTP status other than 200 (rare), whose series is looked up each time.
+//! The two families every request writes are sharded per thread ([`sharded`]).
 
-use std::sync::OnceLock;
+pub(crate) mod sharded;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::grpc::Code;
 use crate::snapshot::{Role, Version};
+use sharded::{Counter, Family, Latency};
 
 /// Latency buckets in seconds: sub-millisecond proxying up to the default 30 s request timeout.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// `tidegate_requests_total`'s labels, in the order its series are resolved with.
+const REQUEST_LABELS: [&str; 4] = ["version", "code", "role", "grpc_status"];
 
 /// The version label used for requests answered by tidegate itself (nothing was routable).
 pub const UNROUTED: &str = "none";
@@ -34,42 +40,11 @@ struct Departed {
     forget_after: Option<Duration>,
 }
 
-/// Removes every series of `vec` whose `version` label is `version` (`labels`: the vec's label
-/// names in declaration order). The crate has no partial removal, so the series are found by
-/// collecting the family.
-fn remove_version<T>(vec: &prometheus::core::MetricVec<T>, labels: &[&str], version: &str)
-where
-    T: prometheus::core::MetricVecBuilder,
-{
-    use prometheus::core::Collector;
-    for family in vec.collect() {
-        for metric in family.get_metric() {
-            let pairs = metric.get_label();
-            if !pairs
-                .iter()
-                .any(|p| p.name() == "version" && p.value() == version)
-            {
-                continue;
-            }
-            let values: Vec<&str> = labels
-                .iter()
-                .map(|name| {
-                    pairs
-                        .iter()
-                        .find(|p| p.name() == *name)
-                        .map_or("", |p| p.value())
-                })
-                .collect();
-            let _ = vec.remove_label_values(&values);
-        }
-    }
-}
-
 /// The registry and every family in it.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
+    requests: Family<Counter>,
+    duration: Family<Latency>,
     endpoints: IntGaugeVec,
     upstream_errors: IntCounterVec,
     client_errors: IntCounterVec,
@@ -109,26 +84,19 @@ impl Metrics {
     #[allow(clippy::disallowed_types)] // `departed`: control plane only
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tidegate_requests_total",
-                "Requests answered to clients, by the version that served them (\"none\" when \
-                 tidegate answered itself), HTTP status code, role, and grpc_status: the gRPC \
-                 status a call ended with (0..16), empty for non-gRPC; counted when the response \
-                 starts, a gRPC call once its status is known.",
-            ),
-            &["version", "code", "role", "grpc_status"],
-        )
-        .expect("valid metric definition");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tidegate_request_duration_seconds",
-                "Time from receiving a request to the end of its response body, by serving version.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let requests = Family::new(
+            "tidegate_requests_total",
+            "Requests answered to clients, by the version that served them (\"none\" when \
+             tidegate answered itself), HTTP status code, role, and grpc_status: the gRPC status a \
+             call ended with (0..16), empty for non-gRPC; counted when the response starts, a gRPC \
+             call once its status is known.",
+            &REQUEST_LABELS,
+        );
+        let duration = Family::new(
+            "tidegate_request_duration_seconds",
+            "Time from receiving a request to the end of its response body, by serving version.",
             &["version", "role"],
-        )
-        .expect("valid metric definition");
+        );
         let endpoints = IntGaugeVec::new(
             Opts::new(
                 "tidegate_endpoints",
@@ -424,12 +392,8 @@ impl Metrics {
         for version in overdue {
             departed.since.remove(&version);
             departed.known.remove(&version);
-            remove_version(
-                &self.requests,
-                &["version", "code", "role", "grpc_status"],
-                &version,
-            );
-            remove_version(&self.duration, &["version", "role"], &version);
+            self.requests.remove_where("version", &version);
+            self.duration.remove_where("version", &version);
             tracing::info!(%version, "series of a departed version removed from /metrics");
         }
     }
@@ -609,13 +573,13 @@ const NOT_GRPC: &str = "";
 pub struct VersionMetrics {
     label: String,
     roles: [&'static str; 2],
-    requests: IntCounterVec,
+    requests: Family<Counter>,
     /// Per role, per status code; non-gRPC responses.
-    codes: [Box<[OnceLock<IntCounter>]>; 2],
+    codes: [Box<[OnceLock<Arc<Counter>>]>; 2],
     /// Per role, per gRPC status; gRPC calls answered HTTP 200 (nearly all of them: a gRPC server
     /// reports failures in `grpc-status`, not in the HTTP status).
-    grpc_ok: [[OnceLock<IntCounter>; Code::COUNT]; 2],
-    duration: [Histogram; 2],
+    grpc_ok: [[OnceLock<Arc<Counter>>; Code::COUNT]; 2],
+    duration: [Arc<Latency>; 2],
 }
 
 impl VersionMetrics {
@@ -643,7 +607,7 @@ impl VersionMetrics {
         }
     }
 
-    fn resolve(&self, status: u16, role: Role, grpc_status: &str) -> IntCounter {
+    fn resolve(&self, status: u16, role: Role, grpc_status: &str) -> Arc<Counter> {
         self.requests.with_label_values(&[
             self.label.as_str(),
             &status.to_string(),
@@ -655,7 +619,7 @@ impl VersionMetrics {
     /// Records a finished request's duration.
     #[inline]
     pub fn observe(&self, elapsed: Duration, role: Role) {
-        self.duration[role.index()].observe(elapsed.as_secs_f64());
+        self.duration[role.index()].observe(elapsed);
     }
 }
 

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::metrics::sharded::Counter;
+
 const EPOCH: Duration = Duration::from_secs(10);
 
 /// Retries always allowed per epoch, so that a quiet service still gets its few retries.
@@ -13,7 +15,10 @@ const FLOOR: u64 = 10;
 pub(super) struct RetryBudget {
     base: Instant,
     epoch: AtomicU64,
-    requests: AtomicU64,
+    /// Written by every request on every worker thread, so kept per thread (see
+    /// [`sharded`](crate::metrics::sharded)); read only when a retry asks.
+    requests: Counter,
+    /// Written only by retries.
     retries: AtomicU64,
 }
 
@@ -22,7 +27,7 @@ impl RetryBudget {
         Self {
             base: Instant::now(),
             epoch: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
+            requests: Counter::default(),
             retries: AtomicU64::new(0),
         }
     }
@@ -31,15 +36,15 @@ impl RetryBudget {
     #[inline]
     pub(super) fn deposit(&self, now: Instant) {
         self.roll(now);
-        // Relaxed: a budget, not a bank; a few retries more or less at an epoch edge are fine.
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        // A budget, not a bank: a few retries more or less at an epoch edge are fine.
+        self.requests.inc();
     }
 
     /// Takes one retry from the budget, if `percent` of this epoch's requests (plus the floor)
     /// allows it.
     pub(super) fn withdraw(&self, now: Instant, percent: u32) -> bool {
         self.roll(now);
-        let allowed = FLOOR + self.requests.load(Ordering::Relaxed) * u64::from(percent) / 100;
+        let allowed = FLOOR + self.requests.get() * u64::from(percent) / 100;
         if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
             true
         } else {
@@ -57,7 +62,7 @@ impl RetryBudget {
                 .compare_exchange(current, epoch, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.requests.store(0, Ordering::Relaxed);
+            self.requests.reset();
             self.retries.store(0, Ordering::Relaxed);
         }
     }
