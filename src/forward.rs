@@ -242,11 +242,9 @@ impl<D: std::future::Future<Output = ()>> Accepted<D> {
         let io = HeadDeadline::new(io, conn.clone(), timeouts);
         let idle = conn.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let forwarder = forwarder.clone();
-            // Marked as hyper hands the request over, not when its future first runs: hyper reads
-            // again in between, and that read must not time a head that is already whole.
-            let answering = head_deadline::answering(conn.clone(), req.version());
+            let (forwarder, conn) = (forwarder.clone(), conn.clone());
             async move {
+                let answering = head_deadline::answering(conn, req.version());
                 let response = forwarder.handle(req, answering.conn()).await;
                 Ok::<_, Infallible>(head_deadline::answered(response, answering))
             }

@@ -244,16 +244,12 @@ pub(super) struct Timeouts {
 
 impl<T> HeadDeadline<T> {
     pub(super) fn new(io: T, conn: Arc<Conn>, timeouts: Timeouts) -> Self {
-        // Armed from the start (for the first head, from accept): the timer is also what wakes a
-        // connection whose first request is answered before the IO reads again.
-        let mut deadline = Deadline::default();
-        deadline.set(conn.phase.base + timeouts.header_read);
         Self {
             io,
             conn,
             timeouts,
-            deadline,
-            armed_for: Some(0),
+            deadline: Deadline::default(),
+            armed_for: None,
             head_begun: None,
             sniffed: Sniffed::Preface(0),
         }
@@ -277,9 +273,7 @@ impl<T> HeadDeadline<T> {
     }
 
     /// Bytes arrived: if they begin the next head after an idle wait, the head's own (usually
-    /// shorter) deadline runs from here. It is set only if the head turns out incomplete (the next
-    /// read finds nothing, which hyper tries at once); a whole head, the usual case, is answered
-    /// without reading the clock.
+    /// shorter) deadline runs from now.
     fn received(&mut self) {
         if self.sniffed == Sniffed::Http2 {
             return;
@@ -287,7 +281,9 @@ impl<T> HeadDeadline<T> {
         if let Now::Waiting(started) = self.conn.phase.now() {
             if started != 0 && self.head_begun != Some(started) {
                 self.head_begun = Some(started);
-                self.armed_for = None;
+                self.armed_for = Some(started);
+                self.deadline
+                    .set(Instant::now() + self.timeouts.header_read);
             }
         }
     }
@@ -321,18 +317,15 @@ impl<T> HeadDeadline<T> {
                 let Timeouts { header_read, idle } = self.timeouts;
                 if self.armed_for != Some(started) {
                     self.armed_for = Some(started);
-                    // The first head is timed from accept, a begun head from its first bytes.
-                    // After a response, the timer is armed for the shorter bound first: deadlines
-                    // move only forward (see `deadline`), and the next head's usually comes before
-                    // the idle one.
-                    let at = if started == 0 {
-                        start + header_read
-                    } else if self.head_begun == Some(started) {
-                        Instant::now() + header_read
+                    // The first head is timed from accept. After a response, the timer is armed
+                    // for the shorter bound first: deadlines move only forward (see `deadline`),
+                    // and the next head's usually comes before the idle one.
+                    let first = if started == 0 {
+                        header_read
                     } else {
-                        start + header_read.min(idle)
+                        header_read.min(idle)
                     };
-                    self.deadline.set(at);
+                    self.deadline.set(start + first);
                 }
                 ready!(self.deadline.poll_passed(cx));
                 let idling = started != 0 && self.head_begun != Some(started);
