@@ -49,6 +49,11 @@ fn shard() -> usize {
 #[derive(Default)]
 struct Padded<T>(T);
 
+/// One zeroed shard per [`shards`].
+fn per_thread<T: Default>() -> Box<[Padded<T>]> {
+    (0..shards()).map(|_| Padded::default()).collect()
+}
+
 /// One series of a [`Family`].
 pub trait Series: Default + Send + Sync + 'static {
     const KIND: MetricType;
@@ -64,7 +69,7 @@ pub struct Counter {
 impl Default for Counter {
     fn default() -> Self {
         Self {
-            shards: (0..shards()).map(|_| Padded::default()).collect(),
+            shards: per_thread(),
         }
     }
 }
@@ -117,7 +122,7 @@ struct LatencyShard {
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            shards: (0..shards()).map(|_| Padded::default()).collect(),
+            shards: per_thread(),
         }
     }
 }
